@@ -1,0 +1,294 @@
+"""Attach programs to interfaces and sockets, pin objects on bpffs; undo all of it, even after a kill.
+
+- XDP is attached through a BPF link (``BPF_LINK_CREATE``): the kernel detaches it when the last file
+  descriptor closes, so a killed process leaves no XDP program behind. The mode is explicit: NATIVE
+  fails on a driver without native XDP rather than falling back to generic.
+- TC is attached to a clsact hook with libbpf's ``bpf_tc_*`` (netlink filters, visible to ``tc``). Such
+  filters outlive their process, so each is recorded in the journal (``bpf.journal``) and removed by
+  ``harness clean`` if its owner dies; a clsact qdisc this module created is removed with its last filter.
+- Socket filters (``SO_ATTACH_BPF``) and ``PACKET_FANOUT_EBPF`` belong to a socket and die with it.
+- Pins live under ``/sys/fs/bpf/bpflab/``; each is recorded in the journal until unpinned.
+Every attachment is a context manager and is also detached by closing its ``BpfObject``.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import enum
+import errno
+import os
+import socket
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from bpf import journal, netns
+from bpf.libbpf import LibbpfError, LinkCreateOpts, TcHook, TcOpts, call, lib
+from bpf.object import Program, ProgType
+
+PIN_ROOT = Path("/sys/fs/bpf/bpflab")
+
+_BPF_XDP = 37  # enum bpf_attach_type
+_BPF_TC_INGRESS, _BPF_TC_EGRESS = 1 << 0, 1 << 1
+_SO_ATTACH_BPF, _SO_DETACH_BPF = 50, 27
+_SOL_PACKET, _PACKET_FANOUT, _PACKET_FANOUT_DATA, _PACKET_FANOUT_EBPF = 263, 18, 22, 7
+
+
+class XdpMode(enum.IntEnum):
+    """XDP attach mode; the value is the XDP_FLAGS_* bit. No mode falls back to another."""
+
+    GENERIC = 1 << 1  # XDP_FLAGS_SKB_MODE: any device, after the skb is built
+    NATIVE = 1 << 2  # XDP_FLAGS_DRV_MODE: in the driver; fails if the driver lacks it
+
+
+class TcDirection(enum.IntEnum):
+    INGRESS = _BPF_TC_INGRESS
+    EGRESS = _BPF_TC_EGRESS
+
+
+def ifindex(ifname: str, namespace: str | None = None) -> int:
+    """The index of ``ifname`` in ``namespace`` (None: the calling thread's namespace)."""
+    with netns.entered(namespace):
+        try:
+            return socket.if_nametoindex(ifname)
+        except OSError:
+            where = f"network namespace {namespace!r}" if namespace else "this network namespace"
+            raise LibbpfError(errno.ENODEV, f"no interface {ifname!r} in {where}") from None
+
+
+def _where(ifname: str, namespace: str | None) -> str:
+    return f"{ifname}@{namespace}" if namespace else ifname
+
+
+class _Attachment:
+    """Registered with its object on attach, so closing the object detaches it."""
+
+    program: Program
+
+    def _register(self) -> None:
+        self.program.object.attachments.append(self)
+
+    def _unregister(self) -> None:
+        attachments = self.program.object.attachments
+        if self in attachments:
+            attachments.remove(self)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.detach()
+
+    def detach(self) -> None:
+        raise NotImplementedError
+
+
+class XdpLink(_Attachment):
+    """An XDP program attached to an interface through a BPF link."""
+
+    def __init__(self, program: Program, ifname: str, mode: XdpMode, namespace: str | None) -> None:
+        if program.type != ProgType.XDP:
+            raise TypeError(f"{program.name} is a {program.type.name} program, not XDP")
+        self.program, self.ifname, self.mode, self.namespace = program, ifname, mode, namespace
+        with netns.entered(namespace):
+            self.ifindex = ifindex(ifname)
+            opts = LinkCreateOpts(flags=int(mode))
+            what = f"attach XDP {program.name} to {_where(ifname, namespace)} in {mode.name} mode"
+            self._fd = call(
+                lib.bpf_link_create, program.fd, self.ifindex, _BPF_XDP, opts, what=what
+            )
+        self._register()
+
+    def detach(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+            self._unregister()
+
+
+class _Clsact:
+    """Reference counts of clsact qdiscs this process created: removed when its last filter goes."""
+
+    created: dict[tuple[str | None, int], int] = {}  # noqa: RUF012 (process-wide registry)
+
+
+@dataclass
+class TcFilter(_Attachment):
+    """A program attached as a direct-action filter on an interface's clsact hook."""
+
+    program: Program
+    ifname: str
+    direction: TcDirection
+    namespace: str | None = None
+    priority: int = 0  # 0: the kernel picks one (read back after attach)
+    handle: int = 0
+    ifindex: int = field(init=False, default=0)
+    _journal_id: int | None = field(init=False, default=None)
+
+    def __post_init__(self) -> None:
+        if self.program.type != ProgType.SCHED_CLS:
+            raise TypeError(f"{self.program.name} is a {self.program.type.name} program, not TC")
+        where = _where(self.ifname, self.namespace)
+        with netns.entered(self.namespace):
+            self.ifindex = ifindex(self.ifname)
+            hook = TcHook(ifindex=self.ifindex, attach_point=int(self.direction))
+            # The qdisc is shared by both directions and possibly by other tools: create it only if
+            # it is missing, and then remember that it is ours to remove.
+            created = lib.bpf_tc_hook_create(ctypes.byref(hook))
+            if created < 0 and created != -errno.EEXIST:
+                raise LibbpfError(-created, f"create clsact on {where}")
+            key = (self.namespace, self.ifindex)
+            if created == 0:
+                _Clsact.created[key] = 0
+            opts = TcOpts(prog_fd=self.program.fd, priority=self.priority, handle=self.handle)
+            call(
+                lib.bpf_tc_attach,
+                ctypes.byref(hook),
+                ctypes.byref(opts),
+                what=f"attach TC to {where}",
+            )
+        if key in _Clsact.created:
+            _Clsact.created[key] += 1
+        self.priority, self.handle, self.prog_id = opts.priority, opts.handle, opts.prog_id
+        self._journal_id = journal.current().record(
+            "tc",
+            namespace=self.namespace,
+            ifname=self.ifname,
+            direction=self.direction.name,
+            priority=self.priority,
+            handle=self.handle,
+            prog_id=self.prog_id,
+            own_qdisc=key in _Clsact.created,
+        )
+        self._register()
+
+    def detach(self) -> None:
+        if self._journal_id is None:
+            return
+        key = (self.namespace, self.ifindex)
+        remove_qdisc = False
+        if key in _Clsact.created:
+            _Clsact.created[key] -= 1
+            remove_qdisc = _Clsact.created[key] == 0
+            if remove_qdisc:
+                del _Clsact.created[key]
+        _detach_tc(
+            self.namespace,
+            self.ifname,
+            self.direction.name,
+            self.priority,
+            self.handle,
+            None,
+            remove_qdisc,
+        )
+        journal.current().strike(self._journal_id)
+        self._journal_id = None
+        self._unregister()
+
+
+@journal.undoes("tc")
+def _detach_tc(
+    namespace: str | None,
+    ifname: str,
+    direction: str,
+    priority: int,
+    handle: int,
+    prog_id: int | None,
+    own_qdisc: bool,
+) -> None:
+    """Remove a TC filter (only if it still runs ``prog_id``), and the clsact qdisc if it was ours."""
+    if namespace is not None and not netns.exists(namespace):
+        return  # the namespace, and everything in it, is gone
+    with netns.entered(namespace):
+        try:
+            index = socket.if_nametoindex(ifname)
+        except OSError:
+            return  # the interface is gone, and its filters with it
+        hook = TcHook(ifindex=index, attach_point=int(TcDirection[direction]))
+        opts = TcOpts(priority=priority, handle=handle)
+        if prog_id is not None:
+            found = lib.bpf_tc_query(ctypes.byref(hook), ctypes.byref(opts))
+            if found < 0 or opts.prog_id != prog_id:
+                return  # someone else's filter now sits there
+            opts = TcOpts(priority=priority, handle=handle)
+        ret = lib.bpf_tc_detach(ctypes.byref(hook), ctypes.byref(opts))
+        if ret < 0 and ret != -errno.ENOENT:
+            raise LibbpfError(-ret, f"detach TC filter from {_where(ifname, namespace)}")
+        if own_qdisc:
+            both = TcHook(ifindex=index, attach_point=_BPF_TC_INGRESS | _BPF_TC_EGRESS)
+            lib.bpf_tc_hook_destroy(ctypes.byref(both))
+
+
+class SocketFilter(_Attachment):
+    """A SOCKET_FILTER program attached to one socket (``SO_ATTACH_BPF``)."""
+
+    def __init__(self, program: Program, sock: socket.socket) -> None:
+        if program.type != ProgType.SOCKET_FILTER:
+            raise TypeError(f"{program.name} is a {program.type.name} program, not a socket filter")
+        self.program, self.socket = program, sock
+        sock.setsockopt(socket.SOL_SOCKET, _SO_ATTACH_BPF, program.fd)
+        self._register()
+
+    def detach(self) -> None:
+        if self.socket is not None:
+            if self.socket.fileno() >= 0:
+                self.socket.setsockopt(socket.SOL_SOCKET, _SO_DETACH_BPF, 0)
+            self.socket = None
+            self._unregister()
+
+
+def join_fanout(sock: socket.socket, group_id: int, program: Program) -> None:
+    """Join an AF_PACKET socket to fanout group ``group_id`` steered by ``program``.
+
+    The program returns the index of the member socket that gets each packet; it sees ``skb->data``
+    at the network header, not the Ethernet header (unlike a socket filter). The group lives as long
+    as its sockets: nothing to detach.
+    """
+    if program.type != ProgType.SOCKET_FILTER:
+        raise TypeError(f"{program.name} is a {program.type.name} program, not a socket filter")
+    sock.setsockopt(_SOL_PACKET, _PACKET_FANOUT, (group_id & 0xFFFF) | (_PACKET_FANOUT_EBPF << 16))
+    sock.setsockopt(_SOL_PACKET, _PACKET_FANOUT_DATA, program.fd)
+
+
+def _require_bpffs() -> None:
+    if not os.path.ismount(PIN_ROOT.parent):
+        raise LibbpfError(
+            errno.ENOENT, f"{PIN_ROOT.parent} is not a mounted bpffs: run ci/bootstrap"
+        )
+
+
+def pin_dir(name: str) -> Path:
+    """A directory for one owner's pins: ``/sys/fs/bpf/bpflab/NAME``."""
+    return PIN_ROOT / name
+
+
+_pins: dict[Path, int] = {}  # path -> journal entry
+
+
+def pin_object(fd: int, path: Path) -> None:
+    """Pin a map, program or link fd at ``path`` (under PIN_ROOT); recorded for clean-up."""
+    if not path.is_relative_to(PIN_ROOT):
+        raise ValueError(f"{path}: pins of this project live under {PIN_ROOT}")
+    _require_bpffs()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    call(lib.bpf_obj_pin, fd, str(path).encode(), what=f"pin at {path}")
+    _pins[path] = journal.current().record("pin", path=str(path))
+
+
+def unpin_object(path: Path) -> None:
+    _remove_pin(str(path))
+    if path in _pins:
+        journal.current().strike(_pins.pop(path))
+
+
+@journal.undoes("pin")
+def _remove_pin(path: str) -> None:
+    """Unlink a pin, then its directories up to PIN_ROOT while they are empty."""
+    pin = Path(path)
+    pin.unlink(missing_ok=True)
+    for parent in pin.parents:
+        if parent == PIN_ROOT.parent or not parent.is_relative_to(PIN_ROOT):
+            break
+        try:
+            parent.rmdir()
+        except OSError:
+            break  # not empty: another owner's pins are there

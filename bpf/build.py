@@ -1,0 +1,171 @@
+"""Ahead-of-time compilation of every ``bpf/**/*.bpf.c`` into a BPF ELF object beside it.
+
+The package build (``setup.py``) calls this for the wheel; after editing BPF C in a checkout run
+``python -m bpf.build``. Each object gets a manifest (``NAME.bpf.json``) holding the SHA-256 of the
+source and of every project header it included, so that loading can tell a stale object from a fresh
+one. This module never runs at load time to "fix" things: a missing or stale object is an error that
+says how to rebuild (``require_object``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import shutil
+import subprocess
+import sys
+import sysconfig
+import tempfile
+from pathlib import Path
+
+PACKAGE_DIR = Path(__file__).resolve().parent
+REBUILD_HINT = "rebuild with `python -m bpf.build` (in a checkout) or reinstall the package"
+
+# libbpf's headers (bpf_helpers.h, bpf_endian.h) and the UAPI headers (linux-libc-dev) only: no kernel
+# headers, so the objects build on any Debian machine whatever kernel it runs.
+CFLAGS = [
+    "-O2",
+    "-g",
+    "-target",
+    "bpf",
+    "-mcpu=v3",
+    "-Wall",
+    "-Werror",
+    "-std=gnu11",
+]
+
+
+class ObjectError(RuntimeError):
+    """A BPF object is missing, stale, or failed to compile."""
+
+
+def _include_dirs() -> list[str]:
+    # asm/types.h lives under the multiarch directory on Debian; `-target bpf` does not search it.
+    multiarch = sysconfig.get_config_var("MULTIARCH") or "x86_64-linux-gnu"
+    return [str(PACKAGE_DIR / "include"), f"/usr/include/{multiarch}"]
+
+
+def sources(root: Path = PACKAGE_DIR) -> list[Path]:
+    return sorted(root.rglob("*.bpf.c"))
+
+
+def object_path(source: Path) -> Path:
+    return source.with_name(source.name[: -len(".c")] + ".o")
+
+
+def manifest_path(source: Path) -> Path:
+    return source.with_name(source.name[: -len(".c")] + ".json")
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _project_deps(depfile: Path, root: Path) -> list[Path]:
+    """The files of this package that a Make-style dependency file lists (system headers excluded)."""
+    text = depfile.read_text().replace("\\\n", " ")
+    _, _, prerequisites = text.partition(":")
+    deps = []
+    for name in prerequisites.split():
+        path = Path(name).resolve()
+        if path.is_relative_to(root):
+            deps.append(path)
+    return deps
+
+
+def fingerprint(source: Path, root: Path = PACKAGE_DIR) -> dict[str, str]:
+    """What a fresh object of ``source`` was built from: package-relative path -> SHA-256."""
+    manifest = manifest_path(source)
+    recorded = json.loads(manifest.read_text())["deps"]
+    return {rel: _sha256(root / rel) for rel in recorded if (root / rel).exists()}
+
+
+def compile_source(source: Path, root: Path = PACKAGE_DIR, out_root: Path | None = None) -> Path:
+    """Compile one source; write its object and manifest under ``out_root`` (default: beside it)."""
+    clang = shutil.which("clang")
+    if clang is None:
+        raise ObjectError("clang is not installed: run ci/bootstrap (Debian package clang)")
+    source = source.resolve()
+    relative = source.relative_to(root)
+    out_dir = (out_root or root) / relative.parent
+    out_dir.mkdir(parents=True, exist_ok=True)
+    obj = out_dir / object_path(source).name
+    with tempfile.TemporaryDirectory() as tmp:
+        depfile = Path(tmp) / "deps.d"
+        include = [f"-I{d}" for d in _include_dirs()]
+        cmd = [
+            clang,
+            *CFLAGS,
+            *include,
+            "-MD",
+            "-MF",
+            str(depfile),
+            "-c",
+            str(source),
+            "-o",
+            str(obj),
+        ]
+        done = subprocess.run(cmd, capture_output=True, text=True)
+        if done.returncode != 0:
+            raise ObjectError(f"{relative}: clang failed ({done.returncode}):\n{done.stderr}")
+        deps = _project_deps(depfile, root)
+    manifest = {
+        "source": str(relative),
+        "cflags": CFLAGS,
+        "deps": {str(d.relative_to(root)): _sha256(d) for d in deps},
+    }
+    (out_dir / manifest_path(source).name).write_text(json.dumps(manifest, indent=1) + "\n")
+    return obj
+
+
+def is_fresh(source: Path, root: Path = PACKAGE_DIR) -> bool:
+    obj, manifest = object_path(source), manifest_path(source)
+    if not obj.exists() or not manifest.exists():
+        return False
+    recorded = json.loads(manifest.read_text())
+    if recorded.get("cflags") != CFLAGS:
+        return False
+    return fingerprint(source, root) == recorded["deps"]
+
+
+def require_object(source: Path, root: Path = PACKAGE_DIR) -> Path:
+    """The object compiled from ``source``, checked to be present and built from these sources."""
+    obj = object_path(source)
+    if not obj.exists():
+        raise ObjectError(f"{obj}: BPF object missing; {REBUILD_HINT}")
+    if not is_fresh(source, root):
+        raise ObjectError(f"{obj}: BPF object older than its sources; {REBUILD_HINT}")
+    return obj
+
+
+def build(
+    root: Path = PACKAGE_DIR, out_root: Path | None = None, force: bool = False
+) -> list[Path]:
+    """Compile every stale source (all of them with ``force`` or into another tree)."""
+    built = []
+    for source in sources(root):
+        if force or out_root is not None or not is_fresh(source, root):
+            built.append(compile_source(source, root, out_root))
+    return built
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m bpf.build", description=__doc__.splitlines()[0]
+    )
+    parser.add_argument("--force", action="store_true", help="recompile even fresh objects")
+    args = parser.parse_args(argv)
+    try:
+        built = build(force=args.force)
+    except ObjectError as err:
+        print(err, file=sys.stderr)
+        return 1
+    for obj in built:
+        print(f"built {obj.relative_to(PACKAGE_DIR.parent)}")
+    print(f"{len(built)} built, {len(sources()) - len(built)} fresh")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

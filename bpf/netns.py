@@ -1,0 +1,58 @@
+"""Run a block of code inside a named network namespace (the ``ip netns`` convention: /run/netns/NAME).
+
+setns(2) moves only the calling thread, so other threads of the process are unaffected, and what the
+block opens (sockets, netlink handles, BPF links by ifindex) stays bound to that namespace after the
+block ends. This module only enters namespaces; creating and deleting them is the topology's job.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+NETNS_RUN_DIR = Path("/run/netns")
+_CLONE_NEWNET = 0x40000000
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+class NetnsError(OSError):
+    """A network namespace does not exist or cannot be entered."""
+
+
+def _setns(fd: int, what: str) -> None:
+    if _libc.setns(fd, _CLONE_NEWNET) != 0:
+        err = ctypes.get_errno()
+        raise NetnsError(err, f"setns into {what}: {os.strerror(err)}")
+
+
+def exists(name: str) -> bool:
+    return (NETNS_RUN_DIR / name).exists()
+
+
+@contextmanager
+def entered(name: str | None) -> Iterator[None]:
+    """Run the block in namespace ``name``; ``None`` means the namespace the thread is already in."""
+    if name is None:
+        yield
+        return
+    path = NETNS_RUN_DIR / name
+    try:
+        target = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        raise NetnsError(
+            errno.ENOENT, f"network namespace {name!r} does not exist ({path})"
+        ) from None
+    home = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        _setns(target, f"network namespace {name!r}")
+        try:
+            yield
+        finally:
+            _setns(home, "the thread's original network namespace")
+    finally:
+        os.close(target)
+        os.close(home)
