@@ -21,9 +21,9 @@ class BuildPyWithBpf(build_py):
         super().run()
         bpf_build = _bpf_build()
         if self.editable_mode:
-            bpf_build.build(HERE / "bpf")
+            bpf_build.build(HERE)
         else:
-            bpf_build.build(HERE / "bpf", out_root=Path(self.build_lib) / "bpf")
+            bpf_build.build(HERE, out_root=Path(self.build_lib))
 
 
 setup(cmdclass={"build_py": BuildPyWithBpf})

@@ -1,4 +1,5 @@
-"""Ahead-of-time compilation of every ``bpf/**/*.bpf.c`` into a BPF ELF object beside it.
+"""Ahead-of-time compilation of every ``*.bpf.c`` of the ``bpf`` and ``injector`` packages into a BPF
+ELF object beside it.
 
 The package build (``setup.py``) calls this for the wheel; after editing BPF C in a checkout run
 ``python -m bpf.build``. Each object gets a manifest (``NAME.bpf.json``) holding the SHA-256 of the
@@ -20,6 +21,8 @@ import tempfile
 from pathlib import Path
 
 PACKAGE_DIR = Path(__file__).resolve().parent
+SOURCE_ROOT = PACKAGE_DIR.parent  # the checkout, or site-packages: holds the packages below
+PACKAGES_WITH_BPF = ("bpf", "injector")
 REBUILD_HINT = "rebuild with `python -m bpf.build` (in a checkout) or reinstall the package"
 
 # libbpf's headers (bpf_helpers.h, bpf_endian.h) and the UAPI headers (linux-libc-dev) only: no kernel
@@ -40,14 +43,14 @@ class ObjectError(RuntimeError):
     """A BPF object is missing, stale, or failed to compile."""
 
 
-def _include_dirs() -> list[str]:
+def _include_dirs(root: Path) -> list[str]:
     # asm/types.h lives under the multiarch directory on Debian; `-target bpf` does not search it.
     multiarch = sysconfig.get_config_var("MULTIARCH") or "x86_64-linux-gnu"
-    return [str(PACKAGE_DIR / "include"), f"/usr/include/{multiarch}"]
+    return [str(root / "bpf" / "include"), f"/usr/include/{multiarch}"]
 
 
-def sources(root: Path = PACKAGE_DIR) -> list[Path]:
-    return sorted(root.rglob("*.bpf.c"))
+def sources(root: Path = SOURCE_ROOT) -> list[Path]:
+    return sorted(path for package in PACKAGES_WITH_BPF for path in (root / package).rglob("*.bpf.c"))
 
 
 def object_path(source: Path) -> Path:
@@ -74,14 +77,14 @@ def _project_deps(depfile: Path, root: Path) -> list[Path]:
     return deps
 
 
-def fingerprint(source: Path, root: Path = PACKAGE_DIR) -> dict[str, str]:
+def fingerprint(source: Path, root: Path = SOURCE_ROOT) -> dict[str, str]:
     """What a fresh object of ``source`` was built from: package-relative path -> SHA-256."""
     manifest = manifest_path(source)
     recorded = json.loads(manifest.read_text())["deps"]
     return {rel: _sha256(root / rel) for rel in recorded if (root / rel).exists()}
 
 
-def compile_source(source: Path, root: Path = PACKAGE_DIR, out_root: Path | None = None) -> Path:
+def compile_source(source: Path, root: Path = SOURCE_ROOT, out_root: Path | None = None) -> Path:
     """Compile one source; write its object and manifest under ``out_root`` (default: beside it)."""
     clang = shutil.which("clang")
     if clang is None:
@@ -93,7 +96,7 @@ def compile_source(source: Path, root: Path = PACKAGE_DIR, out_root: Path | None
     obj = out_dir / object_path(source).name
     with tempfile.TemporaryDirectory() as tmp:
         depfile = Path(tmp) / "deps.d"
-        include = [f"-I{d}" for d in _include_dirs()]
+        include = [f"-I{d}" for d in _include_dirs(root)]
         cmd = [
             clang,
             *CFLAGS,
@@ -119,7 +122,7 @@ def compile_source(source: Path, root: Path = PACKAGE_DIR, out_root: Path | None
     return obj
 
 
-def is_fresh(source: Path, root: Path = PACKAGE_DIR) -> bool:
+def is_fresh(source: Path, root: Path = SOURCE_ROOT) -> bool:
     obj, manifest = object_path(source), manifest_path(source)
     if not obj.exists() or not manifest.exists():
         return False
@@ -129,7 +132,7 @@ def is_fresh(source: Path, root: Path = PACKAGE_DIR) -> bool:
     return fingerprint(source, root) == recorded["deps"]
 
 
-def require_object(source: Path, root: Path = PACKAGE_DIR) -> Path:
+def require_object(source: Path, root: Path = SOURCE_ROOT) -> Path:
     """The object compiled from ``source``, checked to be present and built from these sources."""
     obj = object_path(source)
     if not obj.exists():
@@ -140,7 +143,7 @@ def require_object(source: Path, root: Path = PACKAGE_DIR) -> Path:
 
 
 def build(
-    root: Path = PACKAGE_DIR, out_root: Path | None = None, force: bool = False
+    root: Path = SOURCE_ROOT, out_root: Path | None = None, force: bool = False
 ) -> list[Path]:
     """Compile every stale source (all of them with ``force`` or into another tree)."""
     built = []
@@ -162,7 +165,7 @@ def main(argv: list[str] | None = None) -> int:
         print(err, file=sys.stderr)
         return 1
     for obj in built:
-        print(f"built {obj.relative_to(PACKAGE_DIR.parent)}")
+        print(f"built {obj.relative_to(SOURCE_ROOT)}")
     print(f"{len(built)} built, {len(sources()) - len(built)} fresh")
     return 0
 

@@ -192,9 +192,10 @@ def test_pins_are_removed_with_the_object():
 
 
 def test_stale_or_missing_object_is_a_clear_error(tmp_path):
-    tree = tmp_path / "bpf"
-    shutil.copytree(SELFTEST.parent / "include", tree / "include")
-    source = tree / "demo.bpf.c"
+    tree = tmp_path
+    shutil.copytree(SELFTEST.parent / "include", tree / "bpf" / "include")
+    (tree / "injector").mkdir()
+    source = tree / "bpf" / "demo.bpf.c"
     shutil.copy(SELFTEST / "trivial.bpf.c", source)
     with pytest.raises(build.ObjectError, match=r"missing; rebuild with `python -m bpf\.build`"):
         build.require_object(source, tree)
