@@ -1,4 +1,4 @@
-"""Ahead-of-time compilation of every ``*.bpf.c`` of the ``bpf`` and ``injector`` packages into a BPF
+"""Ahead-of-time compilation of every ``*.bpf.c`` of the ``bpf``, ``injector`` and ``harness`` packages into a BPF
 ELF object beside it.
 
 The package build (``setup.py``) calls this for the wheel; after editing BPF C in a checkout run
@@ -22,7 +22,7 @@ from pathlib import Path
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 SOURCE_ROOT = PACKAGE_DIR.parent  # the checkout, or site-packages: holds the packages below
-PACKAGES_WITH_BPF = ("bpf", "injector")
+PACKAGES_WITH_BPF = ("bpf", "injector", "harness")
 REBUILD_HINT = "rebuild with `python -m bpf.build` (in a checkout) or reinstall the package"
 
 # libbpf's headers (bpf_helpers.h, bpf_endian.h) and the UAPI headers (linux-libc-dev) only: no kernel
@@ -50,7 +50,9 @@ def _include_dirs(root: Path) -> list[str]:
 
 
 def sources(root: Path = SOURCE_ROOT) -> list[Path]:
-    return sorted(path for package in PACKAGES_WITH_BPF for path in (root / package).rglob("*.bpf.c"))
+    return sorted(
+        path for package in PACKAGES_WITH_BPF for path in (root / package).rglob("*.bpf.c")
+    )
 
 
 def object_path(source: Path) -> Path:

@@ -93,7 +93,11 @@ class Comparison:
         return "RESULT " + json.dumps(fields)
 
     def as_dict(self) -> dict:
-        return {"ratio": self.ratio, "subject": asdict(self.subject), "baseline": asdict(self.baseline)}
+        return {
+            "ratio": self.ratio,
+            "subject": asdict(self.subject),
+            "baseline": asdict(self.baseline),
+        }
 
 
 def check_linear(cost_of: Callable[[int], float], n: int, tolerance: float = 0.35) -> float:

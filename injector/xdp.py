@@ -33,7 +33,7 @@ from injector.program import ChecksumKind, FieldProgram, OpKind, internet_checks
 
 SOURCE = Path(__file__).with_name("xdp_gen.bpf.c")
 MAX_OPS, MAX_CSUMS, MAX_LENGTHS, MAX_SIZES, FIELD_MAX, OFFSET_MAX = 8, 4, 4, 16, 16, 1024
-MIN_FRAME, MAX_FRAME, MAX_BATCH = 14, 3408, 256
+MIN_FRAME, MAX_FRAME, MAX_BATCH, PACED_BATCH = 14, 3408, 256, 64
 _KIND = {OpKind.RANGE: 0, OpKind.RANDOM: 1, OpKind.LIST: 2}
 
 
@@ -247,6 +247,10 @@ def _delete_veth(namespace: str | None, ifname: str) -> None:
             ipr.link("del", index=found[0])
 
 
+def _split(count: int, parts: int) -> list[int]:
+    return [count // parts + (1 if k < count % parts else 0) for k in range(parts)]
+
+
 @dataclass(frozen=True)
 class SendReport:
     """What one send handed to the kernel: ``packets`` frames in ``seconds``."""
@@ -305,26 +309,74 @@ class XdpSender:
         count: int | None = None,
         rate_pps: float | None = None,
         duration: float | None = None,
-        batch: int = MAX_BATCH,
+        workers: int = 1,
+        batch: int | None = None,
         progress: Progress | None = None,
     ) -> SendReport:
-        """Send ``count`` packets (or for ``duration`` seconds), at ``rate_pps`` if given.
+        """Send ``count`` packets (or for ``duration`` seconds), at ``rate_pps`` in total if given.
 
-        Without ``count`` or ``duration`` the program's own (``packet_count()``) applies. The
-        packet sequence starts at index 0 on every call.
+        Without ``count`` or ``duration`` the program's own (``packet_count()``) applies. The packet
+        sequence starts at index 0 on every call. With ``workers > 1`` each worker is a forked process
+        pinned to its own CPU, sending a contiguous share of the indices (progress comes from the
+        first worker only, scaled to the whole).
+
+        ``batch`` (frames the kernel hands over at a time) defaults to 64 when paced and 256 flat
+        out. Measured into a veth: 64 loses nothing (4.8 Mpps flat out); 256 is faster (6.3 Mpps) but
+        bursts past the receiving veth's 256-frame XDP ring now and then, which the sender's
+        ``tx_dropped`` counts. A paced burst of 256 overflows it far more often (~1%).
         """
+        if batch is None:
+            batch = PACED_BATCH if rate_pps else MAX_BATCH
         if count is None and duration is None:
             count = self.program.packet_count()
-        saved = os.sched_getaffinity(0)
-        self.engine.start_at(0)
+        cpus = sorted(os.sched_getaffinity(0))
+        if not 1 <= workers <= len(cpus):
+            raise ValueError(f"workers must be 1..{len(cpus)} (the CPUs this process may use)")
+        shares = [None] * workers if count is None else _split(count, workers)
+        starts = [0] * workers if count is None else [sum(shares[:w]) for w in range(workers)]
+        next_index = [0] * POSSIBLE_CPUS
+        for worker, start in enumerate(starts):
+            next_index[cpus[worker]] = start
+        self.engine.obj.maps["state"][0] = [dict(next_index=i) for i in next_index]
         aborted_before = self.engine.aborted()
-        os.sched_setaffinity(0, {min(saved)})
+        rate = rate_pps / workers if rate_pps else None
+        children = [
+            self._fork(cpus[w], shares[w], rate, duration, batch) for w in range(1, workers)
+        ]
+        sent, seconds = self._pinned(cpus[0], shares[0], rate, duration, batch, progress, workers)
+        for pid, reader in children:
+            with os.fdopen(reader) as pipe:
+                child_sent, child_seconds = pipe.read().split()
+            _, status = os.waitpid(pid, 0)
+            if os.waitstatus_to_exitcode(status) != 0:
+                raise RuntimeError(f"xdp sender worker {pid} failed (exit {status})")
+            sent += int(child_sent)
+            seconds = max(seconds, float(child_seconds))
+        return SendReport(sent, seconds, workers, self.engine.aborted() - aborted_before)
+
+    def _pinned(self, cpu, count, rate, duration, batch, progress, scale=1) -> tuple[int, float]:
+        saved = os.sched_getaffinity(0)
+        os.sched_setaffinity(0, {cpu})
         try:
             with netns.entered(self.netns):
-                sent, seconds = self._loop(count, rate_pps, duration, batch, progress)
+                return self._loop(count, rate, duration, batch, progress, scale)
         finally:
             os.sched_setaffinity(0, saved)
-        return SendReport(sent, seconds, 1, self.engine.aborted() - aborted_before)
+
+    def _fork(self, cpu, count, rate, duration, batch) -> tuple[int, int]:
+        reader, writer = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # the worker: send, report, and leave without running the parent's clean-ups
+            code = 1
+            try:
+                os.close(reader)
+                sent, seconds = self._pinned(cpu, count, rate, duration, batch, None)
+                os.write(writer, f"{sent} {seconds}".encode())
+                code = 0
+            finally:
+                os._exit(code)
+        os.close(writer)
+        return pid, reader
 
     def _loop(
         self,
@@ -333,6 +385,7 @@ class XdpSender:
         duration: float | None,
         batch: int,
         progress: Progress | None,
+        scale: int = 1,
     ) -> tuple[int, float]:
         run = self.engine.prog.test_run_live
         template, ifidx = self.program.template, self.ifindex
@@ -354,6 +407,6 @@ class XdpSender:
             run(template, n, ifidx, min(batch, n, MAX_BATCH))
             sent += n
             if progress is not None and now - last_report >= 0.5:
-                progress(sent, count, now - start)
+                progress(sent * scale, None if count is None else count * scale, now - start)
                 last_report = now
         return sent, time.perf_counter() - start

@@ -38,7 +38,9 @@ def test_test_run_ns_per_packet(benchmark, programs, quick):
     repeat = 10_000 if quick else 1_000_000
     baseline = sample(lambda: kernel_ns(trivial, repeat), "ns/packet", repeats=3 if quick else 7)
     subject = benchmark.pedantic(
-        lambda: sample(lambda: kernel_ns(sample_prog, repeat), "ns/packet", repeats=3 if quick else 7),
+        lambda: sample(
+            lambda: kernel_ns(sample_prog, repeat), "ns/packet", repeats=3 if quick else 7
+        ),
         rounds=1,
         iterations=1,
     )

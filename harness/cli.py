@@ -1,0 +1,137 @@
+"""The ``harness`` command: build topologies and leave them up, run commands in them, clean up.
+
+    harness topo up FILE|NAME [--nic IF] [--egress-nic IF]
+    harness topo down NAME
+    harness topo ls
+    harness topo exec [-t NAME] NODE -- CMD...
+    harness clean
+
+``topo up`` leaves the network up after it exits, so it records it as a detached topology: its
+journal goes to ``/run/bpflab/topologies/NAME/`` rather than the per-process journal directory, and a
+``state.json`` beside it, written once the build succeeded, says it is up. ``clean`` leaves such a
+topology alone until ``topo down NAME`` removes it (``harness.cleanup.Detached`` has the details). A
+``topo up`` killed mid-build leaves no ``state.json``, and ``clean`` removes what it built.
+
+Each subcommand is one ``_cmd_*`` function registered in ``_parser()``; add new ones the same way.
+This module only parses arguments and prints; the work is in ``harness.topology`` and
+``harness.cleanup``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Sequence
+
+from bpf import netns as bpf_netns
+from harness import cleanup
+from harness.topology import Topology
+from harness.topology_schema import TopologyError
+
+
+def _cmd_topo_up(args: argparse.Namespace) -> int:
+    topo = Topology.load(args.file, nic=args.nic, egress_nic=args.egress_nic)
+    detached = cleanup.Detached(topo.name)
+    topo.journal = detached.new_journal()
+    try:
+        topo.up()
+    except BaseException:
+        detached.remove()
+        raise
+    detached.save(topo.describe())
+    print(json.dumps(topo.describe(), indent=2))
+    print(f"up: `harness topo down {topo.name}` removes it", file=sys.stderr)
+    return 0
+
+
+def _cmd_topo_down(args: argparse.Namespace) -> int:
+    detached = cleanup.Detached(args.name)
+    if not detached.directory.is_dir():
+        up = ", ".join(d.name for d in cleanup.Detached.all()) or "none"
+        print(f"topology {args.name} is not up (up: {up})", file=sys.stderr)
+        return 1
+    for line in detached.remove():
+        print(line)
+    return 0
+
+
+def _cmd_topo_ls(args: argparse.Namespace) -> int:
+    for detached in cleanup.Detached.all():
+        if not detached.is_up():
+            print(f"{detached.name}\t(being built, or killed while building: `harness clean`)")
+            continue
+        state = detached.state()
+        nodes = " ".join(f"{n}={v['netns'] or '(host)'}" for n, v in state["nodes"].items())
+        print(f"{detached.name}\trun {state['run_id']}\t{nodes}\t{state['file']}")
+    return 0
+
+
+def _cmd_topo_exec(args: argparse.Namespace) -> int:
+    command = args.command[1:] if args.command[:1] == ["--"] else args.command
+    if not command:
+        print("topo exec: no command given (NODE -- CMD...)", file=sys.stderr)
+        return 2
+    states = [d.state() for d in cleanup.Detached.all() if d.is_up()]
+    if args.topology is not None:
+        states = [s for s in states if s["name"] == args.topology]
+    owners = [s for s in states if args.node in s["nodes"]]
+    if len(owners) != 1:
+        which = ", ".join(s["name"] for s in owners) or "none"
+        print(
+            f"node {args.node}: in {which} of the up topologies; name one with -t", file=sys.stderr
+        )
+        return 1
+    with bpf_netns.entered(owners[0]["nodes"][args.node]["netns"]):
+        os.execvp(command[0], command)  # the new program keeps this thread's namespace
+
+
+def _cmd_clean(args: argparse.Namespace) -> int:
+    report = cleanup.clean()
+    for line in report:
+        print(line)
+    return 1 if any(not line.startswith("removed") for line in report) else 0
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="harness", description="bpflab test harness")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    topo = commands.add_parser("topo", help="network topologies").add_subparsers(
+        dest="topo_command", required=True
+    )
+    up = topo.add_parser("up", help="build a topology and leave it up")
+    up.add_argument("file", metavar="FILE|NAME", help="a topology file or a shipped topology name")
+    up.add_argument("--nic", metavar="IF", help="real NIC for the end marked real_nic: nic")
+    up.add_argument("--egress-nic", metavar="IF", help="real NIC for real_nic: egress-nic")
+    up.set_defaults(run=_cmd_topo_up)
+
+    down = topo.add_parser("down", help="tear down a topology left up by `topo up`")
+    down.add_argument("name")
+    down.set_defaults(run=_cmd_topo_down)
+
+    topo.add_parser("ls", help="list the topologies left up").set_defaults(run=_cmd_topo_ls)
+
+    exec_ = topo.add_parser("exec", help="run a command inside a node's namespace")
+    exec_.add_argument("-t", "--topology", metavar="NAME", help="when several topologies are up")
+    exec_.add_argument("node")
+    exec_.add_argument("command", nargs=argparse.REMAINDER, help="-- CMD [ARGS...]")
+    exec_.set_defaults(run=_cmd_topo_exec)
+
+    clean = commands.add_parser("clean", help="remove what dead runs left behind")
+    clean.set_defaults(run=_cmd_clean)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        return args.run(args)
+    except (TopologyError, FileNotFoundError, FileExistsError, RuntimeError) as err:
+        print(f"harness: {err}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

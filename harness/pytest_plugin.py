@@ -1,0 +1,153 @@
+"""pytest plugin (``pytest_plugins = ["harness.pytest_plugin"]``): topologies for tests, and leak checks.
+
+- ``topology("two_host")``: a fixture factory that builds a topology (a shipped name or a path) and
+  tears it down after the test; ``nic=`` / ``egress_nic=`` bind real NICs.
+- ``--nic IF`` / ``--egress-nic IF`` name real NICs; the ``real_nic`` / ``real_egress_nic`` fixtures
+  return them or skip the test with the reason.
+- Before the session, leftovers of dead runs are removed (``harness.cleanup.clean_once``).
+- After every test, what exists is compared with what existed before it: namespaces, host interfaces,
+  XDP programs and TC qdiscs/filters on host interfaces, pins under ``bpf.attach.PIN_ROOT``, and this
+  process's child processes. Anything new fails that test, listed. Names carrying another run's id
+  (``bl-<id>-``, ``bl<id>-``) belong to that run (a pytest-xdist sibling) and are not counted.
+
+This plugin does not build networks itself (``harness.topology``) nor send traffic.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from pyroute2 import IPRoute
+
+from bpf import journal
+from bpf.attach import PIN_ROOT
+from bpf.netns import NETNS_RUN_DIR
+from harness import cleanup
+from harness.topology import Topology
+
+_TC_INGRESS, _TC_EGRESS = 0xFFFFFFF2, 0xFFFFFFF3
+_RUN_ID_IN_NAME = re.compile(r"\bbl-?([0-9a-f]{6})-")
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("bpflab", "bpflab network harness")
+    group.addoption("--nic", metavar="IF", help="a real NIC for tests of the real-NIC path")
+    group.addoption(
+        "--egress-nic", metavar="IF", help="a second real NIC, for topologies with an egress NIC"
+    )
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    cleanup.clean_once()
+
+
+@pytest.fixture
+def topology() -> Iterator[Callable[..., Topology]]:
+    """``topology(name_or_path, nic=None, egress_nic=None)`` -> a built Topology, down after the test."""
+    built: list[Topology] = []
+
+    def build(
+        file: str | Path, *, nic: str | None = None, egress_nic: str | None = None
+    ) -> Topology:
+        topo = Topology.load(file, nic=nic, egress_nic=egress_nic).up()
+        built.append(topo)
+        return topo
+
+    yield build
+    for topo in reversed(built):
+        topo.down()
+
+
+@pytest.fixture
+def real_nic(request: pytest.FixtureRequest) -> str:
+    nic = request.config.getoption("nic")
+    if nic is None:
+        pytest.skip("needs a real NIC: run with --nic IF")
+    return nic
+
+
+@pytest.fixture
+def real_egress_nic(request: pytest.FixtureRequest) -> str:
+    nic = request.config.getoption("egress_nic")
+    if nic is None:
+        pytest.skip("needs a second real NIC: run with --egress-nic IF")
+    return nic
+
+
+def _ours(name: str) -> bool:
+    """False for what carries another run's id in its name."""
+    match = _RUN_ID_IN_NAME.search(name)
+    return match is None or match[1] == journal.current().run_id
+
+
+def _attachments(ipr: IPRoute, links: list) -> set[str]:
+    found = set()
+    names = {link["index"]: link.get("ifname") for link in links}
+    for link in links:
+        prog = link.get_nested("IFLA_XDP", "IFLA_XDP_PROG_ID")
+        if prog:
+            found.add(f"{names[link['index']]}: XDP program {prog}")
+    for qdisc in ipr.get_qdiscs():
+        if qdisc.get("TCA_KIND") in ("clsact", "ingress"):
+            ifname = names.get(qdisc["index"], qdisc["index"])
+            found.add(f"{ifname}: qdisc {qdisc.get('TCA_KIND')}")
+            for parent, side in ((_TC_INGRESS, "ingress"), (_TC_EGRESS, "egress")):
+                for tc_filter in ipr.get_filters(index=qdisc["index"], parent=parent):
+                    found.add(f"{ifname}: TC {side} filter {tc_filter.get('TCA_KIND')}")
+    return found
+
+
+def _children() -> set[str]:
+    found = set()
+    for task in Path("/proc/self/task").iterdir():
+        for pid in (task / "children").read_text().split():
+            try:
+                comm = Path(f"/proc/{pid}/comm").read_text().strip()
+            except FileNotFoundError:
+                continue
+            found.add(f"pid {pid} ({comm})")
+    return found
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """What exists outside the test process that a test could leave behind."""
+
+    items: dict[str, frozenset[str]]
+
+    @staticmethod
+    def take() -> Snapshot:
+        with IPRoute() as ipr:
+            links = ipr.link("dump")
+            attachments = _attachments(ipr, links)
+        kinds = {
+            "namespaces": [p.name for p in NETNS_RUN_DIR.iterdir()]
+            if NETNS_RUN_DIR.is_dir()
+            else [],
+            "host interfaces": [link.get("ifname") for link in links],
+            "XDP/TC attachments": attachments,
+            "pins": [str(p) for p in PIN_ROOT.rglob("*")] if PIN_ROOT.is_dir() else [],
+            "child processes": _children(),
+        }
+        return Snapshot({kind: frozenset(filter(_ours, names)) for kind, names in kinds.items()})
+
+    def new_since(self, before: Snapshot) -> list[str]:
+        return [
+            f"{kind}: {', '.join(sorted(names - before.items[kind]))}"
+            for kind, names in self.items.items()
+            if names - before.items[kind]
+        ]
+
+
+@pytest.fixture(autouse=True)
+def _no_leaks() -> Iterator[None]:
+    """Fail the test that leaves anything behind (runs last: autouse fixtures are set up first)."""
+    before = Snapshot.take()
+    yield
+    leaked = Snapshot.take().new_since(before)
+    if leaked:
+        pytest.fail("the test left behind (run `harness clean`):\n  " + "\n  ".join(leaked))

@@ -1,0 +1,172 @@
+"""csum.h in the kernel: RFC 1624 incremental updates and the full IPv4 header checksum.
+
+``bpf/selftest/csum.bpf.c`` rewrites addresses and ports like a NAT, updating the IPv4 header and
+TCP/UDP/ICMPv6 checksums incrementally; every result must equal scapy's full recomputation of the
+rewritten packet. UDP keeps its rules: a zero checksum (none) stays zero, and a checksum that
+computes to zero is sent as 0xffff. ``ipv4_csum()`` (run by ``parse.bpf.c``) must agree with
+scapy's checksum over headers with options.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from scapy.layers.inet import IP, TCP, UDP, IPOption_NOP, IPOption_RR
+from scapy.layers.inet6 import ICMPv6EchoRequest, IPv6
+from scapy.layers.l2 import Ether
+from scapy.utils import checksum
+
+import bpf
+
+SELFTEST = Path(bpf.__file__).parent / "selftest"
+MACS = {"src": "02:00:00:00:00:01", "dst": "02:00:00:00:00:02"}
+V4 = {"src": "192.0.2.1", "dst": "198.51.100.2"}
+V6 = {"src": "2001:db8::1", "dst": "2001:db8:0:1::2"}
+
+
+@pytest.fixture(scope="module")
+def nat():
+    with bpf.BpfObject.open(SELFTEST / "csum.bpf.c") as obj:
+        yield obj.load()
+
+
+def _wire16(port: int) -> int:
+    """A port as the little-endian CPU holds the network-order __be16."""
+    return int.from_bytes(port.to_bytes(2, "big"), "little")
+
+
+def rewrite(obj, packet, saddr=None, daddr=None, sport=0, dport=0) -> Ether:
+    rules = obj.maps["nat"]
+    rule = rules.value_type()
+    for name, addr in (("saddr", saddr), ("daddr", daddr)):
+        if addr is not None:
+            getattr(rule, name).bytes[:] = list(ipaddress.ip_address(addr).packed.ljust(16, b"\0"))
+    rule.sport, rule.dport = _wire16(sport), _wire16(dport)
+    rules[0] = rule
+    run = obj.programs["nat_xdp"].test_run(packet)
+    assert run.verdict is bpf.XdpAction.TX, f"nat_xdp gave {run.verdict!r} for {packet!r}"
+    return Ether(run.packet)
+
+
+CHECKSUM_FIELD = {IP: "chksum", TCP: "chksum", UDP: "chksum", ICMPv6EchoRequest: "cksum"}
+
+
+def recomputed(packet: Ether) -> Ether:
+    """The packet with every checksum recomputed from scratch by scapy."""
+    fresh = packet.copy()
+    for layer, name in CHECKSUM_FIELD.items():
+        if layer in fresh:
+            delattr(fresh[layer], name)
+    if UDP in packet and packet[UDP].chksum == 0 and IP in packet:
+        fresh[UDP].chksum = 0  # none stays none
+    return Ether(bytes(fresh))
+
+
+def assert_checksums_right(got: Ether) -> None:
+    want = recomputed(got)
+    for layer, name in CHECKSUM_FIELD.items():
+        if layer in got:
+            g, w = getattr(got[layer], name), getattr(want[layer], name)
+            assert g == w, (
+                f"{layer.__name__} checksum {g:#06x}, full recomputation {w:#06x}: {got!r}"
+            )
+
+
+CASES = {
+    "ipv4 tcp": Ether(**MACS) / IP(**V4) / TCP(sport=1000, dport=80) / b"data",
+    "ipv4 udp": Ether(**MACS) / IP(**V4) / UDP(sport=1000, dport=53) / b"q",
+    "ipv4 options udp": Ether(**MACS)
+    / IP(options=[IPOption_RR(), IPOption_NOP()], **V4)
+    / UDP()
+    / b"x",
+    "ipv6 tcp": Ether(**MACS) / IPv6(**V6) / TCP(sport=1, dport=2),
+    "ipv6 udp": Ether(**MACS) / IPv6(**V6) / UDP(sport=1, dport=2) / b"abc",
+    "ipv6 icmpv6": Ether(**MACS) / IPv6(**V6) / ICMPv6EchoRequest(id=7, data=b"ping"),
+}
+NEW = {4: ("203.0.113.9", "10.1.2.3"), 6: ("2001:db8:ffff::99", "fd00::1:2")}
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_rewrite_addresses_and_ports(nat, name):
+    packet = CASES[name]
+    new_src, new_dst = NEW[6 if IPv6 in packet else 4]
+    got = rewrite(nat, packet, saddr=new_src, daddr=new_dst, sport=40000, dport=8080)
+    assert got.payload.src == new_src and got.payload.dst == new_dst
+    assert_checksums_right(got)
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    v6=st.booleans(),
+    tcp=st.booleans(),
+    src=st.binary(min_size=16, max_size=16),
+    dst=st.binary(min_size=16, max_size=16),
+    sport=st.integers(0, 65535),
+    dport=st.integers(0, 65535),
+    payload=st.binary(max_size=40),
+)
+def test_rewrite_random(nat, v6, tcp, src, dst, sport, dport, payload):
+    l4 = TCP(sport=11, dport=22) if tcp else UDP(sport=11, dport=22)
+    ip = IPv6(**V6) if v6 else IP(**V4)
+    size = 16 if v6 else 4
+    new_src, new_dst = (ipaddress.ip_address(a[:size]) for a in (src, dst))
+    if not int(new_src) or not int(new_dst):
+        return  # a zero field means "leave as is" to nat_xdp
+    got = rewrite(nat, Ether(**MACS) / ip / l4 / payload, str(new_src), str(new_dst), sport, dport)
+    assert_checksums_right(got)
+
+
+def test_udp_zero_checksum_stays_zero(nat):
+    packet = Ether(**MACS) / IP(**V4) / UDP(sport=1, dport=2, chksum=0) / b"no checksum"
+    got = rewrite(nat, packet, saddr="203.0.113.9", sport=999)
+    assert got[UDP].chksum == 0, "a UDP/IPv4 checksum of 0 means none: it must stay 0"
+    assert got[IP].chksum == recomputed(got)[IP].chksum
+
+
+def test_udp_computed_zero_is_sent_as_ffff(nat):
+    """Pick the new source address so that the true checksum is 0: UDP must send 0xffff."""
+    packet = Ether(bytes(Ether(**MACS) / IP(**V4) / UDP(sport=1, dport=2) / b"zero"))
+    old = ipaddress.ip_address(V4["src"]).packed
+    # With the rest fixed, the one's complement sum with source low word w is `base + w`.
+    base = 0xFFFF - packet[UDP].chksum  # ~checksum: the sum over everything
+    base += 0xFFFF - int.from_bytes(old[2:], "big")  # minus the old low word
+    for word in range(1, 0x10000):
+        total = base + word
+        total = (total & 0xFFFF) + (total >> 16)
+        total = (total & 0xFFFF) + (total >> 16)
+        if total == 0xFFFF:
+            break
+    new_src = ipaddress.ip_address(old[:2] + word.to_bytes(2, "big"))
+    got = rewrite(nat, packet, saddr=str(new_src))
+    assert got[UDP].chksum == 0xFFFF, (
+        f"computed 0 must go out as 0xffff, got {got[UDP].chksum:#06x}"
+    )
+    assert recomputed(got)[UDP].chksum == 0xFFFF, "scapy agrees the checksum computes to 0"
+
+
+@pytest.fixture(scope="module")
+def parser():
+    with bpf.BpfObject.open(SELFTEST / "parse.bpf.c") as obj:
+        obj.load()
+        obj.maps["rss_table"][0] = obj.maps["rss_table"].value_type()
+        yield obj
+
+
+@pytest.mark.parametrize("options", [0, 1, 9, 40])
+@pytest.mark.parametrize("corrupt", [False, True])
+def test_full_ipv4_header_checksum(parser, options, corrupt):
+    ip = IP(options=[IPOption_NOP()] * options, **V4)
+    if corrupt:
+        ip.chksum = 0x1234
+    frame = bytes(Ether(**MACS) / ip / UDP())
+    header = frame[14 : 14 + (frame[14] & 0xF) * 4]
+    parser.programs["parse_xdp"].test_run(frame)
+    result = parser.maps["results"][0]
+    assert result.status == 0
+    expected = _wire16(checksum(header))  # in network order, as the header field holds it
+    assert result.ipv4_csum == expected, "checksum over the header as it is"
+    assert (result.ipv4_csum == 0) != corrupt, "0 exactly when the header checksum is valid"
