@@ -275,9 +275,10 @@ def pin_object(fd: int, path: Path) -> None:
 
 
 def unpin_object(path: Path) -> None:
-    _remove_pin(str(path))
     if path in _pins:
-        journal.current().strike(_pins.pop(path))
+        journal.current().undo(_pins.pop(path))
+    else:
+        _remove_pin(str(path))
 
 
 @journal.undoes("pin")

@@ -68,7 +68,7 @@ class Journal:
         self.path = directory / f"{self.run_id}.jsonl"
         self._fd: int | None = None
         self._next_id = 0
-        self._open: set[int] = set()
+        self._open: dict[int, tuple[str, dict]] = {}  # entry id -> (kind, fields)
 
     def _write(self, entry: dict) -> None:
         if self._fd is None:
@@ -87,12 +87,21 @@ class Journal:
         entry_id = self._next_id
         self._next_id += 1
         self._write({"id": entry_id, "kind": kind, "fields": fields})
-        self._open.add(entry_id)
+        self._open[entry_id] = (kind, fields)
         return entry_id
+
+    def undo(self, entry_id: int) -> None:
+        """Remove the resource with its kind's registered undo function, then strike it off.
+
+        If the undo raises, the entry stays recorded, for ``clean_stale()`` to retry later.
+        """
+        kind, fields = self._open[entry_id]
+        _UNDO[kind](**fields)
+        self.strike(entry_id)
 
     def strike(self, entry_id: int) -> None:
         """Note that the resource has been removed by its owner."""
-        self._open.discard(entry_id)
+        self._open.pop(entry_id, None)
         self._write({"done": entry_id})
         if not self._open:
             self.close()
@@ -145,8 +154,9 @@ def _read(path: Path) -> tuple[Owner | None, list[Leftover]]:
 
 
 def live_run_ids(directory: Path = JOURNAL_DIR) -> set[str]:
-    """Run ids whose owner is still running (their resources are not leftovers)."""
-    ids = set()
+    """Run ids whose owner is still running (their resources are not leftovers), the caller's own
+    included even before it has recorded anything."""
+    ids = {current().run_id}
     for path in directory.glob("*.jsonl"):
         owner, _ = _read(path)
         if owner is None or owner.alive():

@@ -35,7 +35,7 @@ from bpf import journal
 from bpf.netns import NETNS_RUN_DIR
 from harness.topology import remove_host_link, remove_netns
 
-UNDO_MODULES = ("bpf.attach", "harness.topology")
+UNDO_MODULES = ("bpf.attach", "harness.topology", "injector.xdp")
 DETACHED_DIR = journal.STATE_DIR / "topologies"
 _RUN_NETNS = re.compile(r"bl-([0-9a-f]{6})-.+")
 _RUN_LINK = re.compile(r"bl([0-9a-f]{6})-.+")
@@ -108,7 +108,7 @@ def clean() -> list[str]:
     """Remove every leftover of runs that no longer exist; one line per thing removed or failed."""
     _import_undo_modules()
     report = journal.clean_stale()
-    protected = journal.live_run_ids() | {journal.current().run_id}  # ours, even before a record
+    protected = journal.live_run_ids()
     for detached in Detached.all():
         if not detached.is_up():
             report += journal.clean_stale(detached.directory)

@@ -5,6 +5,7 @@
     harness topo ls
     harness topo exec [-t NAME] NODE -- CMD...
     harness clean
+    harness run demo [--packets N] [--json]
 
 ``topo up`` leaves the network up after it exits, so it records it as a detached topology: its
 journal goes to ``/run/bpflab/topologies/NAME/`` rather than the per-process journal directory, and a
@@ -94,6 +95,12 @@ def _cmd_clean(args: argparse.Namespace) -> int:
     return 1 if any(not line.startswith("removed") for line in report) else 0
 
 
+def _cmd_run(args: argparse.Namespace) -> int:
+    from harness import demo  # loads BPF objects: only when a run is asked for
+
+    return demo.main(args.packets, args.json)
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="harness", description="bpflab test harness")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -121,6 +128,14 @@ def _parser() -> argparse.ArgumentParser:
 
     clean = commands.add_parser("clean", help="remove what dead runs left behind")
     clean.set_defaults(run=_cmd_clean)
+
+    run = commands.add_parser("run", help="run a scenario end to end and print a verdict")
+    run.add_argument(
+        "scenario", choices=["demo"], help="demo: the harness on two_host (see README)"
+    )
+    run.add_argument("--packets", type=int, default=2_000_000, help="packets of the rate check")
+    run.add_argument("--json", action="store_true", help="print the checks as JSON")
+    run.set_defaults(run=_cmd_run)
     return parser
 
 

@@ -3,7 +3,8 @@
 - ``topology("two_host")``: a fixture factory that builds a topology (a shipped name or a path) and
   tears it down after the test; ``nic=`` / ``egress_nic=`` bind real NICs.
 - ``--nic IF`` / ``--egress-nic IF`` name real NICs; the ``real_nic`` / ``real_egress_nic`` fixtures
-  return them or skip the test with the reason.
+  return them or skip the test with the reason. ``--trex-server HOST`` names a TRex server; the
+  ``trex_server`` fixture returns it or skips.
 - Before the session, leftovers of dead runs are removed (``harness.cleanup.clean_once``).
 - After every test, what exists is compared with what existed before it: namespaces, host interfaces,
   XDP programs and TC qdiscs/filters on host interfaces, pins under ``bpf.attach.PIN_ROOT``, and this
@@ -39,6 +40,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption(
         "--egress-nic", metavar="IF", help="a second real NIC, for topologies with an egress NIC"
     )
+    group.addoption("--trex-server", metavar="HOST", help="a TRex server, for tests that drive one")
 
 
 def pytest_sessionstart(session: pytest.Session) -> None:
@@ -68,6 +70,14 @@ def real_nic(request: pytest.FixtureRequest) -> str:
     if nic is None:
         pytest.skip("needs a real NIC: run with --nic IF")
     return nic
+
+
+@pytest.fixture
+def trex_server(request: pytest.FixtureRequest) -> str:
+    server = request.config.getoption("trex_server")
+    if server is None:
+        pytest.skip("needs a TRex server: pass --trex-server HOST (none can run on this machine)")
+    return server
 
 
 @pytest.fixture

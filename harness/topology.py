@@ -38,7 +38,7 @@ import os
 import socket
 import struct
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -208,16 +208,6 @@ def remove_host_neigh(ifname: str, address: str) -> None:
                     raise
 
 
-_UNDO: dict[str, Callable[..., None]] = {
-    "netns": remove_netns,
-    "host_link": remove_host_link,
-    "nic": restore_nic,
-    "sysctl": restore_sysctl,
-    "host_route": remove_host_route,
-    "host_neigh": remove_host_neigh,
-}
-
-
 def _sysctl_path(key: str) -> Path:
     return Path("/proc/sys", *key.split("."))
 
@@ -343,11 +333,9 @@ class Topology:
         while self._entries:
             entry_id, kind, fields = self._entries.pop()
             try:
-                _UNDO[kind](**fields)
+                self.journal.undo(entry_id)
             except Exception as err:  # one stuck resource must not stop the others' removal
                 failures.append(f"{kind} {fields}: {err}")
-                continue
-            self.journal.strike(entry_id)
         self._nodes = {}
         if failures:
             raise RuntimeError(

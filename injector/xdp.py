@@ -19,6 +19,7 @@ Not for: exact small packet lists checked one by one (the scapy backend), or rec
 from __future__ import annotations
 
 import ctypes
+import itertools
 import os
 import time
 from collections.abc import Callable
@@ -247,6 +248,9 @@ def _delete_veth(namespace: str | None, ifname: str) -> None:
             ipr.link("del", index=found[0])
 
 
+_spares = itertools.count()
+
+
 def _split(count: int, parts: int) -> list[int]:
     return [count // parts + (1 if k < count % parts else 0) for k in range(parts)]
 
@@ -274,7 +278,8 @@ class XdpSender:
     def __init__(self, program: FieldProgram, ifname: str, namespace: str | None = None) -> None:
         self.program, self.ifname, self.netns = program, ifname, namespace
         self.engine = FieldEngine(program)
-        self._spare = f"blg{journal.current().run_id}{id(self) % 1000:03d}"
+        # Named like every host link of a run (bl<run id>-...), so clean-up and leak checks know it.
+        self._spare = f"bl{journal.current().run_id}-g{next(_spares):03d}"
         self._spare_entry: int | None = None
         try:
             self._create_spare()
@@ -294,8 +299,7 @@ class XdpSender:
     def close(self) -> None:
         self.engine.close()
         if self._spare_entry is not None:
-            _delete_veth(self.netns, self._spare + "a")
-            journal.current().strike(self._spare_entry)
+            journal.current().undo(self._spare_entry)
             self._spare_entry = None
 
     def __enter__(self) -> XdpSender:

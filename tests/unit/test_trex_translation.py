@@ -217,12 +217,9 @@ def test_field_engine_replays_the_expansion(flows, zipf, seed, imix):
 
 
 @pytest.mark.trex
-def test_run_on_trex_server(request):
-    server = request.config.getoption("--trex-server", default=None)
-    if not server:
-        pytest.skip("needs a TRex server: pass --trex-server HOST (none can run on this machine)")
+def test_run_on_trex_server(trex_server):
     program = TrafficSpec(
         templates.udp4(), vary=(Vary("UDP.sport", Range(1, 100)),), count=1000, rate_pps=1000
     ).resolve()
-    result = run_on_trex(program, server, ports=(0,), latency=Latency(pg_id=1, rate_pps=10))
+    result = run_on_trex(program, trex_server, ports=(0,), latency=Latency(pg_id=1, rate_pps=10))
     assert result["stats"]["0"]["opackets"] == 1000 + 10

@@ -1,0 +1,160 @@
+"""The main job on the embedded default topology (``harness run demo``, ``tox -e demo``).
+
+It builds ``two_host`` (injector <-> dut over a veth pair), runs three checks end to end on the real
+kernel, prints a verdict line for each with its figures, and tears everything down:
+
+1. crafted traffic: every template (UDP/TCP/ICMP over IPv4 and IPv6, 802.1Q, PPPoE session and
+   discovery, VXLAN) sent with scapy arrives at the dut intact, compared as multisets;
+2. the field engine: a 1000-flow IMIX spec made by the in-kernel engine (``BPF_PROG_TEST_RUN``) is
+   byte-identical to Python's expansion over a whole period;
+3. rate: the xdp injector sends flat out into the dut's XDP sink; sent = arrived + dropped exactly,
+   and the rate is reported.
+
+Until the first data plane lands the system under test is the harness's own sink; each data plane
+adds its own checks here as it lands. Not for: benchmarks (``tox -e perf`` measures against
+baselines, with repeats) or tests (``tox``).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+
+from pyroute2 import IPRoute
+
+from bpf import netns
+from harness.capture import Capture
+from harness.compare import compare
+from harness.sink import FrameClass, Sink
+from harness.topology import Topology
+from injector import templates
+from injector.scapy_backend import send_packets
+from injector.spec import Imix, Random, Range, TrafficSpec, Values, Vary
+from injector.xdp import FieldEngine, XdpSender
+
+_CHATTER = (b"\x86\xdd", b"\x08\x06")  # the injector kernel's own IPv6 ND/MLD and ARP
+
+
+@dataclass
+class Check:
+    name: str
+    passed: bool
+    detail: str
+    figures: dict
+
+
+def _injected_by(mac: bytes) -> Callable[[bytes], bool]:
+    return lambda frame: frame[6:12] == mac and frame[12:14] not in _CHATTER
+
+
+def check_templates(injector: str, dut: str, macs: dict[str, str]) -> Check:
+    addressed = {"eth_src": macs["injector"], "eth_dst": macs["dut"]}
+    frames = [
+        bytes(t)
+        for t in (
+            templates.udp4(**addressed),
+            templates.tcp4(**addressed),
+            templates.icmp4(**addressed),
+            templates.udp4(vlan=100, **addressed),
+            templates.pppoe_session(**addressed),
+            templates.padi(eth_src=macs["injector"]),
+            templates.vxlan(templates.udp4(), **addressed),
+        )
+    ]
+    mac = bytes.fromhex(macs["injector"].replace(":", ""))
+    with Capture("ens5", netns=dut, match=_injected_by(mac)) as capture:
+        send_packets(frames, "veth0", injector)
+        got = [f.data for f in capture.frames(len(frames), timeout=3.0) if not f.outgoing]
+    result = compare(frames, got)
+    return Check(
+        "crafted templates arrive intact",
+        result.ok,
+        result.report(),
+        {"templates": len(frames), "received": result.received},
+    )
+
+
+def flows_spec(macs: dict[str, str]) -> TrafficSpec:
+    return TrafficSpec(
+        templates.udp4(eth_src=macs["injector"], eth_dst=macs["dut"], dst="10.0.0.2"),
+        vary=(
+            Vary("IP.src", Range("10.0.1.1", "10.0.4.232")),
+            Vary("UDP.sport", Random(1024, 65535)),
+            Vary("UDP.dport", Values((53, 123, 443, 5001))),
+        ),
+        flows=1000,
+        sizes=Imix(((64, 7), (594, 4), (1514, 1))),
+    )
+
+
+def check_field_engine(spec: TrafficSpec) -> Check:
+    program = spec.resolve()
+    with FieldEngine(program) as engine:
+        start = time.perf_counter()
+        mismatched = [i for i in range(program.period) if engine.render(i) != program.packet(i)]
+        seconds = time.perf_counter() - start
+    return Check(
+        "in-kernel field engine matches Python's expansion",
+        not mismatched,
+        f"{program.period} packets compared, {len(mismatched)} differ"
+        + (f" (first: packet {mismatched[0]})" if mismatched else ""),
+        {"packets": program.period, "flows": program.flows, "seconds": round(seconds, 3)},
+    )
+
+
+def _tx_dropped(namespace: str, ifname: str) -> int:
+    with netns.entered(namespace), IPRoute() as ipr:
+        return ipr.get_links(ifname=ifname)[0].get_attr("IFLA_STATS64")["tx_dropped"]
+
+
+def check_rate(injector: str, dut: str, spec: TrafficSpec, packets: int) -> Check:
+    with Sink("ens5", dut) as sink, XdpSender(spec.resolve(), "veth0", injector) as sender:
+        dropped_before = _tx_dropped(injector, "veth0")
+        report = sender.send(count=packets)
+        arrived = sink.settled(FrameClass.IPV4, packets)
+        dropped = _tx_dropped(injector, "veth0") - dropped_before
+    accounted = arrived + dropped == report.packets
+    return Check(
+        "xdp injector at full rate, every packet accounted for",
+        accounted and report.aborted == 0,
+        f"sent {report.packets:,}, arrived {arrived:,}, dropped (counted) {dropped:,}, "
+        f"{report.pps / 1e6:.2f} Mpps",
+        {
+            "sent": report.packets,
+            "arrived": arrived,
+            "dropped": dropped,
+            "mpps": round(report.pps / 1e6, 3),
+        },
+    )
+
+
+def run(packets: int = 2_000_000) -> list[Check]:
+    with Topology.load("two_host") as topo:
+        injector, dut = topo.node("injector").netns, topo.node("dut").netns
+        macs = {end.node: end.mac for link in topo.spec.links for end in link.ends}
+        spec = flows_spec(macs)
+        return [
+            check_templates(injector, dut, macs),
+            check_field_engine(spec),
+            check_rate(injector, dut, spec, packets),
+        ]
+
+
+def main(packets: int, as_json: bool) -> int:
+    started = time.perf_counter()
+    checks = run(packets)
+    seconds = time.perf_counter() - started
+    if as_json:
+        print(json.dumps({"checks": [asdict(c) for c in checks], "seconds": round(seconds, 2)}))
+    else:
+        for check in checks:
+            print(
+                f"{'PASS' if check.passed else 'FAIL'}  {check.name}: {check.detail.splitlines()[0]}"
+            )
+            for line in check.detail.splitlines()[1:]:
+                print(f"      {line}")
+        verdict = "PASS" if all(c.passed for c in checks) else "FAIL"
+        print(f"{verdict}: {sum(c.passed for c in checks)}/{len(checks)} checks in {seconds:.1f} s")
+    return 0 if all(c.passed for c in checks) else 1
