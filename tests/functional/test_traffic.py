@@ -4,6 +4,7 @@ counts reconcile exactly, and every backend (scapy, pcap, xdp, the CLI) delivers
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from pyroute2 import IPRoute
@@ -18,6 +19,9 @@ from injector.scapy_backend import send_packets
 from injector.spec import Imix, Random, Range, TrafficSpec, Values, Vary, Zipf
 from injector.xdp import XdpSender
 
+INJECTOR_COMMAND = Path(sys.executable).with_name(
+    "injector"
+)  # the installed command, as users run it
 DUT_MAC, INJECTOR_MAC = "02:00:00:00:01:02", "02:00:00:00:01:01"
 ADDRESSED = {"eth_src": INJECTOR_MAC, "eth_dst": DUT_MAC}
 
@@ -165,7 +169,7 @@ def test_cli_sends_a_spec_file(two_host, tmp_path):
     )
     with Sink("ens5", dut) as sink:
         done = subprocess.run(
-            [sys.executable, "-m", "injector.cli", "send", "-i", "veth0", "--netns", injector,
+            [str(INJECTOR_COMMAND), "send", "-i", "veth0", "--netns", injector,
              "--spec", str(spec_file), "--rate", "200000", "--json"],
             capture_output=True, text=True, timeout=60,
         )  # fmt: skip
@@ -181,7 +185,7 @@ def test_cli_rejects_a_bad_spec_naming_the_field(tmp_path):
         "template: {kind: udp4}\nvary:\n  - {field: UDP.nosuch, range: {start: 1, end: 2}}\n"
     )
     done = subprocess.run(
-        [sys.executable, "-m", "injector.cli", "send", "-i", "lo", "--spec", str(spec_file)],
+        [str(INJECTOR_COMMAND), "send", "-i", "lo", "--spec", str(spec_file)],
         capture_output=True, text=True, timeout=60,
     )  # fmt: skip
     assert done.returncode == 1
