@@ -76,8 +76,8 @@ def tcp4(
     vlan: int | None = None,
     ttl: int = 64,
 ) -> Packet:
-    l4 = TCP(sport=sport, dport=dport, flags=flags, seq=1000) / _payload(payload)
-    return ether(eth_src, eth_dst, vlan) / IP(src=src, dst=dst, ttl=ttl) / l4
+    ip = IP(src=src, dst=dst, ttl=ttl)
+    return ether(eth_src, eth_dst, vlan) / ip / _l4_tcp(sport, dport, flags, payload)
 
 
 def udp6(
@@ -107,12 +107,16 @@ def tcp6(
     vlan: int | None = None,
     hlim: int = 64,
 ) -> Packet:
-    l4 = TCP(sport=sport, dport=dport, flags=flags, seq=1000) / _payload(payload)
-    return ether(eth_src, eth_dst, vlan) / IPv6(src=src, dst=dst, hlim=hlim) / l4
+    ip6 = IPv6(src=src, dst=dst, hlim=hlim)
+    return ether(eth_src, eth_dst, vlan) / ip6 / _l4_tcp(sport, dport, flags, payload)
 
 
 def _l4_udp(sport: int, dport: int, payload: bytes) -> Packet:
     return UDP(sport=sport, dport=dport) / _payload(payload)
+
+
+def _l4_tcp(sport: int, dport: int, flags: str, payload: bytes) -> Packet:
+    return TCP(sport=sport, dport=dport, flags=flags, seq=1000) / _payload(payload)
 
 
 def icmp4(
