@@ -5,7 +5,8 @@ missed; ``frames(count, timeout)`` returns the frames ``match`` (a plain Python 
 bytes) accepts, in both directions, bounded by count and timeout. Frames are returned as they were
 on the wire: a VLAN tag the kernel moved into packet metadata (VLAN offload, as veth does) is put back
 from ``PACKET_AUXDATA``, as libpcap does. It keeps frames in memory, in a receive buffer large enough
-for thousands of frames: it is for checking packets in a test, not for rates (``harness.sink``).
+for thousands of frames, and ``write_pcap`` saves them for Wireshark or tcpdump: it is for checking
+packets in a test, not for rates (``harness.sink``).
 Sending is the injector's job (``injector.scapy_backend.send_packets``).
 """
 
@@ -15,9 +16,13 @@ import select
 import socket
 import struct
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from pathlib import Path
 from types import TracebackType
+
+from scapy.data import DLT_EN10MB
+from scapy.utils import PcapWriter
 
 from bpf import netns as bpf_netns
 
@@ -103,3 +108,13 @@ def _with_vlan_tag(frame: bytes, ancillary: list[tuple[int, int, bytes]]) -> byt
             tpid = tpid if status & _TP_STATUS_VLAN_TPID_VALID else 0x8100
             return frame[:12] + struct.pack("!HH", tpid, tci) + frame[12:]
     return frame
+
+
+def write_pcap(path: str | Path, frames: Iterable[Frame | bytes]) -> int:
+    """Write frames (captured, or raw Ethernet bytes) to a pcap file; returns how many."""
+    written = 0
+    with PcapWriter(str(path), linktype=DLT_EN10MB, sync=False) as pcap:
+        for frame in frames:
+            pcap.write(frame.data if isinstance(frame, Frame) else bytes(frame))
+            written += 1
+    return written

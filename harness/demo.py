@@ -22,11 +22,9 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
-from pyroute2 import IPRoute
-
-from bpf import netns
 from harness.capture import Capture
 from harness.compare import compare
+from harness.counters import delta, interface_stats
 from harness.sink import FrameClass, Sink
 from harness.topology import Topology
 from injector import templates
@@ -104,17 +102,12 @@ def check_field_engine(spec: TrafficSpec) -> Check:
     )
 
 
-def _tx_dropped(namespace: str, ifname: str) -> int:
-    with netns.entered(namespace), IPRoute() as ipr:
-        return ipr.get_links(ifname=ifname)[0].get_attr("IFLA_STATS64")["tx_dropped"]
-
-
 def check_rate(injector: str, dut: str, spec: TrafficSpec, packets: int) -> Check:
     with Sink("ens5", dut) as sink, XdpSender(spec.resolve(), "veth0", injector) as sender:
-        dropped_before = _tx_dropped(injector, "veth0")
+        before = interface_stats("veth0", injector)
         report = sender.send(count=packets)
         arrived = sink.settled(FrameClass.IPV4, packets)
-        dropped = _tx_dropped(injector, "veth0") - dropped_before
+        dropped = delta(before, interface_stats("veth0", injector))["tx_dropped"]
     accounted = arrived + dropped == report.packets
     return Check(
         "xdp injector at full rate, every packet accounted for",

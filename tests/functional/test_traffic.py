@@ -7,11 +7,11 @@ import sys
 from pathlib import Path
 
 import pytest
-from pyroute2 import IPRoute
 from scapy.utils import wrpcap
 
-from harness.capture import Capture
+from harness.capture import Capture, write_pcap
 from harness.compare import assert_same
+from harness.counters import delta, interface_stats
 from harness.sink import FrameClass, Sink
 from injector import templates
 from injector.pcap_backend import replay_pcap
@@ -110,13 +110,6 @@ def test_variation_delivers_exactly_the_flows_asked(two_host, backend):
     )
 
 
-def interface_counts(netns: str, ifname: str) -> dict[str, int]:
-    from bpf import netns as bpf_netns
-
-    with bpf_netns.entered(netns), IPRoute() as ipr:
-        return ipr.get_links(ifname=ifname)[0].get_attr("IFLA_STATS64")
-
-
 @pytest.mark.parametrize("workers", [1, 2])
 def test_counts_reconcile_exactly_at_mpps(two_host, workers):
     """Flat out, the receiving veth's XDP ring may overflow now and then: every such frame must show
@@ -125,11 +118,10 @@ def test_counts_reconcile_exactly_at_mpps(two_host, workers):
     spec = TrafficSpec(templates.udp4(**ADDRESSED), vary=(Vary("UDP.sport", Range(1, 10_000)),))
     count = 1_000_000
     with Sink("ens5", dut) as sink, XdpSender(spec.resolve(), "veth0", injector) as sender:
-        before = interface_counts(injector, "veth0")
+        before = interface_stats("veth0", injector)
         report = sender.send(count=count, workers=workers)
         arrived = sink.settled(FrameClass.IPV4, count)
-        after = interface_counts(injector, "veth0")
-    dropped = after["tx_dropped"] - before["tx_dropped"]
+        dropped = delta(before, interface_stats("veth0", injector))["tx_dropped"]
     assert report.packets == count and report.aborted == 0
     assert arrived + dropped == count, (
         f"sent {count:,} IPv4 frames: {arrived:,} reached the dut's sink and {dropped:,} were "
@@ -190,3 +182,18 @@ def test_cli_rejects_a_bad_spec_naming_the_field(tmp_path):
     )  # fmt: skip
     assert done.returncode == 1
     assert "UDP.nosuch" in done.stderr and str(spec_file) in done.stderr, done.stderr
+
+
+def test_capture_saves_a_pcap_that_tcpdump_reads(two_host, tmp_path):
+    injector, dut = two_host
+    frames = [bytes(TEMPLATES[name]) for name in ("udp4", "udp4 in 802.1Q", "vxlan")]
+    with Capture("ens5", netns=dut, match=ours) as capture:
+        send_packets(frames, "veth0", injector)
+        got = capture.frames(len(frames), timeout=3.0)
+    pcap = tmp_path / "ens5.pcap"
+    assert write_pcap(pcap, got) == len(frames)
+    done = subprocess.run(["tcpdump", "-nn", "-e", "-r", str(pcap)], capture_output=True, text=True)
+    lines = done.stdout.splitlines()
+    assert done.returncode == 0 and len(lines) == len(frames), done.stdout + done.stderr
+    assert "vlan 100" in lines[1], f"tcpdump must see the 802.1Q tag: {lines[1]}"
+    assert "VXLAN" in lines[2] or "4789" in lines[2], lines[2]
