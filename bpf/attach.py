@@ -89,13 +89,25 @@ class XdpLink(_Attachment):
         if program.type != ProgType.XDP:
             raise TypeError(f"{program.name} is a {program.type.name} program, not XDP")
         self.program, self.ifname, self.mode, self.namespace = program, ifname, mode, namespace
+        self.ifindex = ifindex(ifname, namespace)
+        what = f"attach XDP {program.name} to {_where(ifname, namespace)} in {mode.name} mode"
         with netns.entered(namespace):
-            self.ifindex = ifindex(ifname)
             opts = LinkCreateOpts(flags=int(mode))
-            what = f"attach XDP {program.name} to {_where(ifname, namespace)} in {mode.name} mode"
-            self._fd = call(
-                lib.bpf_link_create, program.fd, self.ifindex, _BPF_XDP, opts, what=what
-            )
+            try:
+                self._fd = call(
+                    lib.bpf_link_create, program.fd, self.ifindex, _BPF_XDP, opts, what=what
+                )
+            except LibbpfError as err:
+                # EBUSY: a program is attached in this mode; EEXIST: in the other mode. A link never
+                # replaces what is there, and native and generic XDP exclude each other.
+                if err.errno not in (errno.EBUSY, errno.EEXIST):
+                    raise
+                raise LibbpfError(
+                    err.errno,
+                    f"{what} (an XDP program is already attached there; one per interface: "
+                    "detach it first)",
+                    err.messages,
+                ) from None
         self._register()
 
     def detach(self) -> None:
@@ -128,24 +140,32 @@ class TcFilter(_Attachment):
         if self.program.type != ProgType.SCHED_CLS:
             raise TypeError(f"{self.program.name} is a {self.program.type.name} program, not TC")
         where = _where(self.ifname, self.namespace)
+        self.ifindex = ifindex(self.ifname, self.namespace)
         with netns.entered(self.namespace):
-            self.ifindex = ifindex(self.ifname)
             hook = TcHook(ifindex=self.ifindex, attach_point=int(self.direction))
             # The qdisc is shared by both directions and possibly by other tools: create it only if
             # it is missing, and then remember that it is ours to remove.
             created = lib.bpf_tc_hook_create(ctypes.byref(hook))
             if created < 0 and created != -errno.EEXIST:
                 raise LibbpfError(-created, f"create clsact on {where}")
-            key = (self.namespace, self.ifindex)
-            if created == 0:
-                _Clsact.created[key] = 0
-            opts = TcOpts(prog_fd=self.program.fd, priority=self.priority, handle=self.handle)
-            call(
-                lib.bpf_tc_attach,
-                ctypes.byref(hook),
-                ctypes.byref(opts),
-                what=f"attach TC to {where}",
-            )
+            try:
+                opts = TcOpts(prog_fd=self.program.fd, priority=self.priority, handle=self.handle)
+                call(
+                    lib.bpf_tc_attach,
+                    ctypes.byref(hook),
+                    ctypes.byref(opts),
+                    what=f"attach TC to {where}",
+                )
+            except BaseException:
+                if created == 0:  # just created, so nothing else is on it: leave no qdisc behind
+                    both = TcHook(
+                        ifindex=self.ifindex, attach_point=_BPF_TC_INGRESS | _BPF_TC_EGRESS
+                    )
+                    lib.bpf_tc_hook_destroy(ctypes.byref(both))
+                raise
+        key = (self.namespace, self.ifindex)
+        if created == 0:
+            _Clsact.created[key] = 0
         if key in _Clsact.created:
             _Clsact.created[key] += 1
         self.priority, self.handle, self.prog_id = opts.priority, opts.handle, opts.prog_id

@@ -39,6 +39,14 @@ class _VarSecinfo(ctypes.Structure):
     _fields_ = [("type", c_uint32), ("offset", c_uint32), ("size", c_uint32)]
 
 
+class _Enum(ctypes.Structure):
+    _fields_ = [("name_off", c_uint32), ("val", ctypes.c_int32)]
+
+
+class _Enum64(ctypes.Structure):
+    _fields_ = [("name_off", c_uint32), ("val_lo32", c_uint32), ("val_hi32", c_uint32)]
+
+
 class Btf:
     """The BTF of one opened object (borrowed from libbpf: lives as long as the object)."""
 
@@ -67,6 +75,35 @@ class Btf:
     def struct(self, name: str) -> type:
         """The ctypes Structure for ``struct name``."""
         return self.ctype(self.find(name, KIND_STRUCT))
+
+    def enum(self, name: str) -> dict[str, int]:
+        """The members of ``enum name`` (ENUM or ENUM64) and their values, in declaration order.
+
+        Values are unsigned unless BTF marks the enum signed (``kind_flag``), as libbpf reads them.
+        clang emits an enum only if an emitted type or a global uses it: an enum that no map, struct
+        or global of the object mentions needs an unused global of its type to be found here.
+        """
+        type_id = lib.btf__find_by_name_kind(self._handle, name.encode(), KIND_ENUM)
+        if type_id < 0:
+            type_id = lib.btf__find_by_name_kind(self._handle, name.encode(), KIND_ENUM64)
+        if type_id < 0:
+            raise BtfError(
+                f"no enum {name!r} in the object's BTF (clang emits an enum only if an emitted type "
+                "or a global uses it: declare an unused global of its type)"
+            )
+        t = self._type(type_id)
+        is_enum32 = (t.info >> 24) & 0x1F == KIND_ENUM
+        signed = bool(t.info >> 31)
+        members = {}
+        for record in self._records(t, _Enum if is_enum32 else _Enum64):
+            if is_enum32:
+                value = record.val if signed else record.val & 0xFFFFFFFF
+            else:
+                value = record.val_hi32 << 32 | record.val_lo32
+                if signed and value >> 63:
+                    value -= 1 << 64
+            members[self._name(record.name_off)] = value
+        return members
 
     def datasec(self, section: str) -> dict[str, tuple[int, type]]:
         """Variables of a data section (``.rodata``, ``.bss``): name -> (offset, ctypes type)."""

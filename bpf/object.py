@@ -607,6 +607,12 @@ class BpfObject:
             raise RuntimeError(f"{self.path}: no BTF (compile with -g)")
         return self.btf.struct(name)
 
+    def enum(self, name: str) -> dict[str, int]:
+        """The members of ``enum name`` from the object's BTF, name -> value (see ``Btf.enum``)."""
+        if self.btf is None:
+            raise RuntimeError(f"{self.path}: no BTF (compile with -g)")
+        return self.btf.enum(name)
+
     def load(self) -> BpfObject:
         if self.loaded:
             raise RuntimeError(f"{self.path.name}: already loaded")

@@ -1,8 +1,12 @@
 // SPDX-License-Identifier: GPL-2.0
 /* Subjects of the binding's tests: one map of each type the data planes use, configuration through
- * `const volatile` globals, ring-buffer events, and one program of each attach type. */
+ * `const volatile` globals, ring-buffer events, and programs for each attach point (XDP, TC, socket
+ * filter, PACKET_FANOUT_EBPF). */
 #include <linux/bpf.h>
+#include <linux/if_ether.h>
+#include <linux/in.h>
 #include <linux/pkt_cls.h>
+#include <bpf/bpf_endian.h>
 #include <bpf/bpf_helpers.h>
 
 struct sample_key {
@@ -172,10 +176,65 @@ int tc_sample(struct __sk_buff *skb)
 	return TC_ACT_OK;
 }
 
+/* Counts in `by_key`, keyed by bytes 0..7 like xdp_sample: a test tells its own frames (by their
+ * destination MAC) from the kernel's, in whichever direction the filter is attached. */
+SEC("tc")
+int tc_count_by_key(struct __sk_buff *skb)
+{
+	struct sample_key key = {};
+	struct sample_counters zero = {};
+	struct sample_counters *c;
+
+	if (bpf_skb_load_bytes(skb, 0, &key, sizeof(key)) < 0)
+		return TC_ACT_OK;
+	key.pad = 0;
+	bpf_map_update_elem(&by_key, &key, &zero, BPF_NOEXIST);
+	c = bpf_map_lookup_elem(&by_key, &key);
+	if (c)
+		count(c, skb->len);
+	return TC_ACT_OK;
+}
+
+/* A socket filter's return value is the snap length: the whole frame, nothing, or (below) either. */
 SEC("socket")
 int socket_accept_all(struct __sk_buff *skb)
 {
 	return skb->len;
+}
+
+SEC("socket")
+int socket_drop_all(struct __sk_buff *skb)
+{
+	return 0;
+}
+
+/* On an AF_PACKET socket the filter sees the Ethernet header: the ethertype is at 12 and the IPv4
+ * protocol at 14 + 9 (unlike a fanout program, below). */
+SEC("socket")
+int socket_ipv4_udp(struct __sk_buff *skb)
+{
+	__be16 ethertype;
+	__u8 proto;
+
+	if (bpf_skb_load_bytes(skb, 12, &ethertype, sizeof(ethertype)) < 0 ||
+	    ethertype != bpf_htons(ETH_P_IP))
+		return 0;
+	if (bpf_skb_load_bytes(skb, ETH_HLEN + 9, &proto, sizeof(proto)) < 0 || proto != IPPROTO_UDP)
+		return 0;
+	return skb->len;
+}
+
+/* PACKET_FANOUT_EBPF: the member socket is the last byte of the IPv4 destination (the kernel takes
+ * it modulo the group's size). A fanout program sees skb->data at the network header, so that byte
+ * is at 19, not 14 + 19. Anything else goes to member 0. */
+SEC("socket")
+int fanout_by_ipv4_daddr(struct __sk_buff *skb)
+{
+	__u8 last;
+
+	if (skb->protocol != bpf_htons(ETH_P_IP) || bpf_skb_load_bytes(skb, 19, &last, 1) < 0)
+		return 0;
+	return last;
 }
 
 char LICENSE[] SEC("license") = "GPL";

@@ -22,6 +22,11 @@ struct parse_result {
 	struct flow inner;
 };
 
+/* The result holds statuses and flags as plain integers, so nothing emitted uses the enums: these
+ * unused globals carry them into BTF, where the tests read their members. */
+enum parse_status unused_parse_status __attribute__((unused));
+enum flow_flags unused_flow_flags __attribute__((unused));
+
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
 	__uint(max_entries, 1);

@@ -11,6 +11,7 @@ from scapy.layers.l2 import Ether
 import bpf
 from bpf import build
 from bpf.attach import pin_dir
+from bpf.btf import Btf, BtfError
 from bpf.ringbuf import RingBuffer
 
 SELFTEST = Path(bpf.__file__).parent / "selftest"
@@ -86,6 +87,44 @@ def test_btf_types_match_the_c_structs(sample):
     assert [name for name, _ in key_type._fields_] == ["addr", "port", "proto", "pad"]
     assert value_type.__name__ == "sample_counters" and ctypes.sizeof(value_type) == 32
     assert value_type.hist.offset == 20 and value_type.last_len.offset == 16
+
+
+def test_enum_members_from_btf():
+    with bpf.BpfObject.open(SELFTEST / "parse.bpf.c") as obj:
+        flags = obj.enum("flow_flags")
+        statuses = obj.enum("parse_status")
+        with pytest.raises(BtfError, match=r"no enum 'nope'.*unused global"):
+            obj.enum("nope")
+    assert flags == {
+        "FLOW_F_PPPOE": 1,
+        "FLOW_F_FRAGMENT": 2,
+        "FLOW_F_LATER_FRAGMENT": 4,
+        "FLOW_F_PORTS": 8,
+    }
+    assert list(statuses.values()) == list(range(len(statuses))), "implicit values count from 0"
+    names = list(statuses)
+    assert names[0] == "PARSE_OK" and names[-1] == "PARSE_STATUS_MAX"
+
+
+def test_enum_signed_and_64_bit_from_vmlinux():
+    """clang 14 emits neither a signed enum nor ENUM64; the kernel's own BTF has both."""
+    libbpf = ctypes.CDLL("libbpf.so.1")  # a handle of our own: its prototypes are not bpf.lib's
+    libbpf.btf__load_vmlinux_btf.restype = ctypes.c_void_p
+    libbpf.btf__free.argtypes = [ctypes.c_void_p]
+    handle = libbpf.btf__load_vmlinux_btf()
+    assert handle, "no kernel BTF at /sys/kernel/btf/vmlinux"
+    try:
+        vmlinux = Btf(handle)
+        prog_types = vmlinux.enum("bpf_prog_type")
+        rpm_status = vmlinux.enum("rpm_status")
+        callchain = vmlinux.enum("perf_callchain_context")
+    finally:
+        libbpf.btf__free(handle)
+    assert {t.name: prog_types[f"BPF_PROG_TYPE_{t.name}"] for t in bpf.ProgType} == {
+        t.name: t.value for t in bpf.ProgType
+    }, "bpf.ProgType must agree with the kernel"
+    assert rpm_status["RPM_INVALID"] == -1, "a signed enum keeps its negative values"
+    assert callchain["PERF_CONTEXT_HV"] == 2**64 - 32, "ENUM64: (__u64)-32 in the UAPI"
 
 
 def test_hash_map_typed_access(sample):

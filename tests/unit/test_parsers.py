@@ -42,15 +42,9 @@ IPV6_EXT = {HOPOPTS, ROUTING, FRAGMENT, DSTOPTS, AH}
 
 
 def c_enum(name: str) -> dict[str, int]:
-    """The members of ``enum name`` in parse.h: the one definition of statuses and flags."""
-    body = re.search(rf"enum {name} {{(.*?)}};", PARSE_H.read_text(), re.S).group(1)
-    members, value = {}, -1
-    for line in body.splitlines():
-        m = re.match(r"\s*(\w+)\s*(?:=\s*([^,]+))?,", line)
-        if m:
-            value = eval(m.group(2), {}) if m.group(2) else value + 1  # "0" or "1 << n"
-            members[m.group(1)] = value
-    return members
+    """The members of ``enum name`` of parse.h, as clang compiled them (the selftest's BTF)."""
+    with bpf.BpfObject.open(SELFTEST / "parse.bpf.c") as obj:
+        return obj.enum(name)
 
 
 STATUS = c_enum("parse_status")
