@@ -1,0 +1,459 @@
+"""Soft RSS (``bpf/softrss``) in the kernel through BPF_PROG_TEST_RUN, held to its Python model.
+
+For every frame the kernel's flow entry (hash, bucket, key), its bucket counters and its count of
+unparsable frames by reason must be what ``bpf.softrss.model`` predicts: on crafted corner cases, on
+``injector.malformed`` variants and on hypothesis-generated frames. The Microsoft RSS verification
+vectors must come out of the real program; symmetric mode must put both directions in one bucket; a
+RETA change must apply to the next frame; an elephant must be announced exactly once, also when two
+CPUs run the same flow at once.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import os
+import threading
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from scapy.layers.inet import ICMP, IP, TCP, UDP
+from scapy.layers.inet6 import IPv6, IPv6ExtHdrFragment
+from scapy.layers.l2 import ARP, Dot1AD, Dot1Q, Ether
+from scapy.layers.ppp import PPP, PPPoE
+from scapy.packet import Raw
+
+import bpf
+from bpf.libbpf import TestRunOpts, lib
+from bpf.softrss import Action, Config, HashKind, SoftRss, equal_reta
+from bpf.softrss.model import Model, bucket_of, flow_hash, parse
+from bpf.toeplitz import MICROSOFT_KEY, SYMMETRIC_KEY
+from injector import malformed, templates
+
+MACS = {"src": "02:00:00:00:00:01", "dst": "02:00:00:00:00:02"}
+V4 = {"src": "192.0.2.1", "dst": "198.51.100.2"}
+V6 = {"src": "2001:db8::1", "dst": "2001:db8:0:1::2"}
+
+CONFIGS = {
+    "toeplitz": Config(buckets=8),
+    "toeplitz-symmetric": Config(buckets=5, symmetric=True),
+    "jhash": Config(buckets=7, hash=HashKind.JHASH, jhash_initval=0x1234),
+    "jhash-symmetric": Config(buckets=3, hash=HashKind.JHASH, symmetric=True),
+}
+
+
+@pytest.fixture(params=list(CONFIGS))
+def pair(request):
+    """The data plane and its model, loaded with the same configuration."""
+    config = CONFIGS[request.param]
+    with SoftRss(config) as rss:
+        yield rss, Model(config)
+
+
+def run(rss: SoftRss, frame: bytes, repeat: int = 1) -> bpf.TestRun:
+    return rss.program.test_run(frame, repeat=repeat)
+
+
+def check_frame(rss: SoftRss, model: Model, frame: bytes) -> None:
+    """Feed ``frame`` to both; the kernel must agree with the model on everything it touched."""
+    verdict = run(rss, frame).verdict
+    want = model.feed(frame)
+    where = f"{want.status}, frame {frame.hex()}"
+    assert verdict is bpf.XdpAction.PASS, (
+        f"count mode must pass every frame; got {verdict!r}; {where}"
+    )
+    assert rss.unparsed() == model.unparsed, f"unparsed by reason differ; {where}"
+    if want.key is None:
+        return
+    flow = rss.obj.maps["flows"].lookup(rss._kernel_key(want.key))
+    assert flow is not None, f"no flow entry for {want.key}; kernel has {rss.flows()}; {where}"
+    assert (flow.hash, flow.bucket) == (model.flows[want.key].hash, model.flows[want.key].bucket), (
+        f"flow {want.key}: kernel hash/bucket {flow.hash:#010x}/{flow.bucket}, model "
+        f"{want.hash:#010x}/{want.bucket}; {where}"
+    )
+    assert flow.packets == model.flows[want.key].packets
+    got = rss.obj.maps["buckets"].lookup_sum(want.bucket)
+    expected = model.buckets[want.bucket]
+    assert (got.packets, got.bytes, got.flows) == (
+        expected.packets,
+        expected.bytes,
+        expected.flows,
+    ), f"bucket {want.bucket}: kernel {got}, model {expected}; {where}"
+
+
+# --- the Microsoft RSS verification vectors, through the real program -----------------------------
+
+# (source, source port, destination, destination port, hash of addresses, hash with ports)
+VECTORS = [
+    ("66.9.149.187", 2794, "161.142.100.80", 1766, 0x323E8FC2, 0x51CCC178),
+    ("199.92.111.2", 14230, "65.69.140.83", 4739, 0xD718262A, 0xC626B0EA),
+    ("24.19.198.95", 12898, "12.22.207.184", 38024, 0xD2D0A5DE, 0x5C2B394A),
+    ("38.27.205.30", 48228, "209.142.163.6", 2217, 0x82989176, 0xAFC7327F),
+    ("153.39.163.191", 44251, "202.188.127.2", 1303, 0x5D1809C5, 0x10E828A2),
+    ("3ffe:2501:200:1fff::7", 2794, "3ffe:2501:200:3::1", 1766, 0x2CC18CD5, 0x40207D3D),
+    ("3ffe:501:8::260:97ff:fe40:efab", 14230, "ff02::1", 4739, 0x0F0C461C, 0xDDE51BBF),
+    (
+        "3ffe:1900:4545:3:200:f8ff:fe21:67cf",
+        44251,
+        "fe80::200:f8ff:fe21:67cf",
+        38024,
+        0x4B61E985,
+        0x02D1FEEF,
+    ),
+]
+
+
+@pytest.fixture(scope="module")
+def microsoft():
+    with SoftRss(Config(buckets=16)) as rss:
+        yield rss
+
+
+def kernel_hash(rss: SoftRss, frame: bytes) -> int:
+    rss.obj.maps["flows"].clear()
+    run(rss, frame)
+    (flow,) = rss.flows()
+    return flow.hash
+
+
+@pytest.mark.parametrize("src,sport,dst,dport,l3,l4", VECTORS)
+def test_microsoft_vectors(microsoft, src, sport, dst, dport, l3, l4):
+    ip = IPv6(src=src, dst=dst) if ":" in src else IP(src=src, dst=dst)
+    with_ports = bytes(Ether(**MACS) / ip / TCP(sport=sport, dport=dport))
+    assert kernel_hash(microsoft, with_ports) == l4, "TCP: addresses and ports"
+    # GRE (47) has no ports: the hash takes the addresses only
+    gre = IPv6(src=src, dst=dst, nh=47) if ":" in src else IP(src=src, dst=dst, proto=47)
+    no_ports = bytes(Ether(**MACS) / gre / Raw(bytes(8)))
+    assert kernel_hash(microsoft, no_ports) == l3, "GRE: addresses only"
+    assert microsoft.flows()[0].bucket == equal_reta(16)[l3 & 127]
+
+
+# --- crafted corner cases ------------------------------------------------------------------------
+
+
+def _pppoe(ip) -> bytes:
+    return bytes(Ether(**MACS) / PPPoE(sessionid=7) / PPP(proto=0x21) / ip)
+
+
+CRAFTED = {
+    "udp4": bytes(Ether(**MACS) / IP(**V4) / UDP(sport=1234, dport=53)),
+    "tcp4": bytes(Ether(**MACS) / IP(**V4) / TCP(sport=40000, dport=443)),
+    "udp6": bytes(Ether(**MACS) / IPv6(**V6) / UDP(sport=1234, dport=53)),
+    "tcp6": bytes(Ether(**MACS) / IPv6(**V6) / TCP(sport=40000, dport=443)),
+    "vlan": bytes(Ether(**MACS) / Dot1Q(vlan=100) / IP(**V4) / UDP(sport=1, dport=2)),
+    "qinq": bytes(
+        Ether(**MACS) / Dot1AD(vlan=10) / Dot1Q(vlan=20) / IPv6(**V6) / TCP(sport=3, dport=4)
+    ),
+    "pppoe": _pppoe(IP(**V4) / UDP(sport=5, dport=6)),
+    "icmp4: 2-tuple": bytes(Ether(**MACS) / IP(**V4) / ICMP()),
+    "icmp6: 2-tuple": bytes(Ether(**MACS) / IPv6(**V6, nh=58) / Raw(bytes(8))),
+    "first fragment: addresses only": bytes(
+        Ether(**MACS) / IP(**V4, flags="MF") / UDP(sport=9, dport=10) / Raw(b"x" * 16)
+    ),
+    "later fragment: addresses only": bytes(
+        Ether(**MACS) / IP(**V4, frag=3, proto=17) / Raw(b"x" * 16)
+    ),
+    "ipv6 first fragment": bytes(
+        Ether(**MACS) / IPv6(**V6) / IPv6ExtHdrFragment(m=1) / UDP(sport=9, dport=10)
+    ),
+    "ipv6 later fragment": bytes(
+        Ether(**MACS) / IPv6(**V6) / IPv6ExtHdrFragment(offset=5, nh=17) / Raw(b"x" * 8)
+    ),
+    "arp: not IP": bytes(Ether(**MACS) / ARP()),
+    "three tags": bytes(
+        Ether(**MACS) / Dot1AD(vlan=1) / Dot1Q(vlan=2) / Dot1Q(vlan=3) / IP(**V4) / UDP()
+    ),
+    "truncated tag": bytes(Ether(**MACS) / Dot1Q(vlan=5) / IP(**V4))[:16],
+}
+
+
+@pytest.mark.parametrize("name", CRAFTED)
+def test_crafted(pair, name):
+    check_frame(*pair, CRAFTED[name])
+
+
+def test_fragments_and_icmp_key_without_ports(pair):
+    rss, model = pair
+    for name in (
+        "icmp4: 2-tuple",
+        "first fragment: addresses only",
+        "later fragment: addresses only",
+    ):
+        check_frame(rss, model, CRAFTED[name])
+    keys = {(f.key.sport, f.key.dport, f.key.proto) for f in rss.flows()}
+    assert keys == {(0, 0, 1), (0, 0, 17)}, "fragments and ICMP are keyed and hashed on addresses"
+    (fragments,) = [f for f in rss.flows() if f.key.proto == 17]
+    assert fragments.packets == 2, "both fragments of the datagram are one flow in one bucket"
+
+
+TEMPLATES = {
+    "udp4": templates.udp4(),
+    "tcp4": templates.tcp4(),
+    "udp6": templates.udp6(),
+    "tcp6": templates.tcp6(),
+    "icmp4": templates.icmp4(),
+    "udp4 vlan": templates.udp4(vlan=7),
+}
+
+
+@pytest.mark.parametrize("template", TEMPLATES)
+def test_malformed_variants_counted_by_reason_and_passed(pair, template):
+    rss, model = pair
+    variants = malformed.variants(TEMPLATES[template])
+    for variant in variants:
+        check_frame(rss, model, variant.packet)
+    truncated = sum(v.name.startswith("truncated:") for v in variants)
+    assert sum(rss.unparsed().values()) >= truncated, "every truncated header is a parse error"
+
+
+# --- hypothesis ----------------------------------------------------------------------------------
+
+
+@st.composite
+def frames(draw) -> bytes:
+    """Frames of every shape soft RSS sees: IPv4/IPv6, TCP/UDP/ICMP/other, tags, fragments, damage."""
+    v6 = draw(st.booleans())
+    addrs = st.binary(min_size=16 if v6 else 4, max_size=16 if v6 else 4)
+    src, dst = draw(addrs), draw(addrs)
+    ports = {"sport": draw(st.integers(0, 65535)), "dport": draw(st.integers(0, 65535))}
+    kind = draw(st.sampled_from(["tcp", "udp", "icmp", "other"]))
+    l4 = {
+        "tcp": lambda: TCP(**ports),
+        "udp": lambda: UDP(**ports),
+        "icmp": lambda: Raw(bytes(8)),
+        "other": lambda: Raw(draw(st.binary(max_size=12))),
+    }[kind]()
+    proto = {"tcp": 6, "udp": 17, "icmp": 58 if v6 else 1, "other": 47}[kind]
+    frag = draw(st.sampled_from([None, "first", "later"]))
+    if v6:
+        ip = IPv6(src=_ip6(src), dst=_ip6(dst), nh=proto)
+        if frag:
+            ip = ip / IPv6ExtHdrFragment(nh=proto, m=1, offset=0 if frag == "first" else 9)
+    else:
+        ip = IP(src=".".join(map(str, src)), dst=".".join(map(str, dst)), proto=proto)
+        if frag:
+            ip.flags, ip.frag = "MF", 0 if frag == "first" else 9
+    l2 = Ether(**MACS)
+    for tag in draw(st.lists(st.sampled_from([Dot1Q, Dot1AD]), max_size=3)):
+        l2 = l2 / tag(vlan=draw(st.integers(0, 4095)))
+    frame = bytes(l2 / ip / l4 / Raw(draw(st.binary(max_size=8))))
+    if draw(st.booleans()):
+        frame = frame[: draw(st.integers(14, len(frame)))]  # test_run refuses under 14 bytes
+    if draw(st.booleans()):
+        pos = draw(st.integers(0, max(0, len(frame) - 1)))
+        frame = frame[:pos] + bytes([draw(st.integers(0, 255))]) + frame[pos + 1 :]
+    return frame
+
+
+def _ip6(b: bytes) -> str:
+    return ":".join(b[i : i + 2].hex() for i in range(0, 16, 2))
+
+
+@pytest.fixture(scope="module")
+def hyp_pair():
+    config = Config(buckets=6, symmetric=False)
+    with SoftRss(config) as rss:
+        yield rss, Model(config)
+
+
+@settings(max_examples=500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(frame=frames())
+def test_hypothesis_frames(hyp_pair, frame):
+    check_frame(*hyp_pair, frame)
+
+
+# --- symmetric mode ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", list(HashKind))
+@pytest.mark.parametrize("key", [MICROSOFT_KEY, SYMMETRIC_KEY], ids=["microsoft", "0x6d5a"])
+def test_symmetric_mode_puts_both_directions_in_one_bucket(kind, key):
+    config = Config(buckets=16, hash=kind, key=key, symmetric=True)
+    with SoftRss(config) as rss:
+        for ip, ip_back in (
+            (IP(**V4), IP(src=V4["dst"], dst=V4["src"])),
+            (IPv6(**V6), IPv6(src=V6["dst"], dst=V6["src"])),
+        ):
+            for sport in range(1000, 1020):
+                forward = bytes(Ether(**MACS) / ip / TCP(sport=sport, dport=443))
+                back = bytes(Ether(**MACS) / ip_back / TCP(sport=443, dport=sport))
+                run(rss, forward)
+                run(rss, back)
+        flows = {f.key: f for f in rss.flows()}
+        assert len(flows) == 80
+        for key_, flow in flows.items():
+            reverse = type(key_)(key_.dst, key_.src, key_.dport, key_.sport, key_.proto)
+            assert (flow.hash, flow.bucket) == (flows[reverse].hash, flows[reverse].bucket), (
+                f"{key_} and its reverse hash apart in symmetric mode"
+            )
+
+
+def test_asymmetric_mode_separates_directions():
+    with SoftRss(Config(buckets=16)) as rss:
+        run(rss, bytes(Ether(**MACS) / IP(**V4) / TCP(sport=40000, dport=443)))
+        run(
+            rss,
+            bytes(Ether(**MACS) / IP(src=V4["dst"], dst=V4["src"]) / TCP(sport=443, dport=40000)),
+        )
+        assert len({f.hash for f in rss.flows()}) == 2, "the Microsoft key is not symmetric"
+
+
+# --- the RETA at run time ------------------------------------------------------------------------
+
+
+def test_reta_change_takes_effect_on_the_next_frame():
+    config = Config(buckets=4)
+    frame = CRAFTED["tcp4"]
+    with SoftRss(config) as rss:
+        assert rss.reta == equal_reta(4)
+        first = flow_hash(parse(frame).flow, config)
+        run(rss, frame)
+        before = bucket_of(first, equal_reta(4))
+        rss.set_reta([(before + 1) % 4] * 128)
+        run(rss, frame)
+        rss.equal(2)
+        run(rss, frame)
+        counts = [b.packets for b in rss.bucket_stats().buckets]
+        expected = [0] * 4
+        for bucket in (before, (before + 1) % 4, bucket_of(first, equal_reta(2))):
+            expected[bucket] += 1
+        assert counts == expected
+        with pytest.raises(ValueError, match=r"outside 0\.\.3"):
+            rss.set_reta([4] * 128)
+
+
+# --- counters and elephants ----------------------------------------------------------------------
+
+
+def test_bucket_counters_equal_the_model_over_many_flows(pair):
+    rss, model = pair
+    frames_ = [
+        bytes(
+            templates.udp4(
+                src=f"10.1.{i % 7}.{i % 200}", sport=1000 + i % 300, payload=bytes(i % 50)
+            )
+        )
+        for i in range(900)
+    ] + [bytes(templates.tcp6(sport=2000 + i)) for i in range(100)]
+    for frame in frames_:
+        run(rss, frame)
+        model.feed(frame)
+    report = rss.bucket_stats()
+    got = [(b.packets, b.bytes, b.flows) for b in report.buckets]
+    assert got == [(b.packets, b.bytes, b.flows) for b in model.buckets]
+    assert report.total_packets == len(frames_)
+    assert len(rss.flows()) == len(model.flows)
+    assert abs(sum(b.share for b in report.buckets) - 1) < 1e-9
+
+
+@pytest.mark.parametrize("threshold", [1, 100, 1000])
+def test_elephant_announced_exactly_once(threshold):
+    config = Config(buckets=4, threshold_packets=threshold)
+    frame = CRAFTED["udp6"]
+    with SoftRss(config) as rss:
+        run(rss, frame, repeat=threshold + 50)
+        run(rss, CRAFTED["tcp4"], repeat=threshold - 1 or 1)
+        events = rss.elephants()
+        key = parse(frame).flow.key()
+        assert [e.key for e in events] == [key] + (
+            [parse(CRAFTED["tcp4"]).flow.key()] if threshold == 1 else []
+        )
+        assert events[0].packets == threshold and events[0].bytes == threshold * len(frame)
+        run(rss, frame, repeat=10)
+        assert rss.elephants() == [], "a flow is announced once"
+        (flow,) = [f for f in rss.flows() if f.key == key]
+        assert flow.packets == threshold + 60 and flow.elephant
+
+
+def test_elephant_by_bytes():
+    frame = CRAFTED["tcp4"]
+    config = Config(buckets=2, threshold_packets=0, threshold_bytes=len(frame) * 10)
+    with SoftRss(config) as rss:
+        run(rss, frame, repeat=9)
+        assert rss.elephants() == []
+        run(rss, frame, repeat=5)
+        (event,) = rss.elephants()
+        assert (event.packets, event.bytes) == (10, len(frame) * 10)
+
+
+def test_two_cpus_on_one_flow_count_it_once_and_announce_it_once():
+    """Both CPUs run the same flow at once: the shared entry's atomic counters lose nothing, the
+    BPF_NOEXIST insert counts one new flow, the compare-and-swap lets one event out."""
+    cpus = sorted(os.sched_getaffinity(0))
+    if len(cpus) < 2:
+        pytest.skip("needs two CPUs")
+    repeat, rounds = 200_000, 3
+    with SoftRss(Config(buckets=4, threshold_packets=repeat // 2)) as rss:
+        fd = rss.program.fd
+        for r in range(rounds):
+            frame = bytes(templates.udp4(sport=3000 + r))
+
+            def worker(cpu: int, frame: bytes = frame) -> None:
+                os.sched_setaffinity(0, {cpu})  # this thread only
+                data = ctypes.create_string_buffer(frame, len(frame))
+                opts = TestRunOpts(
+                    data_in=ctypes.addressof(data), data_size_in=len(frame), repeat=repeat
+                )
+                assert lib.bpf_prog_test_run_opts(fd, ctypes.byref(opts)) == 0
+
+            threads = [threading.Thread(target=worker, args=(cpu,)) for cpu in cpus[:2]]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+        flows = rss.flows()
+        assert [f.packets for f in flows] == [2 * repeat] * rounds, "atomic adds lost packets"
+        assert sum(b.flows for b in rss.bucket_stats().buckets) == rounds
+        events = rss.elephants()
+        assert sorted(e.key for e in events) == sorted(f.key for f in flows), "one event per flow"
+        assert all(e.packets >= repeat // 2 for e in events)
+
+
+# --- the control plane ----------------------------------------------------------------------------
+
+
+def test_balance_figures():
+    from bpf.softrss import Balance
+
+    assert Balance.of([10, 10, 10, 10]) == Balance(10.0, 0.0, 1.0)
+    skewed = Balance.of([40, 0, 0, 0])
+    assert skewed.max_over_mean == 4.0 and skewed.stddev == pytest.approx(17.3205, rel=1e-4)
+    assert Balance.of([0, 0]) == Balance(0.0, 0.0, 0.0)
+
+
+def test_save_and_restore(tmp_path):
+    config = Config(buckets=3, hash=HashKind.JHASH, threshold_packets=5, action=Action.CPU)
+    path = tmp_path / "state.json"
+    with SoftRss(config) as rss:
+        rss.set_reta([0, 0, 1, 2] * 32)
+        rss.set_cpus([1, 0, 1])
+        for i in range(30):
+            run(rss, bytes(templates.udp4(sport=i % 4)))
+        run(rss, CRAFTED["truncated tag"])
+        rss.save(path)
+        saved = (rss.bucket_stats(), rss.flows(), rss.unparsed())
+    assert json.loads(path.read_text())["config"]["hash"] == "jhash"
+    with SoftRss.restore(path) as again:
+        assert again.config == config
+        assert again.reta == [0, 0, 1, 2] * 32 and again.cpus == [1, 0, 1]
+        assert (again.bucket_stats(), again.flows(), again.unparsed()) == saved
+        run(again, bytes(templates.udp4(sport=0)))
+        assert again.elephants() == [], "restored flows keep their announced flag"
+
+
+def test_invalid_configs_are_refused():
+    with pytest.raises(ValueError, match=r"1\.\.128"):
+        Config(buckets=129)
+    with pytest.raises(ValueError, match="40 expected"):
+        Config(key=b"short")
+    with SoftRss(Config(buckets=2)) as rss, pytest.raises(ValueError, match="128 expected"):
+        rss.set_reta([0])
+
+
+def test_verifier_cost_is_reported():
+    for kind in HashKind:
+        with SoftRss(Config(hash=kind)) as rss:
+            insns = rss.program.info().verified_insns
+            print(f"softrss {kind.value}: {insns} verified insns")
+            assert 0 < insns < 1_000_000
