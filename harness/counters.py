@@ -4,14 +4,22 @@
 bytes, drops) in any namespace; ``delta`` subtracts two readings. Program counters come from the
 program's own maps (e.g. ``harness.sink``), injector counts from its report. A test reconciles them:
 sent = arrived + counted drops, exactly.
+Counting exactly needs a quiet link: a veth's ``tx_dropped`` counts every frame dropped at a full
+receiving ring, the kernel's own included, and on a fresh link the kernel talks (IPv6 DAD, router
+solicitations, MLD; ARP before its first ICMP error). ``silence_ipv6`` and ``pin_neighbour`` stop that
+for the duration of a topology (both vanish with its namespaces).
 Not for: rates over time (``harness.measure``).
 """
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from pyroute2 import IPRoute
 
 from bpf import netns
+
+_NUD_PERMANENT = 0x80
 
 
 def interface_stats(ifname: str, namespace: str | None = None) -> dict[str, int]:
@@ -26,3 +34,16 @@ def interface_stats(ifname: str, namespace: str | None = None) -> dict[str, int]
 
 def delta(before: dict[str, int], after: dict[str, int]) -> dict[str, int]:
     return {key: after[key] - before[key] for key in after}
+
+
+def silence_ipv6(ifname: str, namespace: str | None = None) -> None:
+    """Turn IPv6 off on ``ifname``, so its kernel sends no ND, router solicitation or MLD there."""
+    with netns.entered(namespace):  # /proc/sys/net shows the namespace of the opener
+        Path(f"/proc/sys/net/ipv6/conf/{ifname}/disable_ipv6").write_text("1")
+
+
+def pin_neighbour(ifname: str, address: str, mac: str, namespace: str | None = None) -> None:
+    """A permanent neighbour entry, so the kernel never ARPs for ``address`` on ``ifname``."""
+    with netns.entered(namespace), IPRoute() as ipr:
+        index = ipr.link_lookup(ifname=ifname)[0]
+        ipr.neigh("replace", dst=address, lladdr=mac, ifindex=index, state=_NUD_PERMANENT)

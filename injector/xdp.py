@@ -35,6 +35,7 @@ from injector.program import ChecksumKind, FieldProgram, OpKind, internet_checks
 SOURCE = Path(__file__).with_name("xdp_gen.bpf.c")
 MAX_OPS, MAX_CSUMS, MAX_LENGTHS, MAX_SIZES, FIELD_MAX, OFFSET_MAX = 8, 4, 4, 16, 16, 1024
 MIN_FRAME, MAX_FRAME, MAX_BATCH, PACED_BATCH = 14, 3408, 256, 64
+FLAT_OUT_CHUNK = 1 << 16  # frames per test_run call flat out: long enough to hide Python's cost
 _KIND = {OpKind.RANGE: 0, OpKind.RANDOM: 1, OpKind.LIST: 2}
 
 
@@ -393,8 +394,8 @@ class XdpSender:
     ) -> tuple[int, float]:
         run = self.engine.prog.test_run_live
         template, ifidx = self.program.template, self.ifindex
-        # Paced: a millisecond's worth per call; flat out: calls long enough to hide Python's cost.
-        chunk = max(1, int(rate_pps / 1000)) if rate_pps else 1 << 16
+        # Paced: a millisecond's worth per call; flat out: FLAT_OUT_CHUNK.
+        chunk = max(1, int(rate_pps / 1000)) if rate_pps else FLAT_OUT_CHUNK
         start = time.perf_counter()
         sent, last_report = 0, start
         while True:

@@ -11,7 +11,7 @@ from scapy.utils import wrpcap
 
 from harness.capture import Capture, write_pcap
 from harness.compare import assert_same
-from harness.counters import delta, interface_stats
+from harness.counters import delta, interface_stats, pin_neighbour, silence_ipv6
 from harness.sink import FrameClass, Sink
 from injector import templates
 from injector.pcap_backend import replay_pcap
@@ -115,6 +115,8 @@ def test_counts_reconcile_exactly_at_mpps(two_host, workers):
     """Flat out, the receiving veth's XDP ring may overflow now and then: every such frame must show
     in the sender's tx_dropped, so that sent = arrived + dropped holds exactly."""
     injector, dut = two_host
+    silence_ipv6("veth0", injector)
+    pin_neighbour("ens5", "10.0.0.1", INJECTOR_MAC, dut)
     spec = TrafficSpec(templates.udp4(**ADDRESSED), vary=(Vary("UDP.sport", Range(1, 10_000)),))
     count = 1_000_000
     with Sink("ens5", dut) as sink, XdpSender(spec.resolve(), "veth0", injector) as sender:
