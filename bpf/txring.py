@@ -1,0 +1,119 @@
+"""Send many frames out of an interface with few system calls: an AF_PACKET TX ring (TPACKET_V2).
+
+A Python ``send()`` per frame tops out near 290 kpps (PLATFORM.md). Here frames are copied into a
+ring of slots shared with the kernel (``PACKET_TX_RING``, mmap), marked ``TP_STATUS_SEND_REQUEST``,
+and one ``send()`` transmits every marked slot; ``PACKET_QDISC_BYPASS`` skips the qdisc layer, as
+pktgen does. The kernel hands a slot back by setting its status to ``TP_STATUS_AVAILABLE``; a slot it
+could not send is marked ``TP_STATUS_WRONG_FORMAT``, counted in ``rejected``, and freed.
+Not for: receiving, or frames larger than ``frame_size`` minus the 32-byte slot header.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import mmap
+import select
+import socket
+import struct
+import time
+from collections.abc import Iterable
+
+from bpf import netns
+
+_SOL_PACKET = 263
+_PACKET_VERSION, _PACKET_TX_RING, _PACKET_QDISC_BYPASS = 10, 13, 20
+_TPACKET_V2 = 1
+_TP_STATUS_AVAILABLE, _TP_STATUS_SEND_REQUEST, _TP_STATUS_SENDING = 0, 1, 2
+_TP_STATUS_WRONG_FORMAT = 4
+_HEADER = struct.Struct("=III")  # tp_status, tp_len, tp_snaplen: the start of struct tpacket2_hdr
+_DATA_OFFSET = 32  # TPACKET_ALIGN(sizeof(struct tpacket2_hdr)): where a TX frame's data begins
+_PAGE = mmap.PAGESIZE
+
+
+class TxRing:
+    """A TX ring on ``ifname`` in ``namespace``: ``send(frames)`` returns how many were queued."""
+
+    def __init__(
+        self, ifname: str, namespace: str | None = None, frame_size: int = 2048, frames: int = 4096
+    ) -> None:
+        if frame_size % 16 or _PAGE % frame_size:
+            raise ValueError(f"frame_size {frame_size}: a multiple of 16 that divides {_PAGE}")
+        self.frame_size, self.slots = frame_size, frames
+        self.max_frame = frame_size - _DATA_OFFSET
+        with netns.entered(namespace):
+            self.sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0)
+        try:
+            self.sock.setsockopt(_SOL_PACKET, _PACKET_VERSION, _TPACKET_V2)
+            self.sock.setsockopt(_SOL_PACKET, _PACKET_QDISC_BYPASS, 1)
+            per_block = _PAGE // frame_size
+            blocks = -(-frames // per_block)
+            self.slots = blocks * per_block
+            request = struct.pack("=IIII", _PAGE, blocks, frame_size, self.slots)
+            self.sock.setsockopt(_SOL_PACKET, _PACKET_TX_RING, request)
+            self.sock.bind((ifname, 0))
+            self.ring = mmap.mmap(self.sock.fileno(), _PAGE * blocks)
+        except OSError as err:
+            self.sock.close()
+            where = f"{ifname} in namespace {namespace}" if namespace else ifname
+            raise OSError(err.errno, f"TX ring on {where}: {err.strerror}") from None
+        self._next = 0
+        self.sent = 0
+        self.rejected = 0
+
+    def send(self, frames: Iterable[bytes]) -> int:
+        """Queue ``frames`` and flush; blocks while the ring is full. Returns how many were queued.
+
+        The loop is kept to a status byte read, one copy and one header write per frame: at a few
+        hundred nanoseconds each, these are what a frame costs here.
+        """
+        ring, size, slots, pack = self.ring, self.frame_size, self.slots, _HEADER.pack_into
+        flush_every, max_frame = slots // 2, self.max_frame
+        index, queued = self._next, 0
+        for frame in frames:
+            length = len(frame)
+            if length > max_frame:
+                raise ValueError(f"a {length}-byte frame does not fit a {size}-byte slot")
+            offset = index * size
+            status = ring[offset]  # the low byte of tp_status: every status used fits in it
+            while status not in (_TP_STATUS_AVAILABLE, _TP_STATUS_WRONG_FORMAT):
+                self._flush()
+                select.select([], [self.sock], [], 0.01)  # let the kernel hand slots back
+                status = ring[offset]
+            if status == _TP_STATUS_WRONG_FORMAT:
+                self.rejected += 1
+            data = offset + _DATA_OFFSET
+            ring[data : data + length] = frame
+            pack(ring, offset, _TP_STATUS_SEND_REQUEST, length, length)
+            index = index + 1 if index + 1 < slots else 0
+            queued += 1
+            if queued % flush_every == 0:
+                self._flush()
+        self._next = index
+        if queued:
+            self._drain((index - 1) % slots * size)
+        self.sent += queued
+        return queued
+
+    def _drain(self, last_offset: int, timeout: float = 5.0) -> None:
+        """Flush until the kernel has taken the last frame queued (it takes slots in order)."""
+        deadline = time.monotonic() + timeout
+        while self.ring[last_offset] in (_TP_STATUS_SEND_REQUEST, _TP_STATUS_SENDING):
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"the kernel took no frame from the TX ring in {timeout} s")
+            self._flush()
+            select.select([], [self.sock], [], 0.001)
+
+    def _flush(self) -> None:
+        # BlockingIOError: the device is busy; the slots stay marked for the next flush.
+        with contextlib.suppress(BlockingIOError):
+            self.sock.send(b"")
+
+    def close(self) -> None:
+        self.ring.close()
+        self.sock.close()
+
+    def __enter__(self) -> TxRing:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
