@@ -1,6 +1,6 @@
 """The main job on the embedded default topology (``harness run demo``, ``tox -e demo``).
 
-It builds ``two_host`` (injector <-> dut over a veth pair), runs three checks end to end on the real
+It builds ``two_host`` (injector <-> dut over a veth pair), runs four checks end to end on the real
 kernel, prints a verdict line for each with its figures, and tears everything down:
 
 1. crafted traffic: every template (UDP/TCP/ICMP over IPv4 and IPv6, 802.1Q, PPPoE session and
@@ -8,11 +8,13 @@ kernel, prints a verdict line for each with its figures, and tears everything do
 2. the field engine: a 1000-flow IMIX spec made by the in-kernel engine (``BPF_PROG_TEST_RUN``) is
    byte-identical to Python's expansion over a whole period;
 3. rate: the xdp injector sends flat out into the dut's XDP sink; sent = arrived + dropped exactly,
-   and the rate is reported.
+   and the rate is reported;
+4. soft RSS (``bpf/softrss``): attached natively to the dut's ens5 in ``count`` mode, fed one period
+   of the 1000-flow spec by the xdp injector, puts every flow in the bucket the model predicts, with
+   its packets; the balance over the buckets is reported.
 
-Until the first data plane lands the system under test is the harness's own sink; each data plane
-adds its own checks here as it lands. Not for: benchmarks (``tox -e perf`` measures against
-baselines, with repeats) or tests (``tox``).
+Each data plane adds its own checks here as it lands. Not for: benchmarks (``tox -e perf`` measures
+against baselines, with repeats) or tests (``tox``).
 """
 
 from __future__ import annotations
@@ -22,6 +24,8 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
+from bpf.softrss import Config, SoftRss
+from bpf.softrss.model import Model
 from harness.capture import Capture
 from harness.compare import compare
 from harness.counters import delta, interface_stats, pin_neighbour, silence_ipv6
@@ -30,7 +34,7 @@ from harness.topology import Topology
 from injector import templates
 from injector.scapy_backend import send_packets
 from injector.spec import Imix, Random, Range, TrafficSpec, Values, Vary
-from injector.xdp import FieldEngine, XdpSender
+from injector.xdp import PACED_BATCH, FieldEngine, XdpSender
 
 _CHATTER = (b"\x86\xdd", b"\x08\x06")  # the injector kernel's own IPv6 ND/MLD and ARP
 
@@ -127,6 +131,49 @@ def check_rate(
     )
 
 
+def check_softrss(injector: str, dut: str, spec: TrafficSpec) -> Check:
+    config = Config(buckets=8, threshold_packets=0)
+    program = spec.resolve()
+    model = Model(config)
+    for i in range(program.period):
+        model.feed(program.packet(i))
+    with SoftRss(config) as rss:
+        rss.attach("ens5", dut)
+        with XdpSender(program, "veth0", injector) as sender:
+            sender.send(count=program.period, batch=PACED_BATCH)
+        # Frames are counted when the sender's call returns (the dut's NAPI runs on its CPU); the
+        # injector's own kernel may add a few IPv6 flows, which are not ours to compare.
+        deadline = time.monotonic() + 3.0
+        while True:
+            ours = [f for f in rss.flows() if f.key in model.flows]
+            if sum(f.packets for f in ours) >= program.period or time.monotonic() > deadline:
+                break
+            time.sleep(0.02)
+        report = rss.bucket_stats()
+    got = [[0, 0] for _ in range(config.buckets)]
+    for flow in ours:
+        got[flow.bucket][0] += flow.packets
+        got[flow.bucket][1] += 1
+    expected = [[b.packets, b.flows] for b in model.buckets]
+    return Check(
+        "soft RSS puts every flow in the model's bucket",
+        got == expected,
+        f"{len(model.flows)} flows, {program.period:,} packets over {config.buckets} buckets; "
+        f"packets max/mean {report.packets.max_over_mean:.3f} (stddev "
+        f"{report.packets.stddev:.1f}), flows max/mean {report.flows.max_over_mean:.3f}"
+        + (
+            "" if got == expected else f"\nper bucket [packets, flows]: got {got}, model {expected}"
+        ),
+        {
+            "buckets": config.buckets,
+            "packets_per_bucket": [g[0] for g in got],
+            "flows_per_bucket": [g[1] for g in got],
+            "packets_max_over_mean": round(report.packets.max_over_mean, 3),
+            "flows_max_over_mean": round(report.flows.max_over_mean, 3),
+        },
+    )
+
+
 def run(packets: int = 2_000_000) -> list[Check]:
     with Topology.load("two_host") as topo:
         injector, dut = topo.node("injector").netns, topo.node("dut").netns
@@ -136,6 +183,7 @@ def run(packets: int = 2_000_000) -> list[Check]:
             check_templates(injector, dut, macs),
             check_field_engine(spec),
             check_rate(injector, dut, spec, packets, macs),
+            check_softrss(injector, dut, spec),
         ]
 
 

@@ -343,4 +343,13 @@ int softrss_xdp(struct xdp_md *ctx)
 	}
 }
 
+/* Attached to the listening end of each `ifaces` bucket interface: a veth delivers frames redirected
+ * into its peer only when this end runs an XDP program or has GRO (PLATFORM trap 4), and GRO would
+ * merge a TCP burst into one packet before a flow monitor counts it. */
+SEC("xdp")
+int softrss_bucket_pass(struct xdp_md *ctx)
+{
+	return XDP_PASS;
+}
+
 char LICENSE[] SEC("license") = "GPL";

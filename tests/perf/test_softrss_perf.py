@@ -9,19 +9,30 @@ adds on the shared entry cost more than the parse and the hash. The test reports
 target and fails beyond REGRESSION_RATIO, which catches a regression without hiding the miss.
 """
 
+import contextlib
 from pathlib import Path
 
 import pytest
+from pyroute2 import IPRoute
 
 import bpf
-from bpf.softrss import Config, HashKind, SoftRss
+from bpf import XdpMode
+from bpf.netns import entered
+from bpf.softrss import Action, Config, HashKind, SoftRss
+from harness.counters import delta, interface_stats
 from harness.measure import Comparison, sample
+from harness.sink import FrameClass, Sink
 from injector import templates
+from injector.spec import Fixed, Range, TrafficSpec, Vary
+from injector.xdp import PACED_BATCH, XdpSender
 
 SELFTEST = Path(bpf.__file__).parent / "selftest"
 TARGET_RATIO = 3.0
 REGRESSION_RATIO = 6.0
 FRAMES = {"udp4": bytes(templates.udp4()), "tcp6": bytes(templates.tcp6())}
+THROUGHPUT_AIM = 0.6
+BUCKETS = 4
+ADDRESSED = {"eth_src": "02:00:00:00:01:01", "eth_dst": "02:00:00:00:01:02"}
 
 
 @pytest.fixture(scope="module")
@@ -63,3 +74,79 @@ def test_established_flow_ns_per_packet(benchmark, trivial, quick, kind, frame):
         f"{subject} is {result.ratio:.2f}x xdp_pass ({baseline}): past {REGRESSION_RATIO}x, a "
         f"regression (the target is {TARGET_RATIO}x)"
     )
+
+
+@pytest.fixture
+def two_host(topology):
+    topo = topology("two_host")
+    return topo.node("injector").netns, topo.node("dut").netns
+
+
+def _bucket_veths(dut: str) -> list[str]:
+    """One veth pair per bucket in the dut namespace (deleted with it), both ends up."""
+    names = [f"rss{b}" for b in range(BUCKETS)]
+    with entered(dut), IPRoute() as ipr:
+        for name in names:
+            ipr.link("add", ifname=name, kind="veth", peer=f"{name}p")
+            for end in (name, f"{name}p"):
+                ipr.link("set", index=ipr.link_lookup(ifname=end)[0], state="up")
+    return names
+
+
+def _lossless_mpps(sender: XdpSender, injector: str, packets: int) -> float:
+    before = interface_stats("veth0", injector)
+    report = sender.send(count=packets, batch=PACED_BATCH)
+    dropped = delta(before, interface_stats("veth0", injector))["tx_dropped"]
+    assert dropped == 0 and report.aborted == 0, (
+        f"{dropped} of {packets} frames dropped at the receiving ring: not a zero-loss figure"
+    )
+    return report.pps / 1e6
+
+
+@pytest.mark.parametrize("mode", [XdpMode.NATIVE, XdpMode.GENERIC], ids=lambda m: m.name.lower())
+def test_zero_loss_throughput(benchmark, two_host, trivial, quick, mode):
+    injector, dut = two_host
+    packets = 50_000 if quick else 2_000_000
+    repeats = 2 if quick else 5
+    spec = TrafficSpec(
+        templates.udp4(**ADDRESSED),
+        vary=(
+            Vary("IP.src", Range("10.0.1.1", "10.0.4.232")),
+            Vary("UDP.sport", Range(1024, 2023)),
+        ),
+        flows=1000,
+        sizes=Fixed(60),
+    )
+    names = _bucket_veths(dut)
+    with XdpSender(spec.resolve(), "veth0", injector) as sender:
+        with trivial.object.programs["xdp_drop"].attach_xdp("ens5", mode, dut):
+            baseline = sample(lambda: _lossless_mpps(sender, injector, packets), "Mpps", repeats)
+        with contextlib.ExitStack() as stack:
+            sinks = [stack.enter_context(Sink(f"{name}p", dut)) for name in names]
+            rss = stack.enter_context(SoftRss(Config(buckets=BUCKETS, action=Action.IFACES)))
+            rss.set_ifaces(names, dut)
+            rss.attach("ens5", dut, mode)
+            subject = benchmark.pedantic(
+                lambda: sample(lambda: _lossless_mpps(sender, injector, packets), "Mpps", repeats),
+                rounds=1,
+                iterations=1,
+            )
+            sent = packets * (repeats + 1)
+            arrived = sum(s.settled(FrameClass.IPV4, 0) for s in sinks)
+            counted = rss.bucket_stats().total_packets
+    assert arrived == sent, f"sent {sent:,} frames, the bucket interfaces got {arrived:,}"
+    assert counted >= sent, f"soft RSS counted {counted:,} of {sent:,} frames"
+    name = f"softrss ifaces {mode.name.lower()} zero-loss"
+    result = Comparison(name, subject, baseline, f"xdp_drop {mode.name.lower()}")
+    added_ns = 1e3 / subject.median - 1e3 / baseline.median
+    benchmark.extra_info.update(result.as_dict(), added_ns_per_frame=added_ns)
+    print(result.result_line())
+    print(
+        f"{name}: {subject.median:.2f} Mpps against {baseline.median:.2f} Mpps bare "
+        f"({result.ratio:.0%}, aim {THROUGHPUT_AIM:.0%}); the receiver adds {added_ns:.0f} ns/frame"
+    )
+    if mode is XdpMode.NATIVE:
+        assert result.ratio >= THROUGHPUT_AIM / 2, (
+            f"{subject} is {result.ratio:.0%} of bare xdp_drop ({baseline}): under half the aim "
+            f"of {THROUGHPUT_AIM:.0%}, a regression"
+        )
