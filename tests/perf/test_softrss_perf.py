@@ -20,6 +20,7 @@ from bpf import XdpMode
 from bpf.netns import entered
 from bpf.softrss import Action, Config, HashKind, SoftRss
 from harness.counters import delta, interface_stats
+from harness.latency import ProbeTemplate, measure_latency
 from harness.measure import Comparison, sample
 from harness.sink import FrameClass, Sink
 from injector import templates
@@ -150,3 +151,29 @@ def test_zero_loss_throughput(benchmark, two_host, trivial, quick, mode):
             f"{subject} is {result.ratio:.0%} of bare xdp_drop ({baseline}): under half the aim "
             f"of {THROUGHPUT_AIM:.0%}, a regression"
         )
+
+
+def test_added_latency(benchmark, two_host, quick):
+    """One-way probe latency into the dut's ens5 with soft RSS attached (native, `count`: frames go
+    on to the stack, where the probe socket reads them) against the same link without it, same run.
+    The difference of medians is what soft RSS adds; the seed promised under 100 us."""
+    injector, dut = two_host
+    probes = ProbeTemplate.udp4(eth_src="02:00:00:00:01:01", eth_dst="02:00:00:00:01:02")
+    count, repeats = (100, 2) if quick else (1000, 5)
+
+    def p50_us() -> float:
+        report = measure_latency("veth0", injector, "ens5", dut, count, 2000.0, probes)
+        assert report.lost == 0, f"{report.lost} of {count} probes lost"
+        return report.p50_us
+
+    baseline = sample(p50_us, "us", repeats)
+    with SoftRss(Config(buckets=8)) as rss:
+        rss.attach("ens5", dut, XdpMode.NATIVE)
+        subject = benchmark.pedantic(lambda: sample(p50_us, "us", repeats), rounds=1, iterations=1)
+    result = Comparison(
+        "probe latency p50 through soft RSS", subject, baseline, "same link, no XDP"
+    )
+    added = subject.median - baseline.median
+    benchmark.extra_info.update(result.as_dict(), added_us=added)
+    print(result.result_line())
+    print(f"RESULT softrss_added_latency_us={added:.2f}")
