@@ -53,4 +53,5 @@ def test_tx_ring_against_a_send_per_frame(benchmark, quick, link):
     result = Comparison("tx ring, 60-byte frames", subject, baseline, "send() per frame")
     benchmark.extra_info.update(result.as_dict())
     print(result.result_line())
-    assert result.ratio > 1, f"the TX ring ({subject}) must beat a send() per frame ({baseline})"
+    if not quick:  # smoke samples are too small to judge by
+        assert result.ratio > 1, f"the TX ring ({subject}) must beat a send() per frame ({baseline})"
