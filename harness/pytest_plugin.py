@@ -5,7 +5,9 @@
 - ``--nic IF`` / ``--egress-nic IF`` name real NICs; the ``real_nic`` / ``real_egress_nic`` fixtures
   return them or skip the test with the reason. ``--trex-server HOST`` names a TRex server; the
   ``trex_server`` fixture returns it or skips.
-- Before the session, leftovers of dead runs are removed (``harness.cleanup.clean_once``).
+- Before the session, leftovers of dead runs are removed (``harness.cleanup.clean_once``), and
+  scapy's neighbour lookups are refused: an ``Ether()`` without ``dst`` would send ARP or ND on the
+  host's own network and wait for answers.
 - After every test, what exists is compared with what existed before it: namespaces, host interfaces,
   XDP programs and TC qdiscs/filters on host interfaces, pins under ``bpf.attach.PIN_ROOT``, and this
   process's child processes. Anything new fails that test, listed. Names carrying another run's id
@@ -16,6 +18,7 @@ This plugin does not build networks itself (``harness.topology``) nor send traff
 
 from __future__ import annotations
 
+import importlib
 import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -23,6 +26,8 @@ from pathlib import Path
 
 import pytest
 from pyroute2 import IPRoute
+from scapy.config import conf
+from scapy.packet import Packet
 
 from bpf import journal
 from bpf.attach import PIN_ROOT
@@ -41,6 +46,22 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         "--egress-nic", metavar="IF", help="a second real NIC, for topologies with an egress NIC"
     )
     group.addoption("--trex-server", metavar="HOST", help="a TRex server, for tests that drive one")
+
+
+def _refuse_neighbour_lookup(l2: Packet, l3: Packet) -> None:
+    raise RuntimeError(
+        f"scapy was about to resolve the MAC address of {l3.dst} by sending ARP/ND on the host's "
+        f"network: build the frame with an explicit Ether(dst=...) (the injector's templates do)"
+    )
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # An Ether() without dst makes scapy ask the host's network for the address (and wait seconds
+    # for an answer): tests must never send outside their namespaces, so every lookup is refused.
+    # The IPv4 and IPv6 layers register those lookups when imported: import them first.
+    importlib.import_module("scapy.layers.inet6")
+    for key in list(conf.neighbor.resolvers):
+        conf.neighbor.resolvers[key] = _refuse_neighbour_lookup
 
 
 def pytest_sessionstart(session: pytest.Session) -> None:

@@ -41,7 +41,7 @@ def test_trivial_program_verdicts_and_timing():
 
 
 def test_scapy_packet_accepted_as_input(sample):
-    packet = Ether() / IP(dst="198.51.100.7") / UDP(dport=53)
+    packet = Ether(dst="02:00:00:00:00:02") / IP(dst="198.51.100.7") / UDP(dport=53)
     run = sample.programs["xdp_sample"].test_run(packet)
     assert run.packet == bytes(packet)
 

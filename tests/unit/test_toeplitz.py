@@ -101,13 +101,23 @@ def kernel_hashes(obj, packet) -> tuple[int, int]:
 @pytest.mark.parametrize("src,sport,dst,dport,l3,l4", VECTORS)
 def test_kernel_table_reproduces_microsoft_vectors(parser, src, sport, dst, dport, l3, l4):
     ip = IPv6(src=src, dst=dst) if ":" in src else IP(src=src, dst=dst)
-    packet = Ether() / ip / TCP(sport=sport, dport=dport)
+    packet = (
+        Ether(src="02:00:00:00:00:01", dst="02:00:00:00:00:02") / ip / TCP(sport=sport, dport=dport)
+    )
     assert kernel_hashes(parser, packet) == (l3, l4), "kernel (addresses, with ports)"
 
 
 def test_kernel_hashes_fragments_without_ports(parser):
     src, sport, dst, dport, l3, _ = VECTORS[0]
-    packet = Ether() / IP(src=src, dst=dst, flags="MF") / UDP(sport=sport, dport=dport)
+    packet = (
+        Ether(src="02:00:00:00:00:01", dst="02:00:00:00:00:02")
+        / IP(src=src, dst=dst, flags="MF")
+        / UDP(sport=sport, dport=dport)
+    )
     assert kernel_hashes(parser, packet)[1] != l3, "a first fragment still has its ports"
-    later = Ether() / IP(src=src, dst=dst, frag=100, proto=17) / b"12345678"
+    later = (
+        Ether(src="02:00:00:00:00:01", dst="02:00:00:00:00:02")
+        / IP(src=src, dst=dst, frag=100, proto=17)
+        / b"12345678"
+    )
     assert kernel_hashes(parser, later) == (l3, l3), "a later fragment hashes addresses only"
