@@ -356,6 +356,9 @@ class Map:
             current = _copy(nxt)
             yield _from_ctype(self.key_type, current, 0)
 
+    def __iter__(self) -> Iterator[Any]:
+        return self.keys()
+
     def items(self) -> list[tuple[Any, Any]]:
         """All (key, value) pairs, read in batches where the map type supports it."""
         try:

@@ -1,0 +1,329 @@
+"""The VXLAN pipeline's control plane: load ``vxlan.bpf.c``, attach it to the mirror target, set the
+egress, and change the allowlist and NAT rules while it runs; read its counters and its ring.
+
+```python
+from bpf.vxlan import Allowlist, Config, Mode, NatTarget, VxlanPipeline
+
+with VxlanPipeline(Config(mode=Mode.REDIRECT, vni=42)) as vx:
+    vx.attach("ens5", netns="dut")                     # XDP (redirect, ringbuf) or TC ingress (tc)
+    vx.set_egress("ens6", next_hop_mac="02:00:00:00:03:02", netns="dut")
+    vx.set_allowlist(Allowlist.load("allowlist.json"))  # validated whole before any map changes
+    vx.add_nat(80, "10.2.0.2", 8080)
+    vx.stats()                                         # summed per CPU; .balanced is the invariant
+    vx.frames(timeout_ms=100)                          # ringbuf mode: a batch of frames to re-inject
+    vx.pin("mirror")                                   # maps under bpf.pin_dir("vxlan-mirror")
+```
+
+Every struct and enum comes from the object's BTF. Not for: the re-injector or a command line (they
+build on this), or the model (``bpf.vxlan.model``).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import ipaddress
+import socket
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+
+import bpf
+from bpf import BpfObject, RingBuffer, TcDirection, XdpMode
+from bpf import netns as bpf_netns
+from bpf.attach import TcFilter, XdpLink, ifindex
+from bpf.vxlan.allowlist import Allowlist
+from bpf.vxlan.model import Config, DropReason, Egress, Mode, NatTarget
+
+SOURCE = Path(__file__).with_name("vxlan.bpf.c")
+PINNED_MAPS = ("allow_hosts", "allow_prefixes", "nat", "egress", "egress_dev", "stats", "frames")
+_SIOCGIFHWADDR = 0x8927
+_COUNTERS = (
+    "total",
+    "bytes",
+    "passed",
+    "vxlan",
+    "inner",
+    "nat",
+    "df_cleared",
+    "forwarded",
+    "forwarded_bytes",
+    "redirected",
+    "queued",
+)
+
+
+def parse_mac(mac: str | bytes) -> bytes:
+    if isinstance(mac, bytes):
+        if len(mac) != 6:
+            raise ValueError(f"MAC address of {len(mac)} bytes, 6 expected")
+        return mac
+    try:
+        raw = bytes.fromhex(mac.replace(":", "").replace("-", ""))
+    except ValueError:
+        raw = b""
+    if len(raw) != 6:
+        raise ValueError(f"{mac!r} is not a MAC address (like 02:00:00:00:03:02)")
+    return raw
+
+
+def format_mac(mac: bytes) -> str:
+    return ":".join(f"{b:02x}" for b in mac)
+
+
+def interface_mac(ifname: str, netns: str | None = None) -> bytes:
+    """The hardware address of ``ifname`` (in namespace ``netns``)."""
+    with bpf_netns.entered(netns), socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        try:
+            info = fcntl.ioctl(sock, _SIOCGIFHWADDR, struct.pack("256s", ifname.encode()[:15]))
+        except OSError as err:
+            raise OSError(err.errno, f"MAC address of {ifname!r}: {err.strerror}") from None
+    return info[18:24]
+
+
+@dataclass(frozen=True)
+class Stats:
+    """The counters summed over CPUs. Every frame is passed, forwarded, or dropped for a reason."""
+
+    total: int
+    bytes: int
+    passed: int
+    vxlan: int
+    inner: int
+    nat: int
+    df_cleared: int
+    forwarded: int
+    forwarded_bytes: int
+    redirected: int
+    queued: int
+    drops: dict[str, int]  # DropReason value -> frames
+
+    @property
+    def dropped(self) -> int:
+        return sum(self.drops.values())
+
+    @property
+    def balanced(self) -> bool:
+        """The invariant: total == passed + forwarded + dropped."""
+        return self.total == self.passed + self.forwarded + self.dropped
+
+    def counts(self) -> dict[str, int]:
+        """Non-zero counters as one flat dict, drops as ``drop:<reason>`` (the model's shape)."""
+        flat = {name: getattr(self, name) for name in _COUNTERS}
+        flat.update({f"drop:{reason}": n for reason, n in self.drops.items()})
+        return {k: v for k, v in flat.items() if v}
+
+
+class VxlanPipeline:
+    """The loaded data plane. Use as a context manager: leaving detaches, unpins and frees it all."""
+
+    def __init__(self, config: Config | None = None) -> None:
+        self.config = config or Config()
+        self.obj = BpfObject.open(SOURCE)
+        self.attachment: XdpLink | TcFilter | None = None
+        self.pin_path: Path | None = None
+        self._ring: RingBuffer | None = None
+        try:
+            self._load()
+        except BaseException:
+            self.close()
+            raise
+
+    def _load(self) -> None:
+        c, obj = self.config, self.obj
+        obj.rodata["mode"] = obj.enum("vxlan_mode")[f"VXLAN_MODE_{c.mode.name}"]
+        obj.rodata["vni_filter"] = c.vni is not None
+        obj.rodata["vni_id"] = c.vni or 0
+        obj.rodata["match_on"] = obj.enum("vxlan_match")[f"VXLAN_MATCH_{c.match.name}"]
+        if c.default_nat is not None:
+            obj.rodata["default_nat_addr"] = _be32(c.default_nat.addr)
+            obj.rodata["default_nat_port"] = c.default_nat.port
+        obj.load()
+        drops = obj.enum("vxlan_drop")
+        self._drops = {r.value: drops[f"VXLAN_DROP_{r.name}"] for r in DropReason}
+        self.program = obj.programs["vxlan_tc" if c.mode is Mode.TC else "vxlan_xdp"]
+        if c.mode is Mode.RINGBUF:
+            self._ring = RingBuffer(obj.maps["frames"])
+        self._frame_data = obj.struct("vxlan_frame").data.offset
+
+    # --- attach ---
+
+    def attach(
+        self, ifname: str, netns: str | None = None, xdp_mode: XdpMode = XdpMode.NATIVE
+    ) -> None:
+        """Run on the mirror target ``ifname``: XDP (redirect, ringbuf modes) or TC ingress (tc)."""
+        if self.attachment is not None:
+            raise RuntimeError(f"already attached to {self.attachment.ifname}: detach() first")
+        egress = self.egress().ifindex
+        if egress and egress == ifindex(ifname, netns):
+            raise ValueError(f"{ifname} is the egress: mirrored frames must never go back out")
+        if self.config.mode is Mode.TC:
+            self.attachment = self.program.attach_tc(ifname, TcDirection.INGRESS, netns)
+        else:
+            self.attachment = self.program.attach_xdp(ifname, xdp_mode, netns)
+
+    def detach(self) -> None:
+        if self.attachment is not None:
+            self.attachment.detach()
+            self.attachment = None
+
+    # --- egress ---
+
+    def set_egress(
+        self,
+        ifname: str,
+        next_hop_mac: str | bytes,
+        netns: str | None = None,
+        src_mac: str | bytes | None = None,
+    ) -> Egress:
+        """Forward out of ``ifname`` to ``next_hop_mac``; the source MAC is ``ifname``'s own unless
+        given. Takes effect with the next frame.
+        """
+        index = ifindex(ifname, netns)
+        if self.attachment is not None and self.attachment.ifindex == index:
+            raise ValueError(
+                f"{ifname} is the mirror target: mirrored frames must never go back out"
+            )
+        egress = Egress(
+            parse_mac(src_mac) if src_mac is not None else interface_mac(ifname, netns),
+            parse_mac(next_hop_mac),
+            index,
+        )
+        if self.config.mode is Mode.REDIRECT:
+            # The kernel resolves a DEVMAP's ifindex in the namespace of the thread writing it.
+            with bpf_netns.entered(netns):
+                self.obj.maps["egress_dev"][0] = index
+        value = self.obj.maps["egress"].value_type()
+        value.src_mac[:] = egress.src_mac
+        value.dst_mac[:] = egress.dst_mac
+        value.ifindex = index
+        self.obj.maps["egress"][0] = value
+        return egress
+
+    def egress(self) -> Egress:
+        value = self.obj.maps["egress"][0]
+        return Egress(bytes(value.src_mac), bytes(value.dst_mac), value.ifindex)
+
+    # --- allowlist ---
+
+    def set_allowlist(self, allowlist: Allowlist) -> None:
+        """Make the maps hold exactly ``allowlist``: new entries first, then the stale ones go, so an
+        entry in both the old and new lists is never missing in between.
+        """
+        hosts, prefixes = self.obj.maps["allow_hosts"], self.obj.maps["allow_prefixes"]
+        for what, bpf_map, count in (
+            ("addresses", hosts, len(allowlist.hosts)),
+            ("prefixes", prefixes, len(allowlist.prefixes)),
+        ):
+            if count > bpf_map.max_entries:
+                raise ValueError(f"{count} {what} do not fit in {bpf_map.max_entries}: none loaded")
+        current = self.allowlist()
+        hosts.update_batch((h.packed, 1) for h in allowlist.hosts - current.hosts)
+        for net in allowlist.prefixes - current.prefixes:
+            prefixes[self._prefix_key(net)] = 1
+        for host in current.hosts - allowlist.hosts:
+            hosts.delete(host.packed)
+        for net in current.prefixes - allowlist.prefixes:
+            prefixes.delete(self._prefix_key(net))
+
+    def allowlist(self) -> Allowlist:
+        """What the maps hold now (organizations are not kept in the kernel)."""
+        hosts = frozenset(ipaddress.IPv4Address(bytes(k)) for k in self._host_keys())
+        prefixes = frozenset(
+            ipaddress.IPv4Network((_addr(k.addr), k.prefixlen))
+            for k in self.obj.maps["allow_prefixes"]
+        )
+        return Allowlist(hosts, prefixes)
+
+    def clear_allowlist(self) -> None:
+        """Drop every entry: from now on nothing is forwarded."""
+        self.obj.maps["allow_hosts"].clear()
+        self.obj.maps["allow_prefixes"].clear()
+
+    def _host_keys(self) -> list[bytes]:
+        hosts = self.obj.maps["allow_hosts"]
+        return [_addr(k).packed for k in hosts]
+
+    def _prefix_key(self, net: ipaddress.IPv4Network):
+        key = self.obj.maps["allow_prefixes"].key_type()
+        key.prefixlen, key.addr = net.prefixlen, _be32(net.network_address)
+        return key
+
+    # --- NAT ---
+
+    def add_nat(self, port: int, addr: str | ipaddress.IPv4Address, new_port: int = 0) -> None:
+        """Inner TCP/UDP to destination ``port`` goes to ``addr`` (and ``new_port``, 0: unchanged)."""
+        if not 0 <= port <= 0xFFFF:
+            raise ValueError(f"NAT rule port {port} is not 0..65535")
+        target = NatTarget(ipaddress.IPv4Address(addr), new_port)
+        value = self.obj.maps["nat"].value_type(addr=_be32(target.addr), port=target.port)
+        self.obj.maps["nat"][port] = value
+
+    def nat_rules(self) -> dict[int, NatTarget]:
+        return {
+            port: NatTarget(_addr(v.addr), v.port)
+            for port, v in sorted(self.obj.maps["nat"].items())
+        }
+
+    def del_nat(self, port: int) -> bool:
+        """Remove the rule for ``port``; False if there was none."""
+        return self.obj.maps["nat"].delete(port)
+
+    # --- reading ---
+
+    def stats(self) -> Stats:
+        total = self.obj.maps["stats"].lookup_sum(0)
+        drops = {reason: total.drops[index] for reason, index in self._drops.items()}
+        return Stats(**{name: getattr(total, name) for name in _COUNTERS}, drops=drops)
+
+    def reset_stats(self) -> None:
+        self.obj.maps["stats"].clear()
+
+    def frames(self, timeout_ms: int = 0) -> list[bytes]:
+        """Ringbuf mode: the next batch of forwarded frames (at most the ring's budget), waiting up
+        to ``timeout_ms`` for the first; each is a complete Ethernet frame to send out of the egress.
+        """
+        if self._ring is None:
+            raise RuntimeError(f"mode {self.config.mode.value}: frames go out in the kernel")
+        records = self._ring.poll(timeout_ms) if timeout_ms else self._ring.drain()
+        start = self._frame_data
+        return [r[start : start + int.from_bytes(r[:4], "little")] for r in records]
+
+    def ring_fileno(self) -> int:
+        """An fd readable when frames are waiting (for select/epoll in a re-injector)."""
+        if self._ring is None:
+            raise RuntimeError(f"mode {self.config.mode.value}: there is no ring")
+        return self._ring.fileno()
+
+    # --- pins ---
+
+    def pin(self, name: str) -> Path:
+        """Pin the maps under ``bpf.pin_dir("vxlan-NAME")`` for other processes (CLI, re-injector)."""
+        directory = bpf.pin_dir(f"vxlan-{name}")
+        for map_name in PINNED_MAPS:
+            self.obj.maps[map_name].pin(directory / map_name)
+        self.pin_path = directory
+        return directory
+
+    def close(self) -> None:
+        """Detach, unpin, free."""
+        self.detach()
+        if self._ring is not None:
+            self._ring.close()
+            self._ring = None
+        self.obj.close()
+        self.pin_path = None
+
+    def __enter__(self) -> VxlanPipeline:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _be32(addr: ipaddress.IPv4Address) -> int:
+    """A u32 whose memory holds ``addr`` in network order (a __be32 on this little-endian host)."""
+    return int.from_bytes(addr.packed, "little")
+
+
+def _addr(be32: int) -> ipaddress.IPv4Address:
+    return ipaddress.IPv4Address(be32.to_bytes(4, "little"))
