@@ -54,4 +54,6 @@ def test_tx_ring_against_a_send_per_frame(benchmark, quick, link):
     benchmark.extra_info.update(result.as_dict())
     print(result.result_line())
     if not quick:  # smoke samples are too small to judge by
-        assert result.ratio > 1, f"the TX ring ({subject}) must beat a send() per frame ({baseline})"
+        assert result.ratio > 1, (
+            f"the TX ring ({subject}) must beat a send() per frame ({baseline})"
+        )
