@@ -4,7 +4,8 @@
 that starts at each set bit. ``build_table`` folds the key into the per-byte table that
 ``bpf/include/toeplitz.h`` reads (``struct toeplitz_table``: one lookup per input byte instead of a
 loop over bits); ``fill_table`` writes it into the ctypes value of a map whose layout comes from BTF.
-``rss_input`` lays out addresses and ports in the order NICs hash them.
+``rss_input`` lays out addresses and ports in the order NICs hash them. ``MICROSOFT_VECTORS``: the
+specification's test flows and their hashes, for the tests of every implementation.
 
 Not for: choosing RSS queues or programming a NIC's key (that is ethtool's job).
 """
@@ -12,6 +13,7 @@ Not for: choosing RSS queues or programming a NIC's key (that is ethtool's job).
 from __future__ import annotations
 
 import ipaddress
+from typing import NamedTuple
 
 KEY_LEN = 40
 MAX_INPUT = 36  # IPv6 source and destination addresses, source and destination ports
@@ -19,6 +21,38 @@ MAX_INPUT = 36  # IPv6 source and destination addresses, source and destination 
 # The key of the Microsoft RSS specification's verification suite, the default of many drivers.
 MICROSOFT_KEY = bytes.fromhex(
     "6d5a56da255b0ec24167253d43a38fb0d0ca2bcbae7b30b477cb2da38030f20c6a42b73bbeac01fa"
+)
+
+
+class RssVector(NamedTuple):
+    """A flow of the Microsoft RSS verification suite and its hashes under ``MICROSOFT_KEY``."""
+
+    src: str
+    sport: int
+    dst: str
+    dport: int
+    hash_l3: int  # over the addresses
+    hash_l4: int  # over the addresses and the ports
+
+
+# Microsoft, "Verifying the RSS Hash Calculation" (Windows driver documentation, RSS),
+# https://learn.microsoft.com/windows-hardware/drivers/network/verifying-the-rss-hash-calculation
+MICROSOFT_VECTORS = (
+    RssVector("66.9.149.187", 2794, "161.142.100.80", 1766, 0x323E8FC2, 0x51CCC178),
+    RssVector("199.92.111.2", 14230, "65.69.140.83", 4739, 0xD718262A, 0xC626B0EA),
+    RssVector("24.19.198.95", 12898, "12.22.207.184", 38024, 0xD2D0A5DE, 0x5C2B394A),
+    RssVector("38.27.205.30", 48228, "209.142.163.6", 2217, 0x82989176, 0xAFC7327F),
+    RssVector("153.39.163.191", 44251, "202.188.127.2", 1303, 0x5D1809C5, 0x10E828A2),
+    RssVector("3ffe:2501:200:1fff::7", 2794, "3ffe:2501:200:3::1", 1766, 0x2CC18CD5, 0x40207D3D),
+    RssVector("3ffe:501:8::260:97ff:fe40:efab", 14230, "ff02::1", 4739, 0x0F0C461C, 0xDDE51BBF),
+    RssVector(
+        "3ffe:1900:4545:3:200:f8ff:fe21:67cf",
+        44251,
+        "fe80::200:f8ff:fe21:67cf",
+        38024,
+        0x4B61E985,
+        0x02D1FEEF,
+    ),
 )
 
 # 0x6d5a repeated: the hash of (a, b) equals the hash of (b, a) for addresses and for ports (Woo and

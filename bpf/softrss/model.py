@@ -1,11 +1,11 @@
 """The reference model of the soft RSS data plane (``softrss.bpf.c``), in plain Python.
 
-Frame in, prediction out: ``parse`` applies the rules of ``bpf/include/parse.h`` (the parse status and
-the flow), ``hash_input`` lays out the fields a NIC hashes, ``flow_hash`` runs Toeplitz
-(``bpf.toeplitz``) or jhash (``bpf.jhash``) over them, ``bucket_of`` reads the RETA at the hash's low
-7 bits. ``Model`` adds the counters: per bucket (packets, bytes, new flows), per flow, by parse status,
-and the elephant events, each flow's once. Tests hold the kernel to it; the control plane uses its
-configuration types and ``equal_reta``.
+Frame in, prediction out: ``parse`` runs ``bpf.parse`` (the reference of ``bpf/include/parse.h``)
+and keeps the status and what the hash needs of the flow (``ParsedFlow``), ``hash_input`` lays out
+the fields a NIC hashes, ``flow_hash`` runs Toeplitz (``bpf.toeplitz``) or jhash (``bpf.jhash``)
+over them, ``bucket_of`` reads the RETA at the hash's low 7 bits. ``Model`` adds the counters: per bucket
+(packets, bytes, new flows), per flow, by parse status, and the elephant events, each flow's once.
+Tests hold the kernel to it; the control plane uses its configuration types and ``equal_reta``.
 
 Not for: talking to the kernel (``bpf.softrss.softrss``), or speed.
 """
@@ -14,27 +14,14 @@ from __future__ import annotations
 
 import enum
 import ipaddress
-import re
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from bpf.jhash import jhash
+from bpf.parse import Flow, FlowFlags, parse_flow
 from bpf.toeplitz import MICROSOFT_KEY, toeplitz_hash
 
 RETA_SIZE = 128  # RETA_SIZE of softrss.bpf.c
 MAX_BUCKETS = RETA_SIZE
-
-_PARSE_H = Path(__file__).resolve().parent.parent / "include" / "parse.h"
-IPV6_MAX_EXT_HDRS = int(
-    re.search(r"#define IPV6_MAX_EXT_HDRS\s+(\d+)", _PARSE_H.read_text()).group(1)
-)
-
-ETH_P_IP, ETH_P_IPV6 = 0x0800, 0x86DD
-ETH_P_8021Q, ETH_P_8021AD, ETH_P_PPP_DISC, ETH_P_PPP_SES = 0x8100, 0x88A8, 0x8863, 0x8864
-VLAN_TPIDS = (ETH_P_8021Q, ETH_P_8021AD)
-IPPROTO_TCP, IPPROTO_UDP, IPPROTO_ICMP, IPPROTO_ICMPV6 = 6, 17, 1, 58
-FRAGMENT, AH = 44, 51
-IPV6_EXT = {0, 43, FRAGMENT, 60, AH}  # hop-by-hop, routing, fragment, destination options, AH
 
 
 class HashKind(enum.Enum):
@@ -114,6 +101,8 @@ class FlowKey:
 
 @dataclass(frozen=True)
 class ParsedFlow:
+    """A flow as the hash sees it: addresses, protocol, ports and whether they may be hashed."""
+
     version: int  # 4 or 6
     saddr: bytes  # 4 or 16 bytes, network order
     daddr: bytes
@@ -122,6 +111,21 @@ class ParsedFlow:
     dport: int
     has_ports: bool  # TCP or UDP header read
     fragment: bool  # any fragment, the first included
+
+    @classmethod
+    def of(cls, flow: Flow) -> ParsedFlow:
+        """The hash's view of an IP flow that parse_flow() filled in."""
+        src, dst = flow.src, flow.dst
+        return cls(
+            src.version,
+            src.packed,
+            dst.packed,
+            flow.l4_proto,
+            flow.sport,
+            flow.dport,
+            FlowFlags.FLOW_F_PORTS in flow.flags,
+            FlowFlags.FLOW_F_FRAGMENT in flow.flags,
+        )
 
     @property
     def hashes_ports(self) -> bool:
@@ -140,143 +144,19 @@ class ParsedFlow:
 
 
 @dataclass(frozen=True)
-class Parsed:
-    status: str  # a member name of parse.h's enum parse_status
+class Classified:
+    """A frame as the data plane sorts it."""
+
+    status: str  # parse_flow()'s: a member name of parse.h's enum parse_status
     flow: ParsedFlow | None  # set when status is PARSE_OK
 
 
-class _Stop(Exception):
-    def __init__(self, status: str) -> None:
-        self.status = status
-
-
-def _u16(b: bytes, off: int) -> int:
-    return int.from_bytes(b[off : off + 2], "big")
-
-
-def parse(frame: bytes) -> Parsed:
-    """The status parse_flow() gives ``frame``, and the flow when it is PARSE_OK."""
-    try:
-        proto, pos = _l2(frame)
-        if proto == ETH_P_IP:
-            return Parsed("PARSE_OK", _ipv4(frame, pos))
-        if proto == ETH_P_IPV6:
-            return Parsed("PARSE_OK", _ipv6(frame, pos))
-        return Parsed("PARSE_NOT_IP", None)
-    except _Stop as stop:
-        return Parsed(stop.status, None)
-
-
-def _l2(b: bytes) -> tuple[int, int]:
-    if len(b) < 14:
-        raise _Stop("PARSE_TRUNC_ETH")
-    proto, pos = _u16(b, 12), 14
-    for _ in range(2):
-        if proto not in VLAN_TPIDS:
-            break
-        if pos + 4 > len(b):
-            raise _Stop("PARSE_TRUNC_VLAN")
-        proto, pos = _u16(b, pos + 2), pos + 4
-    if proto in VLAN_TPIDS:
-        raise _Stop("PARSE_TOO_MANY_VLANS")
-    if proto not in (ETH_P_PPP_SES, ETH_P_PPP_DISC):
-        return proto, pos
-    if pos + 6 > len(b):
-        raise _Stop("PARSE_TRUNC_PPPOE")
-    if b[pos] != 0x11:
-        raise _Stop("PARSE_BAD_PPPOE")
-    if proto == ETH_P_PPP_DISC:
-        raise _Stop("PARSE_NOT_IP")
-    if b[pos + 1] != 0:
-        raise _Stop("PARSE_BAD_PPPOE")
-    if pos + 8 > len(b):
-        raise _Stop("PARSE_TRUNC_PPPOE")
-    ppp = {0x21: ETH_P_IP, 0x57: ETH_P_IPV6}.get(_u16(b, pos + 6))
-    if ppp is None:
-        raise _Stop("PARSE_NOT_IP")
-    return ppp, pos + 8
-
-
-def _ipv4(b: bytes, pos: int) -> ParsedFlow:
-    if pos + 20 > len(b):
-        raise _Stop("PARSE_TRUNC_IPV4")
-    if b[pos] >> 4 != 4:
-        raise _Stop("PARSE_BAD_IPV4_VERSION")
-    hlen = (b[pos] & 0xF) * 4
-    if hlen < 20:
-        raise _Stop("PARSE_BAD_IPV4_IHL")
-    if pos + hlen > len(b):
-        raise _Stop("PARSE_TRUNC_IPV4")
-    tot_len = _u16(b, pos + 2)
-    if tot_len < hlen:
-        raise _Stop("PARSE_BAD_IPV4_TOTLEN")
-    ip_end = pos + tot_len
-    if ip_end > len(b):
-        raise _Stop("PARSE_TRUNC_IPV4_PAYLOAD")
-    frag = _u16(b, pos + 6)
-    proto = b[pos + 9]
-    flow = ParsedFlow(4, b[pos + 12 : pos + 16], b[pos + 16 : pos + 20], proto, 0, 0, False, False)
-    if frag & 0x1FFF:
-        return _with(flow, fragment=True)  # a later fragment: no L4 header
-    return _l4(b, pos + hlen, ip_end, _with(flow, fragment=bool(frag & 0x2000)))
-
-
-def _ipv6(b: bytes, pos: int) -> ParsedFlow:
-    if pos + 40 > len(b):
-        raise _Stop("PARSE_TRUNC_IPV6")
-    if b[pos] >> 4 != 6:
-        raise _Stop("PARSE_BAD_IPV6_VERSION")
-    ip_end = pos + 40 + _u16(b, pos + 4)
-    if ip_end > len(b):
-        raise _Stop("PARSE_TRUNC_IPV6_PAYLOAD")
-    flow = ParsedFlow(6, b[pos + 8 : pos + 24], b[pos + 24 : pos + 40], 0, 0, 0, False, False)
-    nexthdr, pos = b[pos + 6], pos + 40
-    for _ in range(IPV6_MAX_EXT_HDRS):
-        if nexthdr not in IPV6_EXT:
-            break
-        if pos + 8 > ip_end:
-            raise _Stop("PARSE_TRUNC_IPV6_EXT")
-        if nexthdr == FRAGMENT:
-            length = 8
-        elif nexthdr == AH:
-            length = (b[pos + 1] + 2) * 4
-        else:
-            length = (b[pos + 1] + 1) * 8
-        if pos + length > ip_end:
-            raise _Stop("PARSE_TRUNC_IPV6_EXT")
-        if nexthdr == FRAGMENT:
-            frag = _u16(b, pos + 2)
-            if frag & 0xFFF9:
-                flow = _with(flow, fragment=True)
-            if frag & 0xFFF8:  # a later fragment: the L4 header is in the first
-                return _with(flow, l4_proto=b[pos])
-        nexthdr, pos = b[pos], pos + length
-    if nexthdr in IPV6_EXT:
-        raise _Stop("PARSE_TOO_MANY_IPV6_EXT")
-    return _l4(b, pos, ip_end, _with(flow, l4_proto=nexthdr))
-
-
-def _l4(b: bytes, off: int, ip_end: int, flow: ParsedFlow) -> ParsedFlow:
-    if flow.l4_proto == IPPROTO_TCP:
-        if off + 20 > ip_end:
-            raise _Stop("PARSE_TRUNC_TCP")
-        hlen = (b[off + 12] >> 4) * 4
-        if hlen < 20:
-            raise _Stop("PARSE_BAD_TCP_DOFF")
-        if off + hlen > ip_end:
-            raise _Stop("PARSE_TRUNC_TCP")
-    elif flow.l4_proto == IPPROTO_UDP:
-        if off + 8 > ip_end:
-            raise _Stop("PARSE_TRUNC_UDP")
-    else:
-        if flow.l4_proto in (IPPROTO_ICMP, IPPROTO_ICMPV6) and off + 8 > ip_end:
-            raise _Stop("PARSE_TRUNC_ICMP")
-        return flow
-    return _with(flow, sport=_u16(b, off), dport=_u16(b, off + 2), has_ports=True)
-
-
-def _with(flow: ParsedFlow, **changes: object) -> ParsedFlow:
-    return ParsedFlow(**{**flow.__dict__, **changes})
+def parse(frame: bytes) -> Classified:
+    """The status parse_flow() gives ``frame``, and the flow to hash when it is PARSE_OK."""
+    parsed = parse_flow(frame)
+    if parsed.status != "PARSE_OK":
+        return Classified(parsed.status, None)
+    return Classified(parsed.status, ParsedFlow.of(parsed.flow))
 
 
 def hash_input(flow: ParsedFlow, symmetric: bool = False) -> bytes:

@@ -2,7 +2,7 @@
 
 ``bpf/selftest/parse.bpf.c`` runs ``parse_flow()`` (and, for VXLAN, ``parse_vxlan()`` and the inner
 ``parse_flow()``) on a packet through ``BPF_PROG_TEST_RUN`` and leaves what it found in a map.
-``reference_parse`` below is an independent byte-level model of the same rules; crafted corner cases
+``bpf.parse`` is an independent byte-level model of the same rules; crafted corner cases
 and hypothesis-generated packets must agree with it on the status and, for well-formed frames, on
 every flow field. The ctx.h datapaths (``bpf/selftest/ctx.bpf.c``) run the same VXLAN decapsulation
 and VLAN push for XDP and TC, and must agree with each other and with scapy.
@@ -13,9 +13,8 @@ VXLAN-GPE). IPv6 extension headers are built by hand so that their lengths are e
 
 from __future__ import annotations
 
-import re
 import struct
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -30,15 +29,33 @@ from scapy.packet import Raw
 
 import bpf
 from bpf.btf import plain
+from bpf.parse import (
+    ETH_P_8021AD,
+    ETH_P_8021Q,
+    ETH_P_IP,
+    ETH_P_IPV6,
+    ETH_P_PPP_DISC,
+    ETH_P_PPP_SES,
+    IPPROTO_AH,
+    IPPROTO_DSTOPTS,
+    IPPROTO_FRAGMENT,
+    IPPROTO_HOPOPTS,
+    IPPROTO_ROUTING,
+    IPPROTO_UDP,
+    IPV6_EXT_HDR_PROTOS,
+    IPV6_MAX_EXT_HDRS,
+    VXLAN_FLAGS_VNI,
+    VXLAN_PORT,
+    Flow,
+    FlowFlags,
+    Parsed,
+    parse_flow,
+    parse_vxlan,
+)
 
 SELFTEST = Path(bpf.__file__).parent / "selftest"
-PARSE_H = Path(bpf.__file__).parent / "include" / "parse.h"
 
-VXLAN_I_FLAG = 0x08
-ETH_P_IP, ETH_P_IPV6, ETH_P_ARP = 0x0800, 0x86DD, 0x0806
-ETH_P_8021Q, ETH_P_8021AD, ETH_P_PPP_DISC, ETH_P_PPP_SES = 0x8100, 0x88A8, 0x8863, 0x8864
-HOPOPTS, ROUTING, FRAGMENT, DSTOPTS, AH = 0, 43, 44, 60, 51
-IPV6_EXT = {HOPOPTS, ROUTING, FRAGMENT, DSTOPTS, AH}
+ETH_P_ARP = 0x0806
 
 
 def c_enum(name: str) -> dict[str, int]:
@@ -50,194 +67,33 @@ def c_enum(name: str) -> dict[str, int]:
 STATUS = c_enum("parse_status")
 STATUS_NAME = {v: k for k, v in STATUS.items()}
 FLAG = c_enum("flow_flags")
-IPV6_MAX_EXT = int(re.search(r"#define IPV6_MAX_EXT_HDRS\s+(\d+)", PARSE_H.read_text()).group(1))
-
-
-# --- the reference -------------------------------------------------------------------------------
 
 
 @dataclass
-class Flow:
-    saddr: bytes = bytes(16)
-    daddr: bytes = bytes(16)
-    sport: int = 0
-    dport: int = 0
-    l3_proto: int = 0
-    l4_proto: int = 0
-    vlan_depth: int = 0
-    vlan_tci: list[int] = field(default_factory=lambda: [0, 0])
-    pppoe_sid: int = 0
-    l3_off: int = 0
-    l4_off: int = 0
-    flags: int = 0
-    ip_end: int = 0
+class Result:
+    """The part of parse.bpf.c's ``struct parse_result`` that the reference predicts."""
 
-
-@dataclass
-class Parsed:
-    status: str
-    flow: Flow
-    payload_off: int = 0
-    inner: Parsed | None = None  # VXLAN: the inner frame's parse (or the VXLAN error alone)
+    outer: Parsed
+    # UDP to VXLAN_PORT: parse_vxlan()'s error, or parse_flow() on the inner frame
+    inner: Parsed | None = None
     vni: int = 0
 
 
-class _Stop(Exception):
-    def __init__(self, status: str, pos: int = 0) -> None:
-        self.status, self.pos = status, pos
-
-
-def _u16(b: bytes, off: int) -> int:
-    return int.from_bytes(b[off : off + 2], "big")
-
-
-def reference_parse(frame: bytes) -> Parsed:
-    """What parse_flow() must find in ``frame``: status, flow and where the cursor stops."""
-    f = Flow()
-    try:
-        pos = _l2(frame, f)
-        if f.l3_proto == ETH_P_IP:
-            pos = _ipv4(frame, pos, f)
-        elif f.l3_proto == ETH_P_IPV6:
-            pos = _ipv6(frame, pos, f)
+def reference_result(frame: bytes) -> Result:
+    """What parse.bpf.c must find in ``frame``, by the Python reference (``bpf.parse``)."""
+    result = Result(parse_flow(frame))
+    flow = result.outer.flow
+    if (
+        result.outer.status == "PARSE_OK"
+        and flow.l4_proto == IPPROTO_UDP
+        and flow.dport == VXLAN_PORT
+    ):
+        vxlan = parse_vxlan(frame, result.outer)
+        if vxlan.status == "PARSE_OK":
+            result.inner, result.vni = parse_flow(vxlan.inner), vxlan.vni
         else:
-            raise _Stop("PARSE_NOT_IP", pos)
-    except _Stop as stop:
-        return Parsed(stop.status, f, stop.pos)
-    parsed = Parsed("PARSE_OK", f, pos)
-    if f.l4_proto == 17 and f.dport == 4789:
-        if pos + 8 > f.ip_end:
-            parsed.inner = Parsed("PARSE_TRUNC_VXLAN", Flow())
-        elif frame[pos] != VXLAN_I_FLAG:
-            parsed.inner = Parsed("PARSE_BAD_VXLAN_FLAGS", Flow())
-        else:
-            parsed.inner = reference_parse(frame[pos + 8 : f.ip_end])
-            parsed.vni = int.from_bytes(frame[pos + 4 : pos + 7], "big")
-    return parsed
-
-
-def _l2(b: bytes, f: Flow) -> int:
-    if len(b) < 14:
-        raise _Stop("PARSE_TRUNC_ETH")
-    proto, pos = _u16(b, 12), 14
-    for i in range(2):
-        if proto not in (ETH_P_8021Q, ETH_P_8021AD):
-            break
-        if pos + 4 > len(b):
-            raise _Stop("PARSE_TRUNC_VLAN")
-        f.vlan_tci[i], f.vlan_depth, proto = _u16(b, pos), i + 1, _u16(b, pos + 2)
-        pos += 4
-    if proto in (ETH_P_8021Q, ETH_P_8021AD):
-        raise _Stop("PARSE_TOO_MANY_VLANS")
-    f.l3_proto = proto
-    if proto not in (ETH_P_PPP_SES, ETH_P_PPP_DISC):
-        return pos
-    if pos + 6 > len(b):
-        raise _Stop("PARSE_TRUNC_PPPOE")
-    if b[pos] != 0x11:
-        raise _Stop("PARSE_BAD_PPPOE")
-    f.flags |= FLAG["FLOW_F_PPPOE"]
-    f.pppoe_sid = _u16(b, pos + 2)
-    if proto == ETH_P_PPP_DISC:
-        raise _Stop("PARSE_NOT_IP", pos + 6)
-    if b[pos + 1] != 0:
-        raise _Stop("PARSE_BAD_PPPOE")
-    if pos + 8 > len(b):
-        raise _Stop("PARSE_TRUNC_PPPOE")
-    ppp = _u16(b, pos + 6)
-    if ppp not in (0x21, 0x57):
-        raise _Stop("PARSE_NOT_IP", pos + 8)
-    f.l3_proto = ETH_P_IP if ppp == 0x21 else ETH_P_IPV6
-    return pos + 8
-
-
-def _ipv4(b: bytes, pos: int, f: Flow) -> int:
-    if pos + 20 > len(b):
-        raise _Stop("PARSE_TRUNC_IPV4")
-    if b[pos] >> 4 != 4:
-        raise _Stop("PARSE_BAD_IPV4_VERSION")
-    hlen = (b[pos] & 0xF) * 4
-    if hlen < 20:
-        raise _Stop("PARSE_BAD_IPV4_IHL")
-    if pos + hlen > len(b):
-        raise _Stop("PARSE_TRUNC_IPV4")
-    tot_len = _u16(b, pos + 2)
-    if tot_len < hlen:
-        raise _Stop("PARSE_BAD_IPV4_TOTLEN")
-    f.l3_off, f.ip_end = pos, pos + tot_len
-    if f.ip_end > len(b):
-        raise _Stop("PARSE_TRUNC_IPV4_PAYLOAD")
-    f.saddr, f.daddr = b[pos + 12 : pos + 16] + bytes(12), b[pos + 16 : pos + 20] + bytes(12)
-    f.l4_proto = b[pos + 9]
-    frag = _u16(b, pos + 6)
-    if frag & 0x1FFF:
-        f.flags |= FLAG["FLOW_F_FRAGMENT"] | FLAG["FLOW_F_LATER_FRAGMENT"]
-        return pos + hlen
-    if frag & 0x2000:
-        f.flags |= FLAG["FLOW_F_FRAGMENT"]
-    return _l4(b, pos + hlen, f)
-
-
-def _ipv6(b: bytes, pos: int, f: Flow) -> int:
-    if pos + 40 > len(b):
-        raise _Stop("PARSE_TRUNC_IPV6")
-    if b[pos] >> 4 != 6:
-        raise _Stop("PARSE_BAD_IPV6_VERSION")
-    f.l3_off, f.ip_end = pos, pos + 40 + _u16(b, pos + 4)
-    if f.ip_end > len(b):
-        raise _Stop("PARSE_TRUNC_IPV6_PAYLOAD")
-    f.saddr, f.daddr = b[pos + 8 : pos + 24], b[pos + 24 : pos + 40]
-    nexthdr, pos = b[pos + 6], pos + 40
-    for _ in range(IPV6_MAX_EXT):
-        if nexthdr not in IPV6_EXT:
-            break
-        if pos + 8 > f.ip_end:
-            raise _Stop("PARSE_TRUNC_IPV6_EXT")
-        if nexthdr == FRAGMENT:
-            length = 8
-        elif nexthdr == AH:
-            length = (b[pos + 1] + 2) * 4
-        else:
-            length = (b[pos + 1] + 1) * 8
-        if pos + length > f.ip_end:
-            raise _Stop("PARSE_TRUNC_IPV6_EXT")
-        if nexthdr == FRAGMENT:
-            frag = _u16(b, pos + 2)
-            if frag & 0xFFF9:
-                f.flags |= FLAG["FLOW_F_FRAGMENT"]
-            if frag & 0xFFF8:
-                f.flags |= FLAG["FLOW_F_LATER_FRAGMENT"]
-                f.l4_proto = b[pos]
-                return pos + length
-        nexthdr, pos = b[pos], pos + length
-    if nexthdr in IPV6_EXT:
-        raise _Stop("PARSE_TOO_MANY_IPV6_EXT")
-    f.l4_proto = nexthdr
-    return _l4(b, pos, f)
-
-
-def _l4(b: bytes, off: int, f: Flow) -> int:
-    f.l4_off = off
-    if f.l4_proto == 6:
-        if off + 20 > f.ip_end:
-            raise _Stop("PARSE_TRUNC_TCP")
-        hlen = (b[off + 12] >> 4) * 4
-        if hlen < 20:
-            raise _Stop("PARSE_BAD_TCP_DOFF")
-        if off + hlen > f.ip_end:
-            raise _Stop("PARSE_TRUNC_TCP")
-        f.sport, f.dport, f.flags = _u16(b, off), _u16(b, off + 2), f.flags | FLAG["FLOW_F_PORTS"]
-        return off + hlen
-    if f.l4_proto == 17:
-        if off + 8 > f.ip_end:
-            raise _Stop("PARSE_TRUNC_UDP")
-        f.sport, f.dport, f.flags = _u16(b, off), _u16(b, off + 2), f.flags | FLAG["FLOW_F_PORTS"]
-        return off + 8
-    if f.l4_proto in (1, 58):
-        if off + 8 > f.ip_end:
-            raise _Stop("PARSE_TRUNC_ICMP")
-        return off + 8
-    return off
+            result.inner = Parsed(vxlan.status, Flow(), 0)
+    return result
 
 
 # --- the kernel side ------------------------------------------------------------------------------
@@ -256,6 +112,16 @@ def _swap16(v: int) -> int:
     return int.from_bytes(v.to_bytes(2, "little"), "big")
 
 
+def kernel_flags(value: int) -> FlowFlags:
+    """A struct flow's flags by name, through the values BTF gives enum flow_flags' members."""
+    assert not value & ~sum(FLAG.values()), f"flags {value:#x}: bits outside enum flow_flags"
+    flags = FlowFlags(0)
+    for name, bit in FLAG.items():
+        if value & bit:
+            flags |= FlowFlags[name]
+    return flags
+
+
 def kernel_flow(f) -> Flow:
     """A struct flow from the map, wire-order fields turned into plain integers."""
     return Flow(
@@ -270,33 +136,41 @@ def kernel_flow(f) -> Flow:
         pppoe_sid=f.pppoe_sid,
         l3_off=f.l3_off,
         l4_off=f.l4_off,
-        flags=f.flags,
+        flags=kernel_flags(f.flags),
         ip_end=f.ip_end,
     )
 
 
-def kernel_parse(obj, frame: bytes) -> Parsed:
+def kernel_result(obj, frame: bytes) -> Result:
     run = obj.programs["parse_xdp"].test_run(frame)
     assert run.verdict is bpf.XdpAction.PASS, f"parse_xdp gave {run.verdict!r}"
     r = obj.maps["results"][0]
-    parsed = Parsed(STATUS_NAME[r.status], kernel_flow(r.flow), r.payload_off)
+    result = Result(Parsed(STATUS_NAME[r.status], kernel_flow(r.flow), r.payload_off))
     if r.is_vxlan:
-        parsed.inner = Parsed(STATUS_NAME[r.vxlan_status], kernel_flow(r.inner))
-        parsed.vni = r.vni
-    return parsed
+        result.inner = Parsed(STATUS_NAME[r.vxlan_status], kernel_flow(r.inner), 0)
+        result.vni = r.vni
+    return result
 
 
-def assert_same(obj, frame: bytes, expect_status: str | None = None) -> Parsed:
-    """The kernel agrees with the reference on ``frame``; returns the kernel's parse."""
-    want, got = reference_parse(frame), kernel_parse(obj, frame)
+def assert_same(obj, frame: bytes, expect_status: str | None = None) -> Result:
+    """The kernel agrees with the reference on ``frame``; returns the kernel's result."""
+    want, got = reference_result(frame), kernel_result(obj, frame)
     where = f"frame {frame.hex()}"
     if expect_status is not None:
-        assert want.status == expect_status, f"test bug: reference says {want.status}; {where}"
-    assert got.status == want.status, f"status: expected {want.status}, got {got.status}; {where}"
-    if want.status in ("PARSE_OK", "PARSE_NOT_IP"):
-        assert got.flow == want.flow, f"flow: expected {want.flow}, got {got.flow}; {where}"
-    if want.status == "PARSE_OK":
-        assert got.payload_off == want.payload_off, f"cursor stopped at {got.payload_off}; {where}"
+        assert want.outer.status == expect_status, (
+            f"test bug: reference says {want.outer.status}; {where}"
+        )
+    assert got.outer.status == want.outer.status, (
+        f"status: expected {want.outer.status}, got {got.outer.status}; {where}"
+    )
+    if want.outer.status in ("PARSE_OK", "PARSE_NOT_IP"):
+        assert got.outer.flow == want.outer.flow, (
+            f"flow: expected {want.outer.flow}, got {got.outer.flow}; {where}"
+        )
+    if want.outer.status == "PARSE_OK":
+        assert got.outer.payload_off == want.outer.payload_off, (
+            f"cursor stopped at {got.outer.payload_off}; {where}"
+        )
     assert (got.inner is None) == (want.inner is None), f"VXLAN seen by one side only; {where}"
     if want.inner is not None:
         assert got.inner.status == want.inner.status, (
@@ -317,9 +191,9 @@ V6 = {"src": "2001:db8::1", "dst": "2001:db8:0:1::2"}
 
 def ext_hdr(kind: int, nexthdr: int, units: int = 0, frag_off: int = 0) -> bytes:
     """An IPv6 extension header: ``units`` is its length field (8-byte units; AH: 4-byte units)."""
-    if kind == FRAGMENT:
+    if kind == IPPROTO_FRAGMENT:
         return struct.pack("!BBHI", nexthdr, 0, frag_off, 0x1234)
-    size = (units + 2) * 4 if kind == AH else (units + 1) * 8
+    size = (units + 2) * 4 if kind == IPPROTO_AH else (units + 1) * 8
     return bytes([nexthdr, units]) + bytes(size - 2)
 
 
@@ -369,34 +243,38 @@ CRAFTED = {
     "ipv6 udp": (Ether(**MACS) / IPv6(**V6) / UDP(sport=1, dport=2), "PARSE_OK"),
     "ipv6 icmpv6": (Ether(**MACS) / ipv6_chain([], 58, bytes(8)), "PARSE_OK"),
     "ipv6 ext chain": (
-        Ether(**MACS) / ipv6_chain([HOPOPTS, ROUTING, DSTOPTS, AH], 6, bytes(TCP(dport=22))),
+        Ether(**MACS)
+        / ipv6_chain(
+            [IPPROTO_HOPOPTS, IPPROTO_ROUTING, IPPROTO_DSTOPTS, IPPROTO_AH], 6, bytes(TCP(dport=22))
+        ),
         "PARSE_OK",
     ),
     "ipv6 first fragment": (
-        Ether(**MACS) / ipv6_chain([FRAGMENT], 17, bytes(UDP(dport=9)), frag_off=1),
+        Ether(**MACS) / ipv6_chain([IPPROTO_FRAGMENT], 17, bytes(UDP(dport=9)), frag_off=1),
         "PARSE_OK",
     ),
     "ipv6 later fragment": (
-        Ether(**MACS) / ipv6_chain([HOPOPTS, FRAGMENT], 17, bytes(4), frag_off=8 | 1),
+        Ether(**MACS)
+        / ipv6_chain([IPPROTO_HOPOPTS, IPPROTO_FRAGMENT], 17, bytes(4), frag_off=8 | 1),
         "PARSE_OK",
     ),
     "ipv6 atomic fragment": (
-        Ether(**MACS) / ipv6_chain([FRAGMENT], 17, bytes(UDP(dport=9))),
+        Ether(**MACS) / ipv6_chain([IPPROTO_FRAGMENT], 17, bytes(UDP(dport=9))),
         "PARSE_OK",
     ),
     "ipv6 max ext headers": (
-        Ether(**MACS) / ipv6_chain([DSTOPTS] * IPV6_MAX_EXT, 17, bytes(UDP())),
+        Ether(**MACS) / ipv6_chain([IPPROTO_DSTOPTS] * IPV6_MAX_EXT_HDRS, 17, bytes(UDP())),
         "PARSE_OK",
     ),
     "ipv6 too many ext headers": (
-        Ether(**MACS) / ipv6_chain([DSTOPTS] * (IPV6_MAX_EXT + 1), 17, bytes(UDP())),
+        Ether(**MACS) / ipv6_chain([IPPROTO_DSTOPTS] * (IPV6_MAX_EXT_HDRS + 1), 17, bytes(UDP())),
         "PARSE_TOO_MANY_IPV6_EXT",
     ),
     "ipv6 ext header past payload": (
-        Ether(**MACS) / IPv6(nh=HOPOPTS, **V6) / Raw(bytes([17, 2]) + bytes(14)),
+        Ether(**MACS) / IPv6(nh=IPPROTO_HOPOPTS, **V6) / Raw(bytes([17, 2]) + bytes(14)),
         "PARSE_TRUNC_IPV6_EXT",
     ),
-    "ipv6 no next header": (Ether(**MACS) / ipv6_chain([DSTOPTS], 59, b""), "PARSE_OK"),
+    "ipv6 no next header": (Ether(**MACS) / ipv6_chain([IPPROTO_DSTOPTS], 59, b""), "PARSE_OK"),
     "ipv6 bad version": (Ether(**MACS) / IPv6(version=4, **V6), "PARSE_BAD_IPV6_VERSION"),
     "ipv6 payload_len > frame": (Ether(**MACS) / IPv6(plen=60, **V6), "PARSE_TRUNC_IPV6_PAYLOAD"),
     "ipv6 truncated udp": (Ether(**MACS) / IPv6(nh=17, **V6) / Raw(bytes(7)), "PARSE_TRUNC_UDP"),
@@ -450,9 +328,12 @@ def test_crafted(parser, name):
 def test_crafted_fields_spot_check(parser):
     """Independent of the reference: a few fields read straight off a QinQ PPPoE packet."""
     packet = CRAFTED["pppoe ipv6 under qinq"][0]
-    got = kernel_parse(parser, bytes(packet))
+    got = kernel_result(parser, bytes(packet)).outer
     assert got.flow.vlan_depth == 2 and got.flow.vlan_tci == [7, 8]
-    assert got.flow.pppoe_sid == 9 and got.flow.flags == FLAG["FLOW_F_PPPOE"] | FLAG["FLOW_F_PORTS"]
+    assert (
+        got.flow.pppoe_sid == 9
+        and got.flow.flags == FlowFlags.FLOW_F_PPPOE | FlowFlags.FLOW_F_PORTS
+    )
     assert got.flow.l3_proto == ETH_P_IPV6 and got.flow.l3_off == 14 + 8 + 8
     assert got.flow.l4_off == got.flow.l3_off + 40 and got.flow.l4_proto == 6
 
@@ -483,10 +364,14 @@ def test_l4_truncated_inside_a_consistent_ip_packet(parser, name):
         assert_same(parser, l2 + bytes(header / Raw(whole[:n])))
 
 
-def vxlan(inner, flags: int = VXLAN_I_FLAG, outer6: bool = False, vni: int = 0xABCDE) -> bytes:
+def vxlan(inner, flags: int = VXLAN_FLAGS_VNI, outer6: bool = False, vni: int = 0xABCDE) -> bytes:
     outer = IPv6(**V6) if outer6 else IP(**V4)
     return bytes(
-        Ether(**MACS) / outer / UDP(sport=49152, dport=4789) / VXLAN(flags=flags, vni=vni) / inner
+        Ether(**MACS)
+        / outer
+        / UDP(sport=49152, dport=VXLAN_PORT)
+        / VXLAN(flags=flags, vni=vni)
+        / inner
     )
 
 
@@ -528,7 +413,9 @@ def test_vxlan_inner_truncated_at_every_byte(parser):
 
 
 def test_vxlan_header_truncated(parser):
-    frame = bytes(Ether(**MACS) / IP(**V4) / UDP(dport=4789) / Raw(bytes([VXLAN_I_FLAG, 0, 0])))
+    frame = bytes(
+        Ether(**MACS) / IP(**V4) / UDP(dport=VXLAN_PORT) / Raw(bytes([VXLAN_FLAGS_VNI, 0, 0]))
+    )
     assert assert_same(parser, frame).inner.status == "PARSE_TRUNC_VXLAN"
 
 
@@ -553,10 +440,10 @@ def l4_layer(draw, allow_vxlan: bool = True):
     if kind == "icmp":
         return 1, bytes(ICMP())
     if kind == "vxlan":
-        flags = draw(st.sampled_from([VXLAN_I_FLAG, VXLAN_I_FLAG, 0x0C, 0]))
+        flags = draw(st.sampled_from([VXLAN_FLAGS_VNI, VXLAN_FLAGS_VNI, 0x0C, 0]))
         inner = draw(packets(allow_vxlan=False))
         return 17, bytes(
-            UDP(sport=ports["sport"], dport=4789)
+            UDP(sport=ports["sport"], dport=VXLAN_PORT)
             / VXLAN(flags=flags, vni=ports["dport"])
             / Raw(inner)
         )
@@ -577,7 +464,9 @@ def packets(draw, allow_vxlan: bool = True) -> bytes:
         )
         ethertype, ppp = ETH_P_IP, 0x21
     else:
-        kinds = draw(st.lists(st.sampled_from(sorted(IPV6_EXT)), max_size=IPV6_MAX_EXT + 1))
+        kinds = draw(
+            st.lists(st.sampled_from(sorted(IPV6_EXT_HDR_PROTOS)), max_size=IPV6_MAX_EXT_HDRS + 1)
+        )
         frag_off = draw(st.sampled_from([0, 1, 8, 9]))
         l3 = bytes(ipv6_chain(kinds, l4_proto, l4, frag_off=frag_off))
         ethertype, ppp = ETH_P_IPV6, 0x57

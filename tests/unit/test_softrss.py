@@ -28,7 +28,7 @@ import bpf
 from bpf.libbpf import TestRunOpts, lib
 from bpf.softrss import Action, Config, HashKind, SoftRss, equal_reta
 from bpf.softrss.model import Model, bucket_of, flow_hash, parse
-from bpf.toeplitz import MICROSOFT_KEY, SYMMETRIC_KEY
+from bpf.toeplitz import MICROSOFT_KEY, MICROSOFT_VECTORS, SYMMETRIC_KEY
 from injector import malformed, templates
 
 MACS = {"src": "02:00:00:00:00:01", "dst": "02:00:00:00:00:02"}
@@ -84,25 +84,6 @@ def check_frame(rss: SoftRss, model: Model, frame: bytes) -> None:
 
 # --- the Microsoft RSS verification vectors, through the real program -----------------------------
 
-# (source, source port, destination, destination port, hash of addresses, hash with ports)
-VECTORS = [
-    ("66.9.149.187", 2794, "161.142.100.80", 1766, 0x323E8FC2, 0x51CCC178),
-    ("199.92.111.2", 14230, "65.69.140.83", 4739, 0xD718262A, 0xC626B0EA),
-    ("24.19.198.95", 12898, "12.22.207.184", 38024, 0xD2D0A5DE, 0x5C2B394A),
-    ("38.27.205.30", 48228, "209.142.163.6", 2217, 0x82989176, 0xAFC7327F),
-    ("153.39.163.191", 44251, "202.188.127.2", 1303, 0x5D1809C5, 0x10E828A2),
-    ("3ffe:2501:200:1fff::7", 2794, "3ffe:2501:200:3::1", 1766, 0x2CC18CD5, 0x40207D3D),
-    ("3ffe:501:8::260:97ff:fe40:efab", 14230, "ff02::1", 4739, 0x0F0C461C, 0xDDE51BBF),
-    (
-        "3ffe:1900:4545:3:200:f8ff:fe21:67cf",
-        44251,
-        "fe80::200:f8ff:fe21:67cf",
-        38024,
-        0x4B61E985,
-        0x02D1FEEF,
-    ),
-]
-
 
 @pytest.fixture(scope="module")
 def microsoft():
@@ -117,7 +98,7 @@ def kernel_hash(rss: SoftRss, frame: bytes) -> int:
     return flow.hash
 
 
-@pytest.mark.parametrize("src,sport,dst,dport,l3,l4", VECTORS)
+@pytest.mark.parametrize("src,sport,dst,dport,l3,l4", MICROSOFT_VECTORS)
 def test_microsoft_vectors(microsoft, src, sport, dst, dport, l3, l4):
     ip = IPv6(src=src, dst=dst) if ":" in src else IP(src=src, dst=dst)
     with_ports = bytes(Ether(**MACS) / ip / TCP(sport=sport, dport=dport))

@@ -20,6 +20,7 @@ from scapy.layers.l2 import Ether
 import bpf
 from bpf.toeplitz import (
     MICROSOFT_KEY,
+    MICROSOFT_VECTORS,
     SYMMETRIC_KEY,
     build_table,
     fill_table,
@@ -29,27 +30,8 @@ from bpf.toeplitz import (
 
 SELFTEST = Path(bpf.__file__).parent / "selftest"
 
-# (source, source port, destination, destination port, hash of addresses, hash with ports)
-VECTORS = [
-    ("66.9.149.187", 2794, "161.142.100.80", 1766, 0x323E8FC2, 0x51CCC178),
-    ("199.92.111.2", 14230, "65.69.140.83", 4739, 0xD718262A, 0xC626B0EA),
-    ("24.19.198.95", 12898, "12.22.207.184", 38024, 0xD2D0A5DE, 0x5C2B394A),
-    ("38.27.205.30", 48228, "209.142.163.6", 2217, 0x82989176, 0xAFC7327F),
-    ("153.39.163.191", 44251, "202.188.127.2", 1303, 0x5D1809C5, 0x10E828A2),
-    ("3ffe:2501:200:1fff::7", 2794, "3ffe:2501:200:3::1", 1766, 0x2CC18CD5, 0x40207D3D),
-    ("3ffe:501:8::260:97ff:fe40:efab", 14230, "ff02::1", 4739, 0x0F0C461C, 0xDDE51BBF),
-    (
-        "3ffe:1900:4545:3:200:f8ff:fe21:67cf",
-        44251,
-        "fe80::200:f8ff:fe21:67cf",
-        38024,
-        0x4B61E985,
-        0x02D1FEEF,
-    ),
-]
 
-
-@pytest.mark.parametrize("src,sport,dst,dport,l3,l4", VECTORS)
+@pytest.mark.parametrize("src,sport,dst,dport,l3,l4", MICROSOFT_VECTORS)
 def test_reference_reproduces_microsoft_vectors(src, sport, dst, dport, l3, l4):
     assert toeplitz_hash(MICROSOFT_KEY, rss_input(src, dst)) == l3
     assert toeplitz_hash(MICROSOFT_KEY, rss_input(src, dst, sport, dport)) == l4
@@ -98,7 +80,7 @@ def kernel_hashes(obj, packet) -> tuple[int, int]:
     return result.rss_l3, result.rss
 
 
-@pytest.mark.parametrize("src,sport,dst,dport,l3,l4", VECTORS)
+@pytest.mark.parametrize("src,sport,dst,dport,l3,l4", MICROSOFT_VECTORS)
 def test_kernel_table_reproduces_microsoft_vectors(parser, src, sport, dst, dport, l3, l4):
     ip = IPv6(src=src, dst=dst) if ":" in src else IP(src=src, dst=dst)
     packet = (
@@ -108,7 +90,7 @@ def test_kernel_table_reproduces_microsoft_vectors(parser, src, sport, dst, dpor
 
 
 def test_kernel_hashes_fragments_without_ports(parser):
-    src, sport, dst, dport, l3, _ = VECTORS[0]
+    src, sport, dst, dport, l3, _ = MICROSOFT_VECTORS[0]
     packet = (
         Ether(src="02:00:00:00:00:01", dst="02:00:00:00:00:02")
         / IP(src=src, dst=dst, flags="MF")

@@ -31,6 +31,7 @@ from scapy.packet import Raw
 from scapy.utils import checksum
 
 import bpf
+from bpf.parse import ETH_HLEN
 from bpf.vxlan import (
     Allowlist,
     AllowlistError,
@@ -43,7 +44,7 @@ from bpf.vxlan import (
     Verdict,
     VxlanPipeline,
 )
-from bpf.vxlan.model import ETH_HLEN, FRAME_MAX
+from bpf.vxlan.model import FRAME_MAX
 from injector import malformed, templates
 
 EGRESS_SRC, NEXT_HOP = "02:00:00:00:03:01", "02:00:00:00:03:02"
