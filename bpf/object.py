@@ -12,6 +12,7 @@ from __future__ import annotations
 import ctypes
 import enum
 import errno
+import os
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -255,6 +256,17 @@ class Map:
         if self.object.loaded:
             raise RuntimeError(f"map {self.name!r}: max_entries can only change before load()")
         call(lib.bpf_map__set_max_entries, self._handle, n, what=f"map {self.name}: max_entries")
+
+    def reuse_pinned(self, path: Path) -> None:
+        """Before load: make this map the one pinned at ``path`` (another process's, say), so this
+        object reads and writes the same map (libbpf's ``bpf_map__reuse_fd``)."""
+        if self.object.loaded:
+            raise RuntimeError(f"map {self.name!r}: a pinned map can only be reused before load()")
+        fd = call(lib.bpf_obj_get, str(path).encode(), what=f"open pinned map {path}")
+        try:
+            call(lib.bpf_map__reuse_fd, self._handle, fd, what=f"map {self.name!r}: use {path}")
+        finally:
+            os.close(fd)  # libbpf keeps a duplicate
 
     # --- conversions between Python values and the map's ctypes types ---
 

@@ -25,6 +25,10 @@
 #include <bpf/bpf_helpers.h>
 #include "parse.h"
 
+/* enum bpf_adj_room_flags members since kernel 6.3, newer than the uapi headers we build with. */
+#define CTX_ADJ_ROOM_DECAP_L3_IPV4	(1ULL << 7)
+#define CTX_ADJ_ROOM_DECAP_L3_IPV6	(1ULL << 8)
+
 struct pkt_ctx {
 	void *raw;	/* struct xdp_md * or struct __sk_buff * */
 	bool xdp;
@@ -81,6 +85,7 @@ static __always_inline int ctx_adjust_head(const struct pkt_ctx *c, int delta)
 {
 	struct __sk_buff *skb = c->raw;
 	struct ethhdr eth;
+	__u64 flags = 0;
 	int err;
 
 	if (c->xdp)
@@ -89,12 +94,18 @@ static __always_inline int ctx_adjust_head(const struct pkt_ctx *c, int delta)
 		return bpf_skb_change_head(skb, -delta, 0);
 	/* bpf_skb_adjust_room() removes bytes after the MAC header, so keep the Ethernet header found
 	 * at @delta and remove the @delta bytes behind the current one, then put it back in front.
-	 * This takes a plain 14-byte MAC header and an IPv4/IPv6 skb->protocol.
+	 * This takes a plain 14-byte MAC header and an IPv4/IPv6 skb->protocol. skb->protocol is
+	 * the outer one until told otherwise: an IPv4 frame decapsulated from IPv6 would leave as
+	 * IPv6 (taps, tc filters and drivers' offloads read it), so the flag matches it to the inner.
 	 */
 	err = bpf_skb_load_bytes(skb, delta, &eth, sizeof(eth));
 	if (err)
 		return err;
-	err = bpf_skb_adjust_room(skb, -delta, BPF_ADJ_ROOM_MAC, 0);
+	if (eth.h_proto == bpf_htons(ETH_P_IP))
+		flags = CTX_ADJ_ROOM_DECAP_L3_IPV4;
+	else if (eth.h_proto == bpf_htons(ETH_P_IPV6))
+		flags = CTX_ADJ_ROOM_DECAP_L3_IPV6;
+	err = bpf_skb_adjust_room(skb, -delta, BPF_ADJ_ROOM_MAC, flags);
 	if (err)
 		return err;
 	return bpf_skb_store_bytes(skb, 0, &eth, sizeof(eth), 0);

@@ -215,7 +215,7 @@ class Model:
             return _drop(DropReason.MALFORMED, vxlan=True)
         if self.config.vni is not None and vxlan.vni != self.config.vni:
             return _drop(DropReason.VNI, vxlan=True)
-        if len(frame) - vxlan.inner_off < self._decap_minimum(frame):
+        if len(frame) - vxlan.inner_off < self._decap_minimum(frame, vxlan.inner_off):
             return _drop(DropReason.MALFORMED, vxlan=True)
         # The inner frame ends with the outer IP packet; what follows it is carried along.
         buf = bytearray(frame[vxlan.inner_off :])
@@ -235,17 +235,23 @@ class Model:
             return _drop(DropReason.REDIRECT_FAILED, **done)
         return Outcome(Verdict.FORWARD, None, bytes(buf), **done)
 
-    def _decap_minimum(self, frame: bytes) -> int:
+    def _decap_minimum(self, frame: bytes, inner_off: int) -> int:
         """The shortest inner frame the head adjustment takes (shorter ones are malformed).
 
-        XDP: an Ethernet header. TC (bpf_skb_adjust_room()): also an L3 header of the skb's protocol,
-        the outer ethertype (VLAN tags are out of the data at real TC ingress); any other protocol
-        is refused outright.
+        XDP: an Ethernet header. TC (bpf_skb_adjust_room()): also an L3 header. ctx.h passes the
+        BPF_F_ADJ_ROOM_DECAP_L3 flag of the inner frame's protocol, which sets that header's size
+        (IPv4 20, IPv6 40); for any other inner protocol no flag goes, and the size is that of the
+        skb's protocol, the outer ethertype. Whatever the flags, an skb whose protocol is neither
+        IPv4 nor IPv6 is refused (VLAN tags are out of the data at real TC ingress, not here).
         """
         if self.config.mode is not Mode.TC:
             return ETH_HLEN
-        l3 = {ETH_P_IP: 20, ETH_P_IPV6: 40}.get(int.from_bytes(frame[12:14], "big"))
-        return len(frame) + 1 if l3 is None else ETH_HLEN + l3
+        l3_size = {ETH_P_IP: 20, ETH_P_IPV6: 40}
+        outer = int.from_bytes(frame[12:14], "big")
+        if outer not in l3_size:
+            return len(frame) + 1
+        inner = int.from_bytes(frame[inner_off + 12 : inner_off + 14], "big")
+        return ETH_HLEN + l3_size.get(inner, l3_size[outer])
 
     def _rewrite_ipv4(self, buf: bytearray, f: Flow) -> tuple[bool, bool]:
         """NAT and DF in place, checksum step by checksum step as the kernel does them."""

@@ -12,6 +12,9 @@ with VxlanPipeline(Config(mode=Mode.REDIRECT, vni=42)) as vx:
     vx.stats()                                         # summed per CPU; .balanced is the invariant
     vx.frames(timeout_ms=100)                          # ringbuf mode: a batch of frames to re-inject
     vx.pin("mirror")                                   # maps under bpf.pin_dir("vxlan-mirror")
+
+with VxlanPipeline.open_pinned("mirror") as running:   # another process: the same maps
+    running.add_nat(53, "10.2.0.2")
 ```
 
 Every struct and enum comes from the object's BTF. Not for: the re-injector or a command line (they
@@ -28,7 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import bpf
-from bpf import BpfObject, RingBuffer, TcDirection, XdpMode
+from bpf import BpfObject, Map, RingBuffer, TcDirection, XdpMode
 from bpf import netns as bpf_netns
 from bpf.attach import TcFilter, XdpLink, ifindex
 from bpf.vxlan.allowlist import Allowlist
@@ -128,6 +131,35 @@ class VxlanPipeline:
             self.close()
             raise
 
+    @classmethod
+    def open_pinned(cls, name: str) -> VxlanPipeline:
+        """The pipeline another process runs and pinned as ``name`` (``pin``): its allowlist, NAT
+        rules, egress and counters to read and change. Nothing is loaded or attached here, and its
+        configuration is not known (``config`` is the default); closing this leaves the pins.
+        """
+        directory = bpf.pin_dir(f"vxlan-{name}")
+        missing = [m for m in PINNED_MAPS if not (directory / m).exists()]
+        if missing:
+            raise FileNotFoundError(
+                f"no VXLAN pipeline pinned as {name!r}: {directory} lacks {', '.join(missing)} "
+                f"(is `vxlan-pipeline run --name {name}` running?)"
+            )
+        vx = cls.__new__(cls)
+        vx.config, vx.attachment, vx.pin_path, vx._ring = Config(), None, None, None
+        vx.obj = BpfObject.open(SOURCE)
+        try:
+            for map_name in PINNED_MAPS:
+                vx.obj.maps[map_name].reuse_pinned(directory / map_name)
+            vx._drops = vx._drop_indexes()
+        except BaseException:
+            vx.close()
+            raise
+        return vx
+
+    def _drop_indexes(self) -> dict[str, int]:
+        drops = self.obj.enum("vxlan_drop")
+        return {r.value: drops[f"VXLAN_DROP_{r.name}"] for r in DropReason}
+
     def _load(self) -> None:
         c, obj = self.config, self.obj
         obj.rodata["mode"] = obj.enum("vxlan_mode")[f"VXLAN_MODE_{c.mode.name}"]
@@ -138,8 +170,7 @@ class VxlanPipeline:
             obj.rodata["default_nat_addr"] = _be32(c.default_nat.addr)
             obj.rodata["default_nat_port"] = c.default_nat.port
         obj.load()
-        drops = obj.enum("vxlan_drop")
-        self._drops = {r.value: drops[f"VXLAN_DROP_{r.name}"] for r in DropReason}
+        self._drops = self._drop_indexes()
         self.program = obj.programs["vxlan_tc" if c.mode is Mode.TC else "vxlan_xdp"]
         if c.mode is Mode.RINGBUF:
             self._ring = RingBuffer(obj.maps["frames"])
@@ -287,6 +318,15 @@ class VxlanPipeline:
         records = self._ring.poll(timeout_ms) if timeout_ms else self._ring.drain()
         start = self._frame_data
         return [r[start : start + int.from_bytes(r[:4], "little")] for r in records]
+
+    @property
+    def ring(self) -> Map:
+        """Ringbuf mode: the ``frames`` map, for a consumer of its own (``bpf.vxlan.reinjector``);
+        then do not call ``frames()``: a ring has one consumer.
+        """
+        if self._ring is None:
+            raise RuntimeError(f"mode {self.config.mode.value}: there is no ring")
+        return self.obj.maps["frames"]
 
     def ring_fileno(self) -> int:
         """An fd readable when frames are waiting (for select/epoll in a re-injector)."""

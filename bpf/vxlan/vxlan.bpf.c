@@ -28,9 +28,11 @@
  * The inner frame ends where the outer IP packet ends, for parsing; bytes after the outer IP packet
  * (Ethernet padding) stay at the end of the forwarded frame. The head adjustment (ctx.h) refuses,
  * and so the frame is malformed: in XDP an inner frame shorter than an Ethernet header; at TC, as
- * bpf_skb_adjust_room() does, one without an L3 header's worth of bytes (20 for an outer IPv4
- * skb, 40 for IPv6) after it, or an skb whose protocol is not IPv4/IPv6 (a VLAN tag left in the
- * data: at real TC ingress the stack has moved the outer tag to skb->vlan_tci).
+ * bpf_skb_adjust_room() does, one without an L3 header's worth of bytes after it (20 for IPv4, 40
+ * for IPv6: the inner ethertype's, or the outer skb's for an inner frame neither IPv4 nor IPv6),
+ * or an skb whose protocol is not IPv4/IPv6 (a VLAN tag left in the data: at real TC ingress the
+ * stack has moved the outer tag to skb->vlan_tci). At TC, decapsulation also sets skb->protocol to
+ * the inner frame's (ctx.h): an IPv4 frame mirrored over IPv6 leaves ens6 as IPv4.
  *
  * Every frame is counted once in `stats`: passed, forwarded (redirected or queued to the ring), or
  * dropped by reason (enum vxlan_drop). The control plane (bpf/vxlan/pipeline.py) reads the structs

@@ -32,6 +32,8 @@ from injector.scapy_backend import send_packets
 
 HARNESS = Path(sys.executable).with_name("harness")
 VXLAN_I_FLAG = 0x08  # RFC 7348: the I bit alone; AWS and the kernel send exactly this
+MIRROR_MTU = 3498  # topologies/mirror_vxlan.yaml: the largest MTU AWS ENA allows with XDP
+IP_MTU_DISCOVER, IP_PMTUDISC_DO = 10, 2  # <linux/in.h>: refuse, rather than fragment, over the MTU
 
 
 def udp_receiver(topo: Topology, node: str, address: str, port: int) -> socket.socket:
@@ -148,21 +150,27 @@ def test_two_host_honours_mtu(topology):
 
 def test_mirror_vxlan_encapsulates_towards_dut(topology):
     """What enters the mirror's vxlan0 reaches the dut's ens5 as VXLAN: UDP 4789, VNI 42, I flag,
-    jumbo frames included (MTU 9001)."""
+    up to a frame at the link's MTU (3498: vxlan0's is 50 bytes less); one byte more cannot leave."""
     topo = topology("mirror_vxlan")
     with topo.node("mirror").entered():
         sender = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sender.setsockopt(socket.IPPROTO_IP, IP_MTU_DISCOVER, IP_PMTUDISC_DO)  # no fragmenting
+    largest = MIRROR_MTU - 50 - 28  # VXLAN's 50 bytes, then the inner IPv4 and UDP headers
     dut = topo.node("dut")
     with sender, Capture("ens5", netns=dut.netns, match=is_vxlan(42, 6000)) as cap:
-        for size in (64, 8000):
+        for size in (64, largest):
             sender.sendto(bytes(size), ("172.16.0.2", 6000))
-        frames = cap.frames(count=2, timeout=2.0)
-    assert len(frames) == 2, f"{len(frames)} of 2 VXLAN frames reached the dut's ens5"
-    for frame, size in zip(frames, (64, 8000), strict=True):
+        with pytest.raises(OSError) as refused:
+            sender.sendto(bytes(largest + 1), ("172.16.0.2", 6000))
+        frames = cap.frames(count=3, timeout=2.0)
+    assert refused.value.errno == errno.EMSGSIZE, "vxlan0 took a datagram over its MTU"
+    assert len(frames) == 2, f"{len(frames)} VXLAN frames reached the dut's ens5, 2 expected"
+    for frame, size in zip(frames, (64, largest), strict=True):
         packet = Ether(frame.data)
         assert (packet[IP].src, packet[IP].dst, packet[UDP].dport) == ("10.1.0.1", "10.1.0.2", 4789)
         assert int(packet[VXLAN].flags) == VXLAN_I_FLAG, f"flags {packet[VXLAN].flags!r}"
         assert len(packet[VXLAN][UDP].payload) == size
+    assert len(frames[1].data) == 14 + MIRROR_MTU, "the largest frame is not at the link's MTU"
 
 
 def test_mirror_vxlan_collector_reachable(topology):

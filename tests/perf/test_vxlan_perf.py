@@ -12,17 +12,46 @@ measures it directly, against xdp_pass with the same ``repeat``.
 
 Target: forwarding at most 4x xdp_pass. The test fails beyond REGRESSION_RATIO, which catches a
 regression without hiding a miss of the target (printed).
+
+On ``mirror_vxlan`` (the mirror's eth0 -> the dut's ens5 -> ens6 -> the collector's eth0, all veth,
+native XDP), with a real ``vxlan-pipeline run`` process per mode and the xdp injector in this one:
+
+- zero-loss throughput of each mode against a bare XDP_REDIRECT program (``bpf/selftest/
+  redirect.bpf.c``) on the same link in the same run, RFC 2544 style: flat out first, then, after a
+  loss, the rate that was delivered less 10%, until a trial of ``packets`` frames loses none. Every
+  frame is accounted for: sent = arrived + the drops the kernel and the pipeline counted. Aims:
+  ``redirect`` at least 60% of the bare rate; ``ringbuf`` (Python re-injector) at least 3x the
+  seed's 85 kpps.
+- one-way latency of probes (``harness.latency``) through the pipeline against the bare redirect.
 """
 
+import contextlib
+import json
+import signal
 import statistics
+import subprocess
+import sys
+import time
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from scapy.layers.l2 import Ether
 
 import bpf
+from bpf import journal
+from bpf import netns as bpf_netns
+from bpf.attach import ifindex
 from bpf.vxlan import Allowlist, Config, Mode, VxlanPipeline
-from harness.measure import Comparison, sample
+from harness.counters import delta, interface_stats, silence_ipv6
+from harness.latency import ProbeReceiver, ProbeSender, ProbeTemplate, analyze
+from harness.measure import Comparison, Summary, sample
+from harness.sink import FrameClass, Sink
 from injector import templates
+from injector.spec import TrafficSpec
+from injector.xdp import PACED_BATCH, XdpSender
 
 SELFTEST = Path(bpf.__file__).parent / "selftest"
 TARGET_RATIO = 4.0
@@ -103,3 +132,298 @@ def test_host_traffic_ns_per_packet(benchmark, trivial, quick):
         assert vx.stats().passed == vx.stats().total
     result = report(benchmark, "vxlan host traffic pass", subject, baseline)
     assert result.ratio <= REGRESSION_RATIO
+
+
+# --- on mirror_vxlan ------------------------------------------------------------------------------
+
+VXLAN_PIPELINE = Path(sys.executable).with_name("vxlan-pipeline")
+SEED_RINGBUF_KPPS = 85.0  # the seed's ring-buffer path, with an 8-thread C injector
+RINGBUF_AIM = 3.0  # x the seed; on the way to 10x
+REDIRECT_AIM = 0.6  # of the bare XDP_REDIRECT rate
+MIRROR, DUT = "02:00:00:00:02:01", "02:00:00:00:02:02"
+COLLECTOR = "02:00:00:00:03:02"
+INNER_MACS = {"eth_src": "02:00:00:00:2a:01", "eth_dst": "02:00:00:00:2a:02"}
+OUTER = {"vni": 42, "outer_src": "10.1.0.1", "outer_dst": "10.1.0.2", "eth_src": MIRROR}
+LINK_FRAME = templates.vxlan(
+    templates.udp4(src="10.0.0.1", dst="10.0.0.2", **INNER_MACS), eth_dst=DUT, **OUTER
+)
+
+
+@dataclass
+class Link:
+    mirror: str
+    dut: str
+    collector: str
+    allowlist: Path
+
+
+@pytest.fixture
+def link(topology, tmp_path) -> Link:
+    topo = topology("mirror_vxlan")
+    found = Link(*(topo.node(n).netns for n in ("mirror", "dut", "collector")), tmp_path / "a")
+    for namespace, ifname in (
+        (found.mirror, "eth0"),
+        (found.mirror, "vxlan0"),
+        (found.dut, "ens5"),
+        (found.dut, "ens6"),
+        (found.collector, "eth0"),
+    ):
+        silence_ipv6(ifname, namespace)  # exact counts need quiet links
+    found.allowlist.write_text(json.dumps(Allowlist.of(["10.0.0.1"]).document()))
+    return found
+
+
+@contextlib.contextmanager
+def bare_redirect(link: Link) -> Iterator[None]:
+    with bpf.BpfObject.open(SELFTEST / "redirect.bpf.c") as obj:
+        obj.load()
+        with bpf_netns.entered(link.dut):  # a DEVMAP resolves the ifindex in the writer's netns
+            obj.maps["redirect_dev"][0] = ifindex("ens6")
+        obj.programs["xdp_redirect_devmap"].attach_xdp("ens5", bpf.XdpMode.NATIVE, link.dut)
+        yield
+
+
+def _cli_stats() -> dict:
+    done = subprocess.run(
+        [str(VXLAN_PIPELINE), "stats", "--json"], capture_output=True, text=True, timeout=30
+    )
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout)
+
+
+@contextlib.contextmanager
+def pipeline_run(link: Link, mode: str, final: list[dict]) -> Iterator[None]:
+    """``vxlan-pipeline run`` in its own process (the re-injector gets a CPU of its own); its last
+    JSON line (counters, re-injector) lands in ``final``."""
+    process = subprocess.Popen(
+        [
+            str(VXLAN_PIPELINE),
+            "run",
+            "-i",
+            "ens5",
+            "-t",
+            "ens6",
+            "--netns",
+            link.dut,
+            "--mode",
+            mode,
+            "--next-hop-mac",
+            COLLECTOR,
+            "--allowlist",
+            str(link.allowlist),
+            "--name",
+            f"bl-{journal.current().run_id}-vxlan",  # this run's: never shared, leak-checked
+            "--json",
+            "-s",
+            "600",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        banner = process.stderr.readline()
+        assert "running" in banner, banner
+        yield
+    finally:
+        process.send_signal(signal.SIGTERM)
+        out, err = process.communicate(timeout=60)
+    assert process.returncode == 0, err
+    final.append(json.loads(out.splitlines()[-1]))
+
+
+def _quiet(sink: Sink, still: float = 0.3, timeout: float = 10.0) -> int:
+    """The sink's count once it has not moved for ``still`` seconds: in ringbuf mode the ring may
+    hold a backlog after a trial, which must not spill into the next one."""
+    deadline = time.monotonic() + timeout
+    count = sink.frames(FrameClass.IPV4)
+    while time.monotonic() < deadline:
+        time.sleep(still)
+        now = sink.frames(FrameClass.IPV4)
+        if now == count:
+            break
+        count = now
+    return count
+
+
+def _zero_loss_kpps(sender: XdpSender, sink: Sink, packets: int, totals: Counter) -> float:
+    """The highest rate a trial of ``packets`` frames crossed without a loss (see the module)."""
+    rate = None
+    for _ in range(12):
+        before = sink.frames(FrameClass.IPV4)
+        report = sender.send(count=packets, rate_pps=rate, batch=PACED_BATCH)
+        arrived = _quiet(sink) - before
+        assert report.aborted == 0
+        totals.update(sent=report.packets, arrived=arrived)
+        if arrived == report.packets:
+            return report.pps / 1e3
+        rate = report.pps * arrived / report.packets * 0.9
+    raise AssertionError(f"no zero-loss rate down to {rate:,.0f} pps: the receiver is stalled")
+
+
+def _throughput(sender: XdpSender, sink: Sink, packets: int, repeats: int, totals: Counter):
+    return sample(lambda: _zero_loss_kpps(sender, sink, packets, totals), "kpps", repeats)
+
+
+@pytest.mark.parametrize("mode", [Mode.REDIRECT.value, Mode.TC.value])
+def test_zero_loss_throughput_against_bare_redirect(benchmark, link, quick, mode):
+    packets = 20_000 if quick else 1_000_000
+    repeats = 1 if quick else 3
+    with (
+        Sink("eth0", link.collector) as sink,
+        XdpSender(TrafficSpec(LINK_FRAME).resolve(), "eth0", link.mirror) as sender,
+    ):
+        with bare_redirect(link):
+            baseline = _throughput(sender, sink, packets, repeats, Counter())
+        totals: Counter = Counter()
+        final: list[dict] = []
+        before = interface_stats("eth0", link.mirror), interface_stats("ens6", link.dut)
+        with pipeline_run(link, mode, final):
+            subject = benchmark.pedantic(
+                lambda: _throughput(sender, sink, packets, repeats, totals),
+                rounds=1,
+                iterations=1,
+            )
+        lost_mirror = delta(before[0], interface_stats("eth0", link.mirror))["tx_dropped"]
+        lost_ens6 = delta(before[1], interface_stats("ens6", link.dut))["tx_dropped"]
+    (last,) = final
+    c, drops = last["counters"], last["dropped"]
+    assert last["balanced"], c
+    assert c["total"] == totals["sent"] - lost_mirror, (c, totals, lost_mirror)
+    failed = last.get("reinjector", {}).get("failed", 0)
+    if "reinjector" in last:
+        assert c.get("queued", 0) == last["reinjector"]["forwarded"] + failed, last
+    assert c["forwarded"] - failed == totals["arrived"] + lost_ens6, (c, totals, lost_ens6)
+    assert totals["sent"] == totals["arrived"] + lost_mirror + drops + failed + lost_ens6, (
+        "frames lost uncounted"
+    )
+    _report_throughput(benchmark, mode, subject, baseline, quick)
+
+
+def _report_throughput(benchmark, mode: str, subject: Summary, baseline: Summary, quick: bool):
+    result = Comparison(f"vxlan {mode} zero-loss", subject, baseline, "bare xdp_redirect_devmap")
+    benchmark.extra_info.update(result.as_dict(), seed_kpps=SEED_RINGBUF_KPPS)
+    print(result.result_line())
+    print(
+        f"vxlan {mode}: {subject.median:,.0f} kpps zero-loss against {baseline.median:,.0f} kpps "
+        f"bare XDP_REDIRECT ({result.ratio:.0%}); {subject.median / SEED_RINGBUF_KPPS:.1f}x the "
+        f"seed's {SEED_RINGBUF_KPPS:.0f} kpps"
+    )
+    if quick:  # smoke samples are too small to judge by
+        return
+    if mode == Mode.REDIRECT.value:
+        assert result.ratio >= REDIRECT_AIM, (
+            f"redirect at {result.ratio:.0%} of bare XDP_REDIRECT, aim {REDIRECT_AIM:.0%}"
+        )
+
+
+def test_ringbuf_against_the_seed(benchmark, link, quick):
+    """The ring-buffer path measured as the seed stated its headline (85 kpps, 99.99% delivered) and
+    as the issue sets its aim (3x that, "with 0 packets lost uncounted"): a steady stream at 3x the
+    seed's rate, every frame accounted for (sent = arrived + the losses the kernel and the pipeline
+    counted) with its delivery ratio; then a burst flat out, which fills the ring, for the rate at
+    which the Python re-injector empties it. A zero-loss search does not fit this mode: the ring's
+    backlog from one trial drains into the next, so trials are not independent."""
+    packets = 20_000 if quick else 1_000_000
+    steady_pps = RINGBUF_AIM * SEED_RINGBUF_KPPS * 1e3
+    final: list[dict] = []
+    with (
+        Sink("eth0", link.collector) as sink,
+        XdpSender(TrafficSpec(LINK_FRAME).resolve(), "eth0", link.mirror) as sender,
+    ):
+        before = interface_stats("eth0", link.mirror), interface_stats("ens6", link.dut)
+        with pipeline_run(link, Mode.RINGBUF.value, final):
+            start = sink.frames(FrameClass.IPV4)
+            steady = sender.send(count=packets, rate_pps=steady_pps, batch=PACED_BATCH)
+            sent = [steady.packets]
+            steady_arrived = _quiet(sink) - start
+
+            def drain_kpps() -> float:
+                """Frames forwarded per second from the start of a burst to the last arrival,
+                stalls included; done when the count has not moved for 0.3 s (5 s to start)."""
+                first = sink.frames(FrameClass.IPV4)
+                began = time.perf_counter()
+                sent.append(sender.send(count=packets, batch=PACED_BATCH).packets)
+                last, last_moved = first, began
+                while time.perf_counter() - last_moved < (5.0 if last == first else 0.3):
+                    time.sleep(0.01)
+                    now = sink.frames(FrameClass.IPV4)
+                    if now != last:
+                        last, last_moved = now, time.perf_counter()
+                assert last > first, "the re-injector forwarded nothing for 5 s"
+                return (last - first) / (last_moved - began) / 1e3
+
+            drain = benchmark.pedantic(
+                lambda: sample(drain_kpps, "kpps", 1 if quick else 3), rounds=1, iterations=1
+            )
+        lost_mirror = delta(before[0], interface_stats("eth0", link.mirror))["tx_dropped"]
+        lost_ens6 = delta(before[1], interface_stats("ens6", link.dut))["tx_dropped"]
+        arrived = sink.frames(FrameClass.IPV4) - start
+    (last,) = final
+    c, drops = last["counters"], last["dropped"]
+    failed = last["reinjector"]["failed"]
+    assert last["balanced"], c
+    assert c["queued"] == last["reinjector"]["forwarded"] + failed, last
+    assert sum(sent) == arrived + lost_mirror + drops + failed + lost_ens6, "frames lost uncounted"
+    delivered = steady_arrived / steady.packets
+    baseline = Summary("kpps", SEED_RINGBUF_KPPS, SEED_RINGBUF_KPPS, 0, 0, 0, 0, 1, 0)
+    result = Comparison("vxlan ringbuf, re-injector emptying a full ring", drain, baseline, "seed")
+    benchmark.extra_info.update(result.as_dict(), steady_delivered=delivered, steady_pps=steady.pps)
+    print(result.result_line())
+    print(
+        f"vxlan ringbuf: at {steady.pps / 1e3:,.0f} kpps steady ({RINGBUF_AIM:.0f}x the seed) "
+        f"{delivered:.4%} delivered, every loss counted; a full ring empties at "
+        f"{drain.median:,.0f} kpps ({result.ratio:.1f}x the seed's {SEED_RINGBUF_KPPS:.0f})"
+    )
+    if not quick:  # smoke samples are too small to judge by
+        assert drain.median >= RINGBUF_AIM * SEED_RINGBUF_KPPS, (
+            f"the re-injector empties the ring at {drain.median:,.0f} kpps: under "
+            f"{RINGBUF_AIM:.0f}x the seed's {SEED_RINGBUF_KPPS:.0f} kpps"
+        )
+
+
+def _probes(vxlan: bool) -> ProbeTemplate:
+    inner = ProbeTemplate.udp4(src="10.0.0.1", dst="10.0.0.2", **INNER_MACS)
+    if not vxlan:
+        return inner
+    outer = templates.vxlan(Ether(inner.frame), eth_dst=DUT, **OUTER)
+    return ProbeTemplate(bytes(outer), inner.offset + len(outer) - len(inner.frame))
+
+
+def _p50_us(link: Link, received_as: ProbeTemplate, count: int) -> float:
+    sent_as = _probes(vxlan=True)
+    with (
+        ProbeReceiver(received_as, "eth0", link.collector) as receiver,
+        ProbeSender(sent_as, "eth0", link.mirror) as sender,
+    ):
+        receiver.wait_ready()
+        arrivals = []
+        for seq in range(count):
+            sender.send(seq)
+            arrivals += receiver.receive(wait=0.0005)
+        arrivals += receiver.receive(wait=0.5, expected=count - len(arrivals))
+    report = analyze(arrivals, count)
+    assert report.lost == 0, f"{report.lost} of {count} probes lost"
+    return report.p50_us
+
+
+@pytest.mark.parametrize("mode", [Mode.REDIRECT.value, Mode.RINGBUF.value])
+def test_latency_against_bare_redirect(benchmark, link, quick, mode):
+    """One-way probe latency, mirror to collector: through the pipeline (the collector reads the
+    decapsulated probe) against the bare redirect (the probe still encapsulated), same link."""
+    count, repeats = (100, 2) if quick else (1000, 5)
+    with bare_redirect(link):
+        baseline = sample(lambda: _p50_us(link, _probes(vxlan=True), count), "us", repeats)
+    with pipeline_run(link, mode, []):
+        subject = benchmark.pedantic(
+            lambda: sample(lambda: _p50_us(link, _probes(vxlan=False), count), "us", repeats),
+            rounds=1,
+            iterations=1,
+        )
+    result = Comparison(f"vxlan {mode} probe latency p50", subject, baseline, "bare redirect")
+    benchmark.extra_info.update(result.as_dict(), added_us=subject.median - baseline.median)
+    print(result.result_line())
+    print(
+        f"vxlan {mode}: p50 {subject.median:.1f} us against {baseline.median:.1f} us bare "
+        f"(the seed claimed 5 us)"
+    )

@@ -295,6 +295,21 @@ def test_outer_vlan_tag():
         assert Pair(vx).check(frame)[0].reason is DropReason.MALFORMED
 
 
+def test_ipv4_mirrored_over_ipv6_is_forwarded_by_both_hooks():
+    """A 28-byte inner IPv4/UDP packet behind an outer IPv6 header. At TC, ctx.h passes the inner
+    protocol's BPF_F_ADJ_ROOM_DECAP_L3 flag, so bpf_skb_adjust_room() wants an IPv4 header after the
+    inner Ethernet header, not the outer IPv6 one's 40 bytes: TC forwards it, as XDP does.
+    """
+    inner = Ether(**MACS) / IP(src="10.0.0.1", dst="10.0.0.2") / UDP(sport=1, dport=9)
+    outer = (
+        Ether(**MACS) / IPv6(src="2001:db8::1", dst="2001:db8::2") / UDP(sport=49152, dport=4789)
+    )
+    frame = bytes(outer / VXLAN(flags=0x08, vni=42) / inner)
+    for hook in ("xdp", "tc"):
+        with VxlanPipeline(HOOKS[hook]) as vx:
+            assert Pair(vx).check(frame)[0].verdict is Verdict.FORWARD, hook
+
+
 def test_tiny_inner_frames():
     """A 14-byte inner frame (not IP): XDP decapsulates it and finds it not allowed; at TC,
     bpf_skb_adjust_room() wants 20 more bytes (an IPv4 header, the outer skb's protocol).

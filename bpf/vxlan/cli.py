@@ -1,0 +1,412 @@
+"""The ``vxlan-pipeline`` command: run the VXLAN pipeline, and change it while it runs.
+
+    vxlan-pipeline run -i IF -t IF [--netns NS] [--mode redirect|tc|ringbuf] [--next-hop-mac MAC]
+            [--vni N] [--match src|dst|either] [--default-nat IP[:PORT]] [--allowlist FILE]
+            [--xdp-mode native|generic] [--name NAME] [-s SECONDS] [-v] [--json]
+    vxlan-pipeline allowlist load FILE | show | clear   [--name NAME]
+    vxlan-pipeline nat add PORT IP[:PORT] | list | del PORT   [--name NAME]
+    vxlan-pipeline stats [--name NAME] [--json]
+
+``run`` loads the data plane, sets the egress, pins its maps under ``bpf.pin_dir("vxlan-NAME")``,
+attaches to ``-i``, runs the re-injector in ``ringbuf`` mode, prints the counters every ``-s`` seconds
+and, on SIGINT/SIGTERM, detaches, forwards what the ring still holds, prints the counters a last time
+and removes its pins. The other commands open those pins: they change or read the running pipeline
+called NAME (default ``default``). A ``run`` killed with SIGKILL leaves its pins; ``harness clean``
+removes them (they are journaled).
+
+Every argument and file is checked before anything is loaded, attached or changed; errors name the
+option, file, line and field. This module parses and prints; the work is in ``pipeline`` and
+``reinjector``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import json
+import signal
+import sys
+import threading
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import bpf
+from bpf import LibbpfError, XdpMode
+from bpf import netns as bpf_netns
+from bpf.attach import ifindex
+from bpf.vxlan.allowlist import Allowlist, AllowlistError
+from bpf.vxlan.model import Config, Match, Mode, NatTarget
+from bpf.vxlan.pipeline import Stats, VxlanPipeline, format_mac, parse_mac
+from bpf.vxlan.reinjector import Reinjector
+
+PROG = "vxlan-pipeline"
+DEFAULT_NAME = "default"
+
+
+class UsageError(ValueError):
+    """An argument is wrong; the message names it. Raised before anything changes."""
+
+
+# --- argument types ---
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"{value} s: must be more than 0")
+    return value
+
+
+def _port(text: str) -> int:
+    try:
+        port = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port number") from None
+    if not 0 <= port <= 0xFFFF:
+        raise argparse.ArgumentTypeError(f"port {port}: must be 0..65535")
+    return port
+
+
+def _vni(text: str) -> int:
+    try:
+        vni = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a VNI") from None
+    if not 0 <= vni < 1 << 24:
+        raise argparse.ArgumentTypeError(f"VNI {vni}: must be 0..16777215 (24 bits)")
+    return vni
+
+
+def _mac(text: str) -> bytes:
+    try:
+        return parse_mac(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+
+
+def nat_target(text: str) -> NatTarget:
+    """``IP`` or ``IP:PORT`` (port 0 or none: the destination port is kept)."""
+    addr, _, port = text.partition(":")
+    try:
+        return NatTarget(ipaddress.IPv4Address(addr), _port(port) if port else 0)
+    except (ValueError, argparse.ArgumentTypeError) as err:
+        raise argparse.ArgumentTypeError(f"{text!r} is not IPv4[:PORT]: {err}") from None
+
+
+def _name_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--name",
+        default=DEFAULT_NAME,
+        help=f"the running pipeline's name: its maps are pinned under "
+        f"{bpf.pin_dir('vxlan-NAME')} (default {DEFAULT_NAME})",
+    )
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=PROG,
+        description="The VXLAN pipeline for AWS Traffic Mirroring: decapsulate, allowlist, NAT, "
+        "forward. `run` runs it; the other commands change or read a running one.",
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    run = commands.add_parser("run", help="load, attach and run until SIGINT/SIGTERM")
+    run.add_argument("-i", "--interface", required=True, metavar="IF", help="mirror target")
+    run.add_argument("-t", "--egress", required=True, metavar="IF", help="egress interface")
+    run.add_argument("--netns", metavar="NS", help="network namespace of both interfaces")
+    run.add_argument(
+        "--mode",
+        choices=[m.value for m in Mode],
+        default=Mode.REDIRECT.value,
+        help="redirect (XDP, DEVMAP; default), tc (TC ingress, any driver), ringbuf (XDP to a "
+        "ring buffer, re-injected from user space)",
+    )
+    run.add_argument(
+        "--xdp-mode",
+        choices=["native", "generic"],
+        default="native",
+        help="XDP attach mode for redirect and ringbuf (default native; no fallback)",
+    )
+    run.add_argument(
+        "--next-hop-mac",
+        type=_mac,
+        metavar="MAC",
+        help="destination MAC of forwarded frames (default: the egress's default gateway's, "
+        "from the neighbour table)",
+    )
+    run.add_argument("--vni", type=_vni, help="forward this VNI only (default: any)")
+    run.add_argument(
+        "--match",
+        choices=[m.value for m in Match],
+        default=Match.EITHER.value,
+        help="which inner address must be allowlisted (default either)",
+    )
+    run.add_argument(
+        "--default-nat",
+        type=nat_target,
+        metavar="IP[:PORT]",
+        help="NAT target of inner packets without a rule of their own",
+    )
+    run.add_argument("--allowlist", metavar="FILE", help="allowlist to load before attaching")
+    run.add_argument(
+        "-s",
+        "--stats-interval",
+        type=_seconds,
+        default=10.0,
+        metavar="SECONDS",
+        help="print the counters this often (default 10)",
+    )
+    run.add_argument("-v", "--verbose", action="store_true", help="print every counter")
+    run.add_argument("--json", action="store_true", help="print one JSON object per interval")
+    _name_argument(run)
+
+    allowlist = commands.add_parser("allowlist", help="the running pipeline's allowlist")
+    allowlist_commands = allowlist.add_subparsers(dest="action", required=True)
+    load = allowlist_commands.add_parser("load", help="replace it with FILE (validated first)")
+    load.add_argument("file", metavar="FILE")
+    _name_argument(load)
+    for action, text in (("show", "print it as an allowlist file"), ("clear", "empty it")):
+        _name_argument(allowlist_commands.add_parser(action, help=text))
+
+    nat = commands.add_parser("nat", help="the running pipeline's NAT rules")
+    nat_commands = nat.add_subparsers(dest="action", required=True)
+    add = nat_commands.add_parser("add", help="inner TCP/UDP to PORT goes to IP[:PORT]")
+    add.add_argument("port", type=_port, metavar="PORT")
+    add.add_argument("target", type=nat_target, metavar="IP[:PORT]")
+    _name_argument(add)
+    remove = nat_commands.add_parser("del", help="remove the rule for PORT")
+    remove.add_argument("port", type=_port, metavar="PORT")
+    _name_argument(remove)
+    _name_argument(nat_commands.add_parser("list", help="print the rules"))
+
+    stats = commands.add_parser("stats", help="the running pipeline's counters")
+    stats.add_argument("--json", action="store_true", help="print them as JSON")
+    _name_argument(stats)
+    return parser
+
+
+# --- run ---
+
+
+def _check_interface(option: str, ifname: str, namespace: str | None) -> None:
+    try:
+        ifindex(ifname, namespace)
+    except LibbpfError as err:
+        raise UsageError(f"{option}: {err}") from None
+
+
+def default_next_hop(ifname: str, namespace: str | None) -> bytes:
+    """The MAC of ``ifname``'s IPv4 default gateway, from the neighbour table."""
+    from pyroute2 import IPRoute  # only when --next-hop-mac is left out
+
+    with bpf_netns.entered(namespace), IPRoute() as ipr:
+        index = ipr.link_lookup(ifname=ifname)[0]
+        for route in ipr.get_default_routes(family=2):
+            gateway = route.get_attr("RTA_GATEWAY")
+            if route.get_attr("RTA_OIF") != index or gateway is None:
+                continue
+            for neighbour in ipr.get_neighbours(ifindex=index, dst=gateway):
+                lladdr = neighbour.get_attr("NDA_LLADDR")
+                if lladdr:
+                    return parse_mac(lladdr)
+            raise UsageError(
+                f"--next-hop-mac: the gateway {gateway} of {ifname} is not in the neighbour "
+                "table yet; give its MAC"
+            )
+    raise UsageError(f"--next-hop-mac: {ifname} has no IPv4 default gateway to take it from")
+
+
+def _run_checks(args: argparse.Namespace) -> tuple[Config, bytes, Allowlist | None]:
+    if args.netns is not None and not bpf_netns.exists(args.netns):
+        raise UsageError(f"--netns: network namespace {args.netns!r} does not exist")
+    _check_interface("-i/--interface", args.interface, args.netns)
+    _check_interface("-t/--egress", args.egress, args.netns)
+    if args.interface == args.egress:
+        raise UsageError(
+            f"-t/--egress: {args.egress} is the mirror target: frames must never go back out"
+        )
+    pins = bpf.pin_dir(f"vxlan-{args.name}")
+    if pins.exists():
+        raise UsageError(
+            f"--name: a pipeline is already pinned as {args.name!r} ({pins}); stop it, or "
+            "run `harness clean` if it was killed"
+        )
+    mac = args.next_hop_mac or default_next_hop(args.egress, args.netns)
+    allowlist = Allowlist.load(args.allowlist) if args.allowlist else None
+    config = Config(Mode(args.mode), args.vni, Match(args.match), args.default_nat)
+    return config, mac, allowlist
+
+
+def stats_dict(stats: Stats, seconds: float, previous: Stats | None) -> dict[str, Any]:
+    """One interval as JSON: every counter, the invariant, the rates since the last interval."""
+    before_total = previous.total if previous else 0
+    before_forwarded = previous.forwarded if previous else 0
+    return {
+        "time": round(time.time(), 3),
+        "interval_s": round(seconds, 3),
+        "counters": stats.counts(),
+        "dropped": stats.dropped,
+        "balanced": stats.balanced,
+        "pps": round((stats.total - before_total) / seconds, 1) if seconds else 0.0,
+        "forwarded_pps": round((stats.forwarded - before_forwarded) / seconds, 1)
+        if seconds
+        else 0.0,
+    }
+
+
+def stats_line(stats: Stats, verbose: bool) -> str:
+    drops = ", ".join(f"{reason} {n:,}" for reason, n in stats.drops.items() if n) or "none"
+    line = (
+        f"total {stats.total:,}  forwarded {stats.forwarded:,}  passed {stats.passed:,}  "
+        f"dropped {stats.dropped:,} ({drops})"
+        + ("" if stats.balanced else "  UNBALANCED: total != passed + forwarded + dropped")
+    )
+    if verbose:
+        line += "\n  " + "  ".join(f"{name} {n:,}" for name, n in stats.counts().items())
+    return line
+
+
+def stop_event() -> threading.Event:
+    """An event set by SIGINT or SIGTERM."""
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    return stop
+
+
+def _reinject(reinjector: Reinjector, stop: threading.Event, failure: list[BaseException]) -> None:
+    try:
+        reinjector.run(stop)
+    except BaseException as err:  # reported by the main thread, which stops everything
+        failure.append(err)
+        stop.set()
+
+
+def _report(args, stats: Stats, seconds: float, previous: Stats | None, reinjector) -> None:
+    if args.json:
+        line = stats_dict(stats, seconds, previous)
+        if reinjector is not None:
+            line["reinjector"] = {"forwarded": reinjector.forwarded, "failed": reinjector.failed}
+        print(json.dumps(line), flush=True)
+        return
+    text = stats_line(stats, args.verbose)
+    if reinjector is not None:
+        text += f"\n  re-injected {reinjector.forwarded:,}, failed {reinjector.failed:,}"
+    print(text, flush=True)
+
+
+def _run(args: argparse.Namespace) -> int:
+    config, next_hop, allowlist = _run_checks(args)
+    stop = stop_event()
+    failure: list[BaseException] = []
+    with VxlanPipeline(config) as vx:
+        egress = vx.set_egress(args.egress, next_hop, args.netns)
+        if allowlist is not None:
+            vx.set_allowlist(allowlist)
+        pins = vx.pin(args.name)
+        reinjector = worker = None
+        if config.mode is Mode.RINGBUF:
+            reinjector = Reinjector(vx.ring, args.egress, args.netns)
+        try:
+            vx.attach(args.interface, args.netns, XdpMode[args.xdp_mode.upper()])
+            if reinjector is not None:
+                worker = threading.Thread(
+                    target=_reinject, args=(reinjector, stop, failure), name="reinjector"
+                )
+                worker.start()
+            where = f" in {args.netns}" if args.netns else ""
+            print(
+                f"{PROG}: running as {args.name!r}: {args.interface} -> {args.egress}{where} "
+                f"(next hop {format_mac(egress.dst_mac)}), mode {config.mode.value}; "
+                f"maps pinned in {pins}",
+                file=sys.stderr,
+                flush=True,
+            )
+            last, previous = time.monotonic(), None
+            while True:
+                stopping = stop.wait(args.stats_interval)
+                now = time.monotonic()
+                if stopping:
+                    break
+                stats = vx.stats()
+                _report(args, stats, now - last, previous, reinjector)
+                last, previous = now, stats
+            vx.detach()
+            if worker is not None:
+                worker.join()
+                reinjector.drain()
+            _report(args, vx.stats(), time.monotonic() - last, previous, reinjector)
+        finally:
+            stop.set()
+            if worker is not None:
+                worker.join()
+            if reinjector is not None:
+                reinjector.close()
+    if failure:
+        raise failure[0]
+    return 0
+
+
+# --- commands on a running pipeline ---
+
+
+def _allowlist(args: argparse.Namespace) -> int:
+    new = Allowlist.load(args.file) if args.action == "load" else None  # before any change
+    with VxlanPipeline.open_pinned(args.name) as vx:
+        if args.action == "load":
+            vx.set_allowlist(new)
+            print(f"{PROG}: {args.name}: allowlist of {len(new)} entries loaded from {args.file}")
+        elif args.action == "clear":
+            vx.clear_allowlist()
+            print(f"{PROG}: {args.name}: allowlist cleared: nothing is forwarded")
+        else:
+            print(json.dumps(vx.allowlist().document(), indent=1))
+    return 0
+
+
+def _nat(args: argparse.Namespace) -> int:
+    with VxlanPipeline.open_pinned(args.name) as vx:
+        if args.action == "add":
+            vx.add_nat(args.port, args.target.addr, args.target.port)
+            print(f"{PROG}: {args.name}: port {args.port} -> {args.target}")
+        elif args.action == "del":
+            if not vx.del_nat(args.port):
+                raise UsageError(f"nat del: no rule for port {args.port}")
+            print(f"{PROG}: {args.name}: rule for port {args.port} removed")
+        else:
+            for port, target in vx.nat_rules().items():
+                print(f"{port} {target}")
+    return 0
+
+
+def _stats(args: argparse.Namespace) -> int:
+    with VxlanPipeline.open_pinned(args.name) as vx:
+        stats = vx.stats()
+    if args.json:
+        print(json.dumps(stats_dict(stats, 0.0, None)))
+    else:
+        print(stats_line(stats, verbose=True))
+    return 0
+
+
+COMMANDS = {"run": _run, "allowlist": _allowlist, "nat": _nat, "stats": _stats}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except (UsageError, AllowlistError, FileNotFoundError, ValueError) as err:
+        print(f"{PROG}: {err}", file=sys.stderr)
+        return 2
+    except (LibbpfError, OSError) as err:
+        print(f"{PROG}: {err}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

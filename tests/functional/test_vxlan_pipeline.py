@@ -1,0 +1,416 @@
+"""The VXLAN pipeline on ``mirror_vxlan``, end to end: the mirror's kernel VXLAN device (and crafted
+frames) into the dut's ens5, the pipeline, the dut's ens6, the collector.
+
+Most tests drive a real ``vxlan-pipeline run`` process (the console script beside
+``sys.executable``) and change it with the other ``vxlan-pipeline`` commands; the TC-over-IPv6 test
+uses the Python API. The oracle of what reaches the collector is ``bpf.vxlan.model`` fed the frames
+the mirror actually sent (captured leaving its eth0: the kernel picks the outer source port), and
+tshark, an independent implementation, verifies the IP/TCP/UDP checksums of what arrived.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from scapy.layers.inet import IP, UDP
+from scapy.layers.inet6 import IPv6
+from scapy.layers.l2 import Ether
+from scapy.layers.vxlan import VXLAN
+
+import bpf
+from bpf import journal
+from bpf.attach import ifindex
+from bpf.vxlan import Allowlist, Config, Egress, Mode, Model, NatTarget, Verdict, VxlanPipeline
+from harness.capture import Capture, write_pcap
+from harness.compare import assert_same
+from harness.counters import delta, interface_stats, silence_ipv6
+from harness.sink import FrameClass, Sink
+from injector import templates
+from injector.scapy_backend import send_packets
+from injector.spec import TrafficSpec
+from injector.xdp import XdpSender
+
+VXLAN_PIPELINE = Path(sys.executable).with_name("vxlan-pipeline")
+HARNESS = Path(sys.executable).with_name("harness")
+MIRROR_MAC, DUT_MAC = "02:00:00:00:02:01", "02:00:00:00:02:02"
+EGRESS_MAC, COLLECTOR_MAC = "02:00:00:00:03:01", "02:00:00:00:03:02"
+VNI = 42
+ALLOWED = ["10.0.0.1", "172.16.0.0/24"]
+INNER = {"eth_src": "02:00:00:00:2a:01", "eth_dst": "02:00:00:00:2a:02"}
+OUTER = {
+    "vni": VNI,
+    "outer_src": "10.1.0.1",
+    "outer_dst": "10.1.0.2",
+    "eth_src": MIRROR_MAC,
+    "eth_dst": DUT_MAC,
+}
+MODES = [m.value for m in Mode]
+
+
+@dataclass
+class Mirror:
+    mirror: str
+    dut: str
+    collector: str
+    allowlist: Path
+
+
+@pytest.fixture
+def mirror(topology, tmp_path) -> Mirror:
+    topo = topology("mirror_vxlan")
+    found = Mirror(*(topo.node(n).netns for n in ("mirror", "dut", "collector")), tmp_path / "a")
+    for namespace, ifname in (
+        (found.mirror, "eth0"),
+        (found.mirror, "vxlan0"),
+        (found.dut, "ens5"),
+        (found.dut, "ens6"),
+        (found.collector, "eth0"),
+    ):
+        silence_ipv6(ifname, namespace)  # exact counts need quiet links (harness.counters)
+    # A mirror session copies packets as they were on the wire, checksums complete; the mirror's
+    # vxlan0 would leave an inner checksum to an offload that a veth never performs.
+    subprocess.run(
+        ["ip", "netns", "exec", found.mirror, "ethtool", "-K", "vxlan0", "tx", "off"],
+        capture_output=True,
+        check=True,
+    )
+    found.allowlist.write_text(json.dumps(Allowlist.of(ALLOWED).document()))
+    return found
+
+
+# Named after this run (bl-<run id>-...): concurrent runs never share pins, and each run's leak
+# check knows these pins are its own.
+NAME = f"bl-{journal.current().run_id}-vxlan"
+
+
+def vxlan_pipeline(*args: str) -> subprocess.CompletedProcess:
+    """The command on this run's pipeline (``--name NAME`` unless the call names another)."""
+    named = args if "--name" in args else (*args, "--name", NAME)
+    return subprocess.run([str(VXLAN_PIPELINE), *named], capture_output=True, text=True, timeout=30)
+
+
+@dataclass
+class Running:
+    process: subprocess.Popen
+    lines: list[dict]  # the JSON lines printed, complete once the process ended
+
+    def stats(self) -> dict:
+        done = vxlan_pipeline("stats", "--json")
+        assert done.returncode == 0, done.stderr
+        return json.loads(done.stdout)
+
+
+def start(m: Mirror, mode: str = "redirect") -> subprocess.Popen:
+    """``vxlan-pipeline run`` on the dut, once it says it is running."""
+    args = ["run", "-i", "ens5", "-t", "ens6", "--netns", m.dut, "--mode", mode, "--name", NAME]
+    args += ["--next-hop-mac", COLLECTOR_MAC, "--vni", str(VNI), "--allowlist", str(m.allowlist)]
+    process = subprocess.Popen(
+        [str(VXLAN_PIPELINE), *args, "--json", "-s", "60"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    banner = process.stderr.readline()
+    if f"running as '{NAME}'" not in banner:
+        process.kill()
+        _, err = process.communicate(timeout=30)
+        pytest.fail(f"vxlan-pipeline run did not start: {banner}{err}")
+    return process
+
+
+@contextlib.contextmanager
+def running(m: Mirror, mode: str = "redirect") -> Iterator[Running]:
+    """A pipeline run for the block, stopped with SIGTERM; its pins must be gone after."""
+    run = Running(start(m, mode), [])
+    try:
+        yield run
+    finally:
+        run.process.send_signal(signal.SIGTERM)
+        out, err = run.process.communicate(timeout=30)
+    assert run.process.returncode == 0, err
+    run.lines += [json.loads(line) for line in out.splitlines()]
+    assert not bpf.pin_dir(f"vxlan-{NAME}").exists(), "run left its pins behind"
+
+
+def model_for(m: Mirror, mode: str, nat: dict[int, NatTarget] | None = None) -> Model:
+    allowlist = Allowlist.of(ALLOWED)
+    return Model(
+        Config(mode=Mode(mode), vni=VNI),
+        set(allowlist.hosts),
+        set(allowlist.prefixes),
+        dict(nat or {}),
+        Egress(
+            bytes.fromhex(EGRESS_MAC.replace(":", "")),
+            bytes.fromhex(COLLECTOR_MAC.replace(":", "")),
+            ifindex("ens6", m.dut),
+        ),
+    )
+
+
+def crafted() -> list[bytes]:
+    """Mirrored frames of every outcome: forwarded (UDP, TCP with DF, ICMP, a NAT rule's port),
+    dropped (address not allowed, another VNI, inner IPv6), and a large one near the MTU."""
+    frames = [
+        templates.vxlan(
+            templates.udp4(src="10.0.0.1", dst="192.0.2.7", dport=53, **INNER), **OUTER
+        ),
+        templates.vxlan(templates.icmp4(src="203.0.113.5", dst="10.0.0.1", **INNER), **OUTER),
+        templates.vxlan(templates.udp4(src="203.0.113.5", dst="198.51.100.1", **INNER), **OUTER),
+        templates.vxlan(templates.udp4(src="10.0.0.1", **INNER), **{**OUTER, "vni": VNI + 1}),
+        templates.vxlan(templates.udp6(**INNER), **OUTER),
+        templates.vxlan(
+            templates.udp4(src="172.16.0.9", dst="10.9.9.9", payload=bytes(3000), **INNER), **OUTER
+        ),
+    ]
+    tcp = templates.tcp4(src="10.0.0.1", dst="10.0.0.2", dport=80, flags="PA", payload=b"x" * 99)
+    tcp["IP"].flags = "DF"
+    tcp["Ether"].src, tcp["Ether"].dst = INNER["eth_src"], INNER["eth_dst"]
+    frames.append(templates.vxlan(tcp, **OUTER))
+    return [bytes(f) for f in frames]
+
+
+def kernel_mirrored(m: Mirror) -> None:
+    """Inner UDP datagrams into the mirror's vxlan0: its kernel encapsulates them (DF set, as Linux
+    does for UDP)."""
+    with bpf.netns.entered(m.mirror):
+        sender = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    with sender:
+        for size in (1, 200, 3000):
+            sender.sendto(bytes(size), ("172.16.0.2", 6000))
+        sender.sendto(b"nat me", ("172.16.0.2", 80))
+
+
+def is_vxlan(frame: bytes) -> bool:
+    return frame[12:14] == b"\x08\x00" and frame[36:38] == (4789).to_bytes(2, "big")
+
+
+def from_egress(frame: bytes) -> bool:
+    return frame[6:12] == bytes.fromhex(EGRESS_MAC.replace(":", ""))
+
+
+def through(m: Mirror, send) -> tuple[list[bytes], list[bytes], list]:
+    """Run ``send``; return what left the mirror towards ens5, what reached the collector, and what
+    left the dut's ens5 (which must be nothing)."""
+    with (
+        Capture("eth0", netns=m.mirror, match=is_vxlan) as sent,
+        Capture("eth0", netns=m.collector, match=from_egress) as arrived,
+        Capture("ens5", netns=m.dut) as back,
+    ):
+        send()
+        inputs = [f.data for f in sent.frames(count=100, timeout=1.0) if f.outgoing]
+        received = [f.data for f in arrived.frames(count=100, timeout=1.0) if not f.outgoing]
+        returned = [f for f in back.frames(count=100, timeout=0.2) if f.outgoing]
+    return inputs, received, returned
+
+
+def checksum_verdicts(frames: list[bytes], pcap: Path) -> list[list[str]]:
+    """tshark's verdict on each frame's IP, UDP and TCP checksums (1 good, 0 bad; "" absent)."""
+    write_pcap(pcap, frames)
+    done = subprocess.run(
+        [
+            *("tshark", "-n", "-r", str(pcap)),
+            *("-o", "ip.check_checksum:TRUE", "-o", "udp.check_checksum:TRUE"),
+            *("-o", "tcp.check_checksum:TRUE", "-T", "fields", "-e", "ip.checksum.status"),
+            *("-e", "udp.checksum.status", "-e", "tcp.checksum.status"),
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    )
+    return [line.split("\t") for line in done.stdout.splitlines()]
+
+
+def test_mirrored_traffic_arrives_as_the_model_predicts(mirror, tmp_path):
+    """Kernel-encapsulated and crafted frames through a running pipeline (NAT rule added by the
+    CLI): the collector gets exactly the model's frames, tshark finds every checksum good, nothing
+    goes back out of ens5, and the counters equal the model's."""
+    nat = {80: NatTarget("10.2.0.2", 8080)}
+    with running(mirror) as run:
+        added = vxlan_pipeline("nat", "add", "80", "10.2.0.2:8080")
+        assert added.returncode == 0, added.stderr
+        ens5_before = interface_stats("ens5", mirror.dut)
+
+        def send() -> None:
+            kernel_mirrored(mirror)
+            send_packets(crafted(), "eth0", mirror.mirror)
+
+        inputs, received, returned = through(mirror, send)
+        ens5_sent = delta(ens5_before, interface_stats("ens5", mirror.dut))["tx_packets"]
+        stats = run.stats()
+    model = model_for(mirror, "redirect", nat)
+    expected = [out.frame for out in map(model.feed, inputs) if out.verdict is Verdict.FORWARD]
+    assert len(inputs) == 4 + len(crafted()), f"{len(inputs)} frames left the mirror"
+    assert len(expected) == 8, "the inputs should give 4 kernel and 4 crafted forwarded frames"
+    assert_same(expected, received)
+    assert stats["counters"] == model.stats and stats["balanced"], (stats, model.stats)
+    assert (returned, ens5_sent) == ([], 0), "a frame went back out of the mirror target"
+    verdicts = checksum_verdicts(received, tmp_path / "collector.pcap")
+    assert len(verdicts) == len(received)
+    for number, (ip, udp, tcp) in enumerate(verdicts, 1):
+        assert ip == "1" and udp in ("", "1") and tcp in ("", "1"), (
+            f"frame {number}: tshark's checksum verdicts ip={ip} udp={udp} tcp={tcp} (1 good)"
+        )
+    assert any(Ether(f)[IP].dst == "10.2.0.2" for f in received), "no frame was NATed"
+
+
+def test_host_traffic_on_ens5_still_works(mirror):
+    """With the pipeline attached, the dut's kernel still answers on ens5: a UDP datagram to its
+    address is delivered, and its reply (after an ARP exchange over ens5) reaches the mirror."""
+    with bpf.netns.entered(mirror.dut):
+        server = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    with bpf.netns.entered(mirror.mirror):
+        client = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    subprocess.run(  # the dut must ARP for the mirror, through the pipeline
+        ["ip", "-n", mirror.dut, "neigh", "flush", "dev", "ens5"], capture_output=True, check=True
+    )
+    with server, client, running(mirror) as run:
+        server.bind(("10.1.0.2", 7000))
+        client.bind(("10.1.0.1", 7001))
+        server.settimeout(2.0)
+        client.settimeout(2.0)
+        client.sendto(b"ping", ("10.1.0.2", 7000))
+        data, peer = server.recvfrom(100)
+        server.sendto(b"pong " + data, peer)
+        assert client.recv(100) == b"pong ping"
+        counters = run.stats()["counters"]
+    assert counters["passed"] >= 2, f"the datagram and the ARP reply should pass: {counters}"
+    assert "forwarded" not in counters
+
+
+def test_three_modes_deliver_identical_frames(mirror):
+    delivered = {}
+    for mode in MODES:
+        with running(mirror, mode):
+            inputs, received, _ = through(
+                mirror, lambda: send_packets(crafted(), "eth0", mirror.mirror)
+            )
+        model = model_for(mirror, mode)
+        expected = [out.frame for out in map(model.feed, inputs) if out.verdict is Verdict.FORWARD]
+        assert_same(expected, received)
+        delivered[mode] = sorted(received)
+    assert delivered["tc"] == delivered["redirect"] == delivered["ringbuf"]
+
+
+def test_tc_decapsulating_ipv6_sets_the_inner_protocol(mirror):
+    """An IPv4 frame mirrored over IPv6, decapsulated at TC, leaves ens6 with skb->protocol IPv4
+    (what AF_PACKET reports as the frame's protocol), not the outer IPv6."""
+    inner = templates.udp4(src="10.0.0.1", dst="10.0.0.2", payload=bytes(64), **INNER)
+    frame = bytes(
+        Ether(src=MIRROR_MAC, dst=DUT_MAC)
+        / IPv6(src="fd01::1", dst="fd01::2")
+        / UDP(sport=49152, dport=4789, chksum=0)
+        / VXLAN(flags=0x08, vni=VNI)
+        / inner
+    )
+    with bpf.netns.entered(mirror.dut):
+        tap = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(0x0003))
+    with tap, VxlanPipeline(Config(mode=Mode.TC, vni=VNI)) as vx:
+        tap.bind(("ens6", 0))
+        tap.settimeout(2.0)
+        vx.set_allowlist(Allowlist.of(ALLOWED))
+        vx.set_egress("ens6", COLLECTOR_MAC, mirror.dut)
+        vx.attach("ens5", mirror.dut)
+        send_packets([frame], "eth0", mirror.mirror)
+        data, address = tap.recvfrom(4096)
+        assert vx.stats().forwarded == 1
+    expected = model_for(mirror, "tc").predict(frame)
+    assert data == expected.frame
+    assert address[1] == 0x0800, f"skb->protocol {address[1]:#06x} leaving ens6, 0x0800 expected"
+
+
+def test_allowlist_and_nat_change_while_traffic_flows(mirror, tmp_path):
+    """A paced stream runs while the CLI loads the allowlist, adds a NAT rule and deletes it: each
+    change shows in the counters and the frames, and every frame is accounted for throughout."""
+    empty = tmp_path / "empty.json"
+    empty.write_text(json.dumps(Allowlist().document()))
+    mirror.allowlist, full = empty, mirror.allowlist
+    inner = templates.udp4(src="10.0.0.1", dst="10.0.0.2", dport=80, **INNER)
+    spec = TrafficSpec(templates.vxlan(inner, **OUTER))
+    packets, rate = 100_000, 20_000.0  # 5 s: the last change happens mid-stream
+
+    def counters(run: Running) -> dict:
+        time.sleep(0.5)
+        return run.stats()["counters"]
+
+    with (
+        running(mirror) as run,
+        Sink("eth0", mirror.collector, verdict=bpf.XdpAction.PASS) as sink,
+        Capture("eth0", netns=mirror.collector, match=from_egress) as arrived,
+        XdpSender(spec.resolve(), "eth0", mirror.mirror) as sender,
+    ):
+        before = interface_stats("eth0", mirror.mirror), interface_stats("ens6", mirror.dut)
+        report = []
+        stream = threading.Thread(target=lambda: report.append(sender.send(packets, rate)))
+        stream.start()
+        steps = [counters(run)]
+        for command in (
+            ("allowlist", "load", str(full)),
+            ("nat", "add", "80", "10.2.0.2:8080"),
+            ("nat", "del", "80"),
+        ):
+            done = vxlan_pipeline(*command)
+            assert done.returncode == 0, done.stderr
+            steps.append(counters(run))
+        stream.join()
+        final = run.stats()
+        forwarded_nat = [
+            f.data for f in arrived.frames(count=packets, timeout=1.0) if not f.outgoing
+        ]
+        arrived_count = sink.settled(FrameClass.IPV4, final["counters"].get("forwarded", 0))
+        lost_mirror = delta(before[0], interface_stats("eth0", mirror.mirror))["tx_dropped"]
+        lost_ens6 = delta(before[1], interface_stats("ens6", mirror.dut))["tx_dropped"]
+    c = final["counters"]
+    assert final["balanced"], c
+    assert report[0].packets - lost_mirror == c["total"], (report[0], lost_mirror, c)
+    assert c["total"] == c.get("passed", 0) + c["forwarded"] + final["dropped"]
+    assert c["forwarded"] == arrived_count + lost_ens6
+    empty_phase, allowed, natted, unnatted = steps[:4]
+    assert "forwarded" not in empty_phase and empty_phase.get("drop:not_allowed", 0) > 0
+    assert allowed.get("forwarded", 0) > 0 and "nat" not in allowed, allowed
+    assert natted.get("nat", 0) > 0, natted
+    assert c["nat"] == unnatted["nat"] < unnatted["forwarded"] < c["forwarded"], (unnatted, c)
+    to = {(Ether(f)[IP].dst, Ether(f)[UDP].dport) for f in forwarded_nat}
+    assert to == {("10.0.0.2", 80), ("10.2.0.2", 8080)}, to
+
+
+def test_invalid_allowlist_is_refused_and_nothing_changes(mirror, tmp_path):
+    bad = tmp_path / "bad.json"
+    bad.write_text(
+        '{\n "version": 1,\n "total_ips": 2,\n "organizations": {},\n'
+        ' "flat_ip_list": ["10.0.0.7",\n   "10.0.0.300"]\n}\n'
+    )
+    with running(mirror):
+        before = vxlan_pipeline("allowlist", "show")
+        done = vxlan_pipeline("allowlist", "load", str(bad))
+        after = vxlan_pipeline("allowlist", "show")
+    assert done.returncode == 2
+    assert f"{bad}:6:4: flat_ip_list[1]: '10.0.0.300' is not an IPv4 address" in done.stderr
+    assert before.returncode == 0 and after.stdout == before.stdout
+    assert json.loads(after.stdout)["flat_ip_list"] == Allowlist.of(ALLOWED).entries
+
+
+def test_commands_without_a_running_pipeline_say_so():
+    done = vxlan_pipeline("nat", "list", "--name", "absent")
+    assert done.returncode == 2 and "no VXLAN pipeline pinned as 'absent'" in done.stderr
+
+
+def test_killed_run_leaves_pins_that_clean_removes(mirror):
+    process = start(mirror)
+    process.kill()
+    process.communicate(timeout=30)
+    assert bpf.pin_dir(f"vxlan-{NAME}").exists(), "a killed run should leave its pins"
+    done = subprocess.run([str(HARNESS), "clean"], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert not bpf.pin_dir(f"vxlan-{NAME}").exists(), done.stdout
