@@ -68,7 +68,13 @@ _IFA_F_NODAD = 0x02
 _NUD_PERMANENT = 0x80
 _SIOCETHTOOL = 0x8946
 # Legacy ethtool ioctl commands (get, set) per offload; the kernel maps them onto netdev features.
-_ETHTOOL_CMDS = {"gro": (0x2B, 0x2C), "gso": (0x23, 0x24), "tso": (0x1E, 0x1F)}
+# ethtool's per-feature get/set commands (ETHTOOL_G*/S*): GRO, GSO, TSO, TX checksum.
+_ETHTOOL_CMDS = {
+    "gro": (0x2B, 0x2C),
+    "gso": (0x23, 0x24),
+    "tso": (0x1E, 0x1F),
+    "tx_checksum": (0x16, 0x17),
+}
 _libc = ctypes.CDLL(None, use_errno=True)
 
 
@@ -138,7 +144,8 @@ def _ethtool(sock: socket.socket, ifname: str, cmd: int, data: int) -> int:
 
 
 def offload(ifname: str, name: str, on: bool | None = None, namespace: str | None = None) -> bool:
-    """Read (``on=None``) or switch offload ``name`` (gro, gso, tso) of an interface; returns its state."""
+    """Read (``on=None``) or switch offload ``name`` (gro, gso, tso, tx_checksum) of an interface;
+    returns its state."""
     get_cmd, set_cmd = _ETHTOOL_CMDS[name]
     with bpf_netns.entered(namespace):
         sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)

@@ -14,7 +14,7 @@ node, VXLAN devices, bridges, sysctls, routes and static neighbours::
           - {node: dut, ifname: ens5, mtu: 1500, queues: 2, real_nic: nic}
 
 Link end (and VXLAN, bridge) fields: ``ifname``, ``mac``, ``mtu``, ``addresses`` (IPv4 or IPv6 with a
-prefix length), ``offloads`` (``gro``/``gso``/``tso``: true or false; absent means the kernel's
+prefix length), ``offloads`` (``gro``/``gso``/``tso``/``tx_checksum``: true or false; absent means the kernel's
 default, which for veth is GRO off). Link ends also take ``queues`` (rx and tx queues of that veth
 end) and ``real_nic: nic | egress-nic``: at run time ``--nic IF`` (or ``--egress-nic IF``) puts the
 real NIC in place of this end (see ``harness.topology``).
@@ -88,6 +88,7 @@ class Offloads:
     gro: bool | None = None
     gso: bool | None = None
     tso: bool | None = None
+    tx_checksum: bool | None = None
 
     def items(self) -> list[tuple[str, bool]]:
         return [(name, on) for name, on in vars(self).items() if on is not None]
@@ -324,7 +325,9 @@ def _addresses(reader: _Reader) -> tuple[IPInterface, ...]:
 
 def _offloads(reader: _Reader) -> Offloads:
     sub = reader.sub("offloads")
-    offloads = Offloads(**{name: sub.optional(name, _bool) for name in ("gro", "gso", "tso")})
+    offloads = Offloads(
+        **{name: sub.optional(name, _bool) for name in ("gro", "gso", "tso", "tx_checksum")}
+    )
     sub.done()
     return offloads
 

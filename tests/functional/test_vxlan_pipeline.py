@@ -36,6 +36,7 @@ from harness.capture import Capture, write_pcap
 from harness.compare import assert_same
 from harness.counters import delta, interface_stats, silence_ipv6
 from harness.sink import FrameClass, Sink
+from harness.topology import offload
 from injector import templates
 from injector.scapy_backend import send_packets
 from injector.spec import TrafficSpec
@@ -78,13 +79,7 @@ def mirror(topology, tmp_path) -> Mirror:
         (found.collector, "eth0"),
     ):
         silence_ipv6(ifname, namespace)  # exact counts need quiet links (harness.counters)
-    # A mirror session copies packets as they were on the wire, checksums complete; the mirror's
-    # vxlan0 would leave an inner checksum to an offload that a veth never performs.
-    subprocess.run(
-        ["ip", "netns", "exec", found.mirror, "ethtool", "-K", "vxlan0", "tx", "off"],
-        capture_output=True,
-        check=True,
-    )
+    assert not offload("vxlan0", "tx_checksum", namespace=found.mirror), "the topology turns it off"
     found.allowlist.write_text(json.dumps(Allowlist.of(ALLOWED).document()))
     return found
 
