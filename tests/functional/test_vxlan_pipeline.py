@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from pyroute2 import IPRoute
 from scapy.layers.inet import IP, UDP
 from scapy.layers.inet6 import IPv6
 from scapy.layers.l2 import Ether
@@ -267,9 +268,10 @@ def test_host_traffic_on_ens5_still_works(mirror):
         server = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     with bpf.netns.entered(mirror.mirror):
         client = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    subprocess.run(  # the dut must ARP for the mirror, through the pipeline
-        ["ip", "-n", mirror.dut, "neigh", "flush", "dev", "ens5"], capture_output=True, check=True
-    )
+    with bpf.netns.entered(mirror.dut), IPRoute() as ipr:  # the dut must ARP, through the pipeline
+        ens5 = ipr.link_lookup(ifname="ens5")[0]
+        for neighbour in ipr.get_neighbours(ifindex=ens5):
+            ipr.neigh("del", dst=neighbour.get_attr("NDA_DST"), ifindex=ens5)
     with server, client, running(mirror) as run:
         server.bind(("10.1.0.2", 7000))
         client.bind(("10.1.0.1", 7001))
