@@ -1,7 +1,8 @@
 """The main job on the embedded default topology (``harness run demo``, ``tox -e demo``).
 
-It builds ``two_host`` (injector <-> dut over a veth pair), runs four checks end to end on the real
-kernel, prints a verdict line for each with its figures, and tears everything down:
+It builds ``two_host`` (injector <-> dut over a veth pair), then ``mirror_vxlan`` (mirror -> dut's
+ens5, dut's ens6 -> collector), runs five checks end to end on the real kernel, prints a verdict
+line for each with its figures, and tears everything down:
 
 1. crafted traffic: every template (UDP/TCP/ICMP over IPv4 and IPv6, 802.1Q, PPPoE session and
    discovery, VXLAN) sent with scapy arrives at the dut intact, compared as multisets;
@@ -11,7 +12,11 @@ kernel, prints a verdict line for each with its figures, and tears everything do
    and the rate is reported;
 4. soft RSS (``bpf/softrss``): attached natively to the dut's ens5 in ``count`` mode, fed one period
    of the 1000-flow spec by the xdp injector, puts every flow in the bucket the model predicts, with
-   its packets; the balance over the buckets is reported.
+   its packets; the balance over the buckets is reported;
+5. the VXLAN pipeline (``bpf/vxlan``), redirect mode on mirror_vxlan: of five mirrored frames (an
+   allowlisted TCP flow that NAT rewrites, allowlisted UDP, a flow off the allowlist, another
+   session's VNI, the host's own UDP), the collector receives exactly what the model predicts, and
+   the kernel's counters equal the model's and balance (every frame passed, forwarded or dropped).
 
 Each data plane adds its own checks here as it lands. Not for: benchmarks (``tox -e perf`` measures
 against baselines, with repeats) or tests (``tox``).
@@ -24,8 +29,10 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
+from bpf import XdpMode
 from bpf.softrss import Config, SoftRss
 from bpf.softrss.model import Model
+from bpf import vxlan
 from harness.capture import Capture
 from harness.compare import compare
 from harness.counters import delta, interface_stats, pin_neighbour, silence_ipv6
@@ -174,17 +181,78 @@ def check_softrss(injector: str, dut: str, spec: TrafficSpec) -> Check:
     )
 
 
+def mirrored_frames(macs: dict[str, str]) -> list[bytes]:
+    """What an AWS mirror session might deliver to ens5: allowlisted TCP (NATed) and UDP, a flow
+    that is not allowlisted, another mirror session's VNI, and the host's own traffic."""
+    outer = {"vni": 42, "outer_src": "10.1.0.1", "outer_dst": "10.1.0.2"}
+    outer |= {"eth_src": macs["mirror"], "eth_dst": macs["dut"]}
+    inner = {"eth_src": "02:00:00:00:2a:01", "eth_dst": "02:00:00:00:2a:02"}
+    frames = [
+        templates.vxlan(templates.tcp4("10.0.0.1", "198.51.100.7", dport=80, **inner), **outer),
+        templates.vxlan(templates.udp4("198.51.100.8", "10.0.0.1", dport=53, **inner), **outer),
+        templates.vxlan(templates.udp4("198.51.100.9", "203.0.113.1", **inner), **outer),
+        templates.vxlan(templates.udp4("10.0.0.1", "198.51.100.7", **inner), **outer | {"vni": 7}),
+        templates.udp4(
+            "10.1.0.1", "10.1.0.2", dport=7, eth_src=macs["mirror"], eth_dst=macs["dut"]
+        ),
+    ]
+    return [bytes(f) for f in frames]
+
+
+def check_vxlan(macs: dict[str, str], mirror: str, dut: str, collector: str) -> Check:
+    for namespace, ifname in ((mirror, "eth0"), (dut, "ens5"), (dut, "ens6"), (collector, "eth0")):
+        silence_ipv6(ifname, namespace)  # the pipeline's counters must see only these frames
+    pin_neighbour("ens5", "10.1.0.1", macs["mirror"], dut)
+    frames = mirrored_frames(macs)
+    egress_mac = bytes.fromhex(macs["dut_egress"].replace(":", ""))
+    with vxlan.VxlanPipeline(vxlan.Config(mode=vxlan.Mode.REDIRECT, vni=42)) as vx:
+        vx.set_allowlist(vxlan.Allowlist.of(["10.0.0.0/24"]))
+        vx.add_nat(80, "10.2.0.2", 8080)
+        vx.set_egress("ens6", macs["collector"], dut)
+        vx.attach("ens5", dut, XdpMode.NATIVE)
+        model = vxlan.Model(vx.config, egress=vx.egress())
+        model.prefixes = set(vx.allowlist().prefixes)
+        model.nat = vx.nat_rules()
+        expected = [out.frame for out in map(model.feed, frames) if out.frame is not None]
+        with Capture("eth0", netns=collector, match=lambda f: f[6:12] == egress_mac) as capture:
+            send_packets(frames, "eth0", mirror)
+            got = [f.data for f in capture.frames(len(expected), timeout=3.0) if not f.outgoing]
+        stats = vx.stats()
+    result = compare(expected, got)
+    counts_agree = stats.counts() == model.stats
+    passed = result.ok and counts_agree and stats.balanced
+    detail = (
+        f"{len(frames)} mirrored frames: {stats.forwarded} forwarded (as the model predicts: "
+        f"{'yes' if result.ok else 'no'}), {stats.passed} passed, {stats.dropped} dropped "
+        f"({', '.join(f'{r} {n}' for r, n in stats.drops.items() if n)}); counters "
+        + ("balanced and equal to the model's" if counts_agree and stats.balanced else "WRONG")
+    )
+    if not result.ok:
+        detail += "\n" + result.report()
+    if not counts_agree:
+        detail += f"\nkernel {stats.counts()}\nmodel  {model.stats}"
+    return Check("VXLAN pipeline forwards what the model predicts", passed, detail, stats.counts())
+
+
 def run(packets: int = 2_000_000) -> list[Check]:
     with Topology.load("two_host") as topo:
         injector, dut = topo.node("injector").netns, topo.node("dut").netns
         macs = {end.node: end.mac for link in topo.spec.links for end in link.ends}
         spec = flows_spec(macs)
-        return [
+        checks = [
             check_templates(injector, dut, macs),
             check_field_engine(spec),
             check_rate(injector, dut, spec, packets, macs),
             check_softrss(injector, dut, spec),
         ]
+    with Topology.load("mirror_vxlan") as topo:
+        ends = [end for link in topo.spec.links for end in link.ends]
+        macs = {end.node: end.mac for end in ends if end.node != "dut"}
+        macs |= {"dut": next(e.mac for e in ends if e.ifname == "ens5")}
+        macs |= {"dut_egress": next(e.mac for e in ends if e.ifname == "ens6")}
+        nodes = (topo.node(name).netns for name in ("mirror", "dut", "collector"))
+        checks.append(check_vxlan(macs, *nodes))
+    return checks
 
 
 def main(packets: int, as_json: bool) -> int:
