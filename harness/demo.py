@@ -29,10 +29,9 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
-from bpf import XdpMode
+from bpf import XdpMode, vxlan
 from bpf.softrss import Config, SoftRss
 from bpf.softrss.model import Model
-from bpf import vxlan
 from harness.capture import Capture
 from harness.compare import compare
 from harness.counters import delta, interface_stats, pin_neighbour, silence_ipv6
