@@ -22,9 +22,7 @@ from __future__ import annotations
 import argparse
 import ipaddress
 import json
-import signal
 import sys
-import threading
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -34,17 +32,12 @@ from scapy.layers.inet6 import IPv6, IPv6ExtHdrFragment
 from scapy.layers.l2 import Ether
 
 from bpf import POSSIBLE_CPUS, LibbpfError, XdpMode
-from bpf import netns as bpf_netns
-from bpf.attach import ifindex
+from bpf.cli import UsageError, check_interface, port_arg, seconds_arg, stop_event
 from bpf.softrss.model import MAX_BUCKETS, RETA_SIZE, Action, Config, HashKind
 from bpf.softrss.softrss import BucketReport, Elephant, SoftRss
 from bpf.toeplitz import MICROSOFT_KEY
 
 PROTOCOLS = {"tcp": 6, "udp": 17}
-
-
-class UsageError(ValueError):
-    """An argument is wrong; the message names it. Raised before anything is loaded."""
 
 
 # --- argument types shared with softrss-argus ---
@@ -69,16 +62,6 @@ def key_arg(text: str) -> bytes:
     if len(key) != 40:
         raise argparse.ArgumentTypeError(f"the Toeplitz key is 40 bytes, {len(key)} given")
     return key
-
-
-def seconds_arg(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"{value} s: must be more than 0")
-    return value
 
 
 def count_arg(text: str) -> int:
@@ -123,18 +106,6 @@ def add_attach_arguments(parser: argparse.ArgumentParser) -> None:
         default="native",
         help="XDP mode (default native; no fallback)",
     )
-
-
-def check_interface(ifname: str | None, namespace: str | None) -> None:
-    """Raise UsageError unless ``ifname`` exists in ``namespace``."""
-    if ifname is None:
-        raise UsageError("-i/--interface: required")
-    if namespace is not None and not bpf_netns.exists(namespace):
-        raise UsageError(f"--netns: network namespace {namespace!r} does not exist")
-    try:
-        ifindex(ifname, namespace)
-    except LibbpfError as err:
-        raise UsageError(f"-i/--interface: {err}") from None
 
 
 def _int_list(text: str | None, what: str) -> list[int] | None:
@@ -215,7 +186,7 @@ def _run_config(args: argparse.Namespace) -> tuple[Config, list[str] | None, lis
                 f"bucket), {got} given"
             )
         for name in ifaces:
-            check_interface(name, args.netns)
+            check_interface(name, args.netns, "--ifaces")
     elif ifaces is not None:
         raise UsageError("--ifaces: only with --action ifaces")
     if cpus is not None:
@@ -271,14 +242,6 @@ def report_table(report: BucketReport, elephants: list[Elephant], pps: list[floa
     return "\n".join(lines)
 
 
-def stop_event() -> threading.Event:
-    """An event set by SIGINT or SIGTERM (the main thread's waits wake up at once)."""
-    stop = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.set())
-    return stop
-
-
 def _run(args: argparse.Namespace) -> int:
     config, ifaces, cpus = _run_config(args)
     check_interface(args.interface, args.netns)
@@ -328,8 +291,8 @@ def _hash_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--src", required=True, type=_address, help="source address (v4 or v6)")
     parser.add_argument("--dst", required=True, type=_address, help="destination address")
-    parser.add_argument("--sport", type=_port, help="source port (with --dport)")
-    parser.add_argument("--dport", type=_port, help="destination port (with --sport)")
+    parser.add_argument("--sport", type=port_arg, help="source port (with --dport)")
+    parser.add_argument("--dport", type=port_arg, help="destination port (with --sport)")
     parser.add_argument("--proto", choices=list(PROTOCOLS), default="udp", help="default udp")
     parser.add_argument(
         "-b", "--buckets", type=buckets_arg, default=8, help="number of buckets (default 8)"
@@ -344,16 +307,6 @@ def _address(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
         return ipaddress.ip_address(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not an IPv4 or IPv6 address") from None
-
-
-def _port(text: str) -> int:
-    try:
-        port = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a port number") from None
-    if not 0 <= port <= 0xFFFF:
-        raise argparse.ArgumentTypeError(f"port {port}: must be 0..65535")
-    return port
 
 
 def probe_frame(

@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import ipaddress
 import json
-import signal
 import sys
 import threading
 import time
@@ -34,7 +33,7 @@ from typing import Any
 import bpf
 from bpf import LibbpfError, XdpMode
 from bpf import netns as bpf_netns
-from bpf.attach import ifindex
+from bpf.cli import UsageError, check_interface, port_arg, seconds_arg, stop_event
 from bpf.vxlan.allowlist import Allowlist, AllowlistError
 from bpf.vxlan.model import Config, Match, Mode, NatTarget
 from bpf.vxlan.pipeline import Stats, VxlanPipeline, format_mac, parse_mac
@@ -44,31 +43,7 @@ PROG = "vxlan-pipeline"
 DEFAULT_NAME = "default"
 
 
-class UsageError(ValueError):
-    """An argument is wrong; the message names it. Raised before anything changes."""
-
-
 # --- argument types ---
-
-
-def _seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"{value} s: must be more than 0")
-    return value
-
-
-def _port(text: str) -> int:
-    try:
-        port = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a port number") from None
-    if not 0 <= port <= 0xFFFF:
-        raise argparse.ArgumentTypeError(f"port {port}: must be 0..65535")
-    return port
 
 
 def _vni(text: str) -> int:
@@ -92,7 +67,7 @@ def nat_target(text: str) -> NatTarget:
     """``IP`` or ``IP:PORT`` (port 0 or none: the destination port is kept)."""
     addr, _, port = text.partition(":")
     try:
-        return NatTarget(ipaddress.IPv4Address(addr), _port(port) if port else 0)
+        return NatTarget(ipaddress.IPv4Address(addr), port_arg(port) if port else 0)
     except (ValueError, argparse.ArgumentTypeError) as err:
         raise argparse.ArgumentTypeError(f"{text!r} is not IPv4[:PORT]: {err}") from None
 
@@ -155,7 +130,7 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument(
         "-s",
         "--stats-interval",
-        type=_seconds,
+        type=seconds_arg,
         default=10.0,
         metavar="SECONDS",
         help="print the counters this often (default 10)",
@@ -175,11 +150,11 @@ def _parser() -> argparse.ArgumentParser:
     nat = commands.add_parser("nat", help="the running pipeline's NAT rules")
     nat_commands = nat.add_subparsers(dest="action", required=True)
     add = nat_commands.add_parser("add", help="inner TCP/UDP to PORT goes to IP[:PORT]")
-    add.add_argument("port", type=_port, metavar="PORT")
+    add.add_argument("port", type=port_arg, metavar="PORT")
     add.add_argument("target", type=nat_target, metavar="IP[:PORT]")
     _name_argument(add)
     remove = nat_commands.add_parser("del", help="remove the rule for PORT")
-    remove.add_argument("port", type=_port, metavar="PORT")
+    remove.add_argument("port", type=port_arg, metavar="PORT")
     _name_argument(remove)
     _name_argument(nat_commands.add_parser("list", help="print the rules"))
 
@@ -190,13 +165,6 @@ def _parser() -> argparse.ArgumentParser:
 
 
 # --- run ---
-
-
-def _check_interface(option: str, ifname: str, namespace: str | None) -> None:
-    try:
-        ifindex(ifname, namespace)
-    except LibbpfError as err:
-        raise UsageError(f"{option}: {err}") from None
 
 
 def default_next_hop(ifname: str, namespace: str | None) -> bytes:
@@ -223,8 +191,8 @@ def default_next_hop(ifname: str, namespace: str | None) -> bytes:
 def _run_checks(args: argparse.Namespace) -> tuple[Config, bytes, Allowlist | None]:
     if args.netns is not None and not bpf_netns.exists(args.netns):
         raise UsageError(f"--netns: network namespace {args.netns!r} does not exist")
-    _check_interface("-i/--interface", args.interface, args.netns)
-    _check_interface("-t/--egress", args.egress, args.netns)
+    check_interface(args.interface, args.netns, "-i/--interface")
+    check_interface(args.egress, args.netns, "-t/--egress")
     if args.interface == args.egress:
         raise UsageError(
             f"-t/--egress: {args.egress} is the mirror target: frames must never go back out"
@@ -268,14 +236,6 @@ def stats_line(stats: Stats, verbose: bool) -> str:
     if verbose:
         line += "\n  " + "  ".join(f"{name} {n:,}" for name, n in stats.counts().items())
     return line
-
-
-def stop_event() -> threading.Event:
-    """An event set by SIGINT or SIGTERM."""
-    stop = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.set())
-    return stop
 
 
 def _reinject(reinjector: Reinjector, stop: threading.Event, failure: list[BaseException]) -> None:
