@@ -199,8 +199,17 @@ def mirrored_frames(macs: dict[str, str]) -> list[bytes]:
 
 
 def check_vxlan(macs: dict[str, str], mirror: str, dut: str, collector: str) -> Check:
-    for namespace, ifname in ((mirror, "eth0"), (dut, "ens5"), (dut, "ens6"), (collector, "eth0")):
-        silence_ipv6(ifname, namespace)  # the pipeline's counters must see only these frames
+    # The pipeline's counters must see only these frames: the mirror's vxlan0 would encapsulate
+    # its own kernel's IPv6 chatter too.
+    quiet = [
+        (mirror, "eth0"),
+        (mirror, "vxlan0"),
+        (dut, "ens5"),
+        (dut, "ens6"),
+        (collector, "eth0"),
+    ]
+    for namespace, ifname in quiet:
+        silence_ipv6(ifname, namespace)
     pin_neighbour("ens5", "10.1.0.1", macs["mirror"], dut)
     frames = mirrored_frames(macs)
     egress_mac = bytes.fromhex(macs["dut_egress"].replace(":", ""))
