@@ -6,18 +6,22 @@ program's own maps (e.g. ``harness.sink``), injector counts from its report. A t
 sent = arrived + counted drops, exactly.
 Counting exactly needs a quiet link: a veth's ``tx_dropped`` counts every frame dropped at a full
 receiving ring, the kernel's own included, and on a fresh link the kernel talks (IPv6 DAD, router
-solicitations, MLD; ARP before its first ICMP error). ``silence_ipv6`` and ``pin_neighbour`` stop that
-for the duration of a topology (both vanish with its namespaces).
+solicitations, MLD; ARP before its first ICMP error). ``silence_ipv6`` (or ``silence_ipv6_everywhere``)
+and ``pin_neighbour`` stop that for the duration of a topology (both vanish with its namespaces).
 Not for: rates over time (``harness.measure``).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from pyroute2 import IPRoute
 
 from bpf import netns
+
+if TYPE_CHECKING:
+    from harness.topology import Topology
 
 _NUD_PERMANENT = 0x80
 
@@ -40,6 +44,14 @@ def silence_ipv6(ifname: str, namespace: str | None = None) -> None:
     """Turn IPv6 off on ``ifname``, so its kernel sends no ND, router solicitation or MLD there."""
     with netns.entered(namespace):  # /proc/sys/net shows the namespace of the opener
         Path(f"/proc/sys/net/ipv6/conf/{ifname}/disable_ipv6").write_text("1")
+
+
+def silence_ipv6_everywhere(topology: Topology) -> None:
+    """``silence_ipv6`` on every interface of every node of a built topology (for topologies whose
+    traffic is IPv4 only, when counts must be exact)."""
+    for node in topology.nodes.values():
+        for ifname in node.interfaces.values():
+            silence_ipv6(ifname, node.netns)
 
 
 def pin_neighbour(ifname: str, address: str, mac: str, namespace: str | None = None) -> None:

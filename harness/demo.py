@@ -34,7 +34,13 @@ from bpf.softrss import Config, SoftRss
 from bpf.softrss.model import Model
 from harness.capture import Capture
 from harness.compare import compare
-from harness.counters import delta, interface_stats, pin_neighbour, silence_ipv6
+from harness.counters import (
+    delta,
+    interface_stats,
+    pin_neighbour,
+    silence_ipv6,
+    silence_ipv6_everywhere,
+)
 from harness.sink import FrameClass, Sink
 from harness.topology import Topology
 from injector import templates
@@ -199,17 +205,6 @@ def mirrored_frames(macs: dict[str, str]) -> list[bytes]:
 
 
 def check_vxlan(macs: dict[str, str], mirror: str, dut: str, collector: str) -> Check:
-    # The pipeline's counters must see only these frames: the mirror's vxlan0 would encapsulate
-    # its own kernel's IPv6 chatter too.
-    quiet = [
-        (mirror, "eth0"),
-        (mirror, "vxlan0"),
-        (dut, "ens5"),
-        (dut, "ens6"),
-        (collector, "eth0"),
-    ]
-    for namespace, ifname in quiet:
-        silence_ipv6(ifname, namespace)
     pin_neighbour("ens5", "10.1.0.1", macs["mirror"], dut)
     frames = mirrored_frames(macs)
     egress_mac = bytes.fromhex(macs["dut_egress"].replace(":", ""))
@@ -258,6 +253,9 @@ def run(packets: int = 2_000_000) -> list[Check]:
         macs = {end.node: end.mac for end in ends if end.node != "dut"}
         macs |= {"dut": next(e.mac for e in ends if e.ifname == "ens5")}
         macs |= {"dut_egress": next(e.mac for e in ends if e.ifname == "ens6")}
+        # The pipeline's counters must see only the check's frames: the mirror's vxlan0 would
+        # encapsulate its own kernel's IPv6 chatter too.
+        silence_ipv6_everywhere(topo)
         nodes = (topo.node(name).netns for name in ("mirror", "dut", "collector"))
         checks.append(check_vxlan(macs, *nodes))
     return checks

@@ -35,7 +35,7 @@ from bpf.attach import ifindex
 from bpf.vxlan import Allowlist, Config, Egress, Mode, Model, NatTarget, Verdict, VxlanPipeline
 from harness.capture import Capture, write_pcap
 from harness.compare import assert_same
-from harness.counters import delta, interface_stats, silence_ipv6
+from harness.counters import delta, interface_stats, silence_ipv6_everywhere
 from harness.sink import FrameClass, Sink
 from harness.topology import offload
 from injector import templates
@@ -72,14 +72,7 @@ class Mirror:
 def mirror(topology, tmp_path) -> Mirror:
     topo = topology("mirror_vxlan")
     found = Mirror(*(topo.node(n).netns for n in ("mirror", "dut", "collector")), tmp_path / "a")
-    for namespace, ifname in (
-        (found.mirror, "eth0"),
-        (found.mirror, "vxlan0"),
-        (found.dut, "ens5"),
-        (found.dut, "ens6"),
-        (found.collector, "eth0"),
-    ):
-        silence_ipv6(ifname, namespace)  # exact counts need quiet links (harness.counters)
+    silence_ipv6_everywhere(topo)  # exact counts need quiet links (harness.counters)
     assert not offload("vxlan0", "tx_checksum", namespace=found.mirror), "the topology turns it off"
     found.allowlist.write_text(json.dumps(Allowlist.of(ALLOWED).document()))
     return found

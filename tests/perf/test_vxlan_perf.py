@@ -45,7 +45,7 @@ from bpf import journal
 from bpf import netns as bpf_netns
 from bpf.attach import ifindex
 from bpf.vxlan import Allowlist, Config, Mode, VxlanPipeline
-from harness.counters import delta, interface_stats, silence_ipv6
+from harness.counters import delta, interface_stats, silence_ipv6_everywhere
 from harness.latency import ProbeReceiver, ProbeSender, ProbeTemplate, analyze
 from harness.measure import Comparison, Summary, sample
 from harness.sink import FrameClass, Sink
@@ -161,14 +161,7 @@ class Link:
 def link(topology, tmp_path) -> Link:
     topo = topology("mirror_vxlan")
     found = Link(*(topo.node(n).netns for n in ("mirror", "dut", "collector")), tmp_path / "a")
-    for namespace, ifname in (
-        (found.mirror, "eth0"),
-        (found.mirror, "vxlan0"),
-        (found.dut, "ens5"),
-        (found.dut, "ens6"),
-        (found.collector, "eth0"),
-    ):
-        silence_ipv6(ifname, namespace)  # exact counts need quiet links
+    silence_ipv6_everywhere(topo)  # exact counts need quiet links (harness.counters)
     found.allowlist.write_text(json.dumps(Allowlist.of(["10.0.0.1"]).document()))
     return found
 
