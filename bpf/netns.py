@@ -2,7 +2,8 @@
 
 setns(2) moves only the calling thread, so other threads of the process are unaffected, and what the
 block opens (sockets, netlink handles, BPF links by ifindex) stays bound to that namespace after the
-block ends. This module only enters namespaces; creating and deleting them is the topology's job.
+block ends. This module enters namespaces and silences a namespace's IPv6 on an interface; creating
+and deleting namespaces is the topology's job.
 """
 
 from __future__ import annotations
@@ -56,3 +57,10 @@ def entered(name: str | None) -> Iterator[None]:
     finally:
         os.close(target)
         os.close(home)
+
+
+def silence_ipv6(ifname: str, namespace: str | None = None) -> None:
+    """Turn IPv6 off on ``ifname``, so its kernel sends no ND, router solicitation or MLD there
+    (exact counts, and monitors that must see only the traffic they are given, need that)."""
+    with entered(namespace):  # /proc/sys/net resolves the namespace of the thread that opens it
+        Path(f"/proc/sys/net/ipv6/conf/{ifname}/disable_ipv6").write_text("1")

@@ -6,19 +6,19 @@ program's own maps (e.g. ``harness.sink``), injector counts from its report. A t
 sent = arrived + counted drops, exactly.
 Counting exactly needs a quiet link: a veth's ``tx_dropped`` counts every frame dropped at a full
 receiving ring, the kernel's own included, and on a fresh link the kernel talks (IPv6 DAD, router
-solicitations, MLD; ARP before its first ICMP error). ``silence_ipv6`` (or ``silence_ipv6_everywhere``)
-and ``pin_neighbour`` stop that for the duration of a topology (both vanish with its namespaces).
+solicitations, MLD; ARP before its first ICMP error). ``bpf.netns.silence_ipv6`` (or
+``silence_ipv6_everywhere`` here) and ``pin_neighbour`` stop that for the duration of a topology (both vanish with its namespaces).
 Not for: rates over time (``harness.measure``).
 """
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 from pyroute2 import IPRoute
 
 from bpf import netns
+from bpf.netns import silence_ipv6
 
 if TYPE_CHECKING:
     from harness.topology import Topology
@@ -40,14 +40,8 @@ def delta(before: dict[str, int], after: dict[str, int]) -> dict[str, int]:
     return {key: after[key] - before[key] for key in after}
 
 
-def silence_ipv6(ifname: str, namespace: str | None = None) -> None:
-    """Turn IPv6 off on ``ifname``, so its kernel sends no ND, router solicitation or MLD there."""
-    with netns.entered(namespace):  # /proc/sys/net shows the namespace of the opener
-        Path(f"/proc/sys/net/ipv6/conf/{ifname}/disable_ipv6").write_text("1")
-
-
 def silence_ipv6_everywhere(topology: Topology) -> None:
-    """``silence_ipv6`` on every interface of every node of a built topology (for topologies whose
+    """``bpf.netns.silence_ipv6`` on every interface of every node of a built topology (for topologies whose
     traffic is IPv4 only, when counts must be exact)."""
     for node in topology.nodes.values():
         for ifname in node.interfaces.values():

@@ -30,17 +30,12 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
 from bpf import XdpMode, vxlan
+from bpf.netns import silence_ipv6
 from bpf.softrss import Config, SoftRss
 from bpf.softrss.model import Model
 from harness.capture import Capture
 from harness.compare import compare
-from harness.counters import (
-    delta,
-    interface_stats,
-    pin_neighbour,
-    silence_ipv6,
-    silence_ipv6_everywhere,
-)
+from harness.counters import delta, interface_stats, pin_neighbour, silence_ipv6_everywhere
 from harness.sink import FrameClass, Sink
 from harness.topology import Topology
 from injector import templates
@@ -121,7 +116,7 @@ def check_field_engine(spec: TrafficSpec) -> Check:
 def check_rate(
     injector: str, dut: str, spec: TrafficSpec, packets: int, macs: dict[str, str]
 ) -> Check:
-    silence_ipv6("veth0", injector)  # exact counts need a quiet link (harness.counters)
+    silence_ipv6("veth0", injector)  # exact counts need a quiet link (bpf.netns)
     pin_neighbour("ens5", "10.0.0.1", macs["injector"], dut)
     with Sink("ens5", dut) as sink, XdpSender(spec.resolve(), "veth0", injector) as sender:
         before = interface_stats("veth0", injector)

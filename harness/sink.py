@@ -57,11 +57,16 @@ class Sink:
     def frames(self, cls: FrameClass) -> int:
         return self.obj.maps["counts"].lookup_sum(int(cls)).frames
 
-    def settled(self, cls: FrameClass, at_least: int, timeout: float = 2.0) -> int:
-        """The frame count of ``cls`` once it reached ``at_least`` and stopped moving, or at ``timeout``.
+    def settled(
+        self, cls: FrameClass, at_least: int, timeout: float = 2.0, still: float = 0.02
+    ) -> int:
+        """The frame count of ``cls`` once it reached ``at_least`` and did not move for ``still``
+        seconds, or at ``timeout``.
 
         A sender's call returns when frames are queued to the receiver, not when they arrived: reading
-        at once can miss the last ones. Waiting for a stable count also lets excess frames show.
+        at once can miss the last ones. Waiting for a stable count also lets excess frames show. A
+        receiver fed in bursts (a ring buffer drained by a user-space re-injector) needs a longer
+        ``still``.
         """
         deadline = time.monotonic() + timeout
         last = -1
@@ -70,7 +75,7 @@ class Sink:
             if (now >= at_least and now == last) or time.monotonic() > deadline:
                 return now
             last = now
-            time.sleep(0.02)
+            time.sleep(still)
 
     def close(self) -> None:
         self.obj.close()

@@ -200,11 +200,6 @@ def stop_process(pid: int, start_time: int, command: str) -> None:
         os.kill(pid, signal.SIGKILL)
 
 
-def _disable_ipv6(ifname: str) -> None:
-    # /proc/sys/net resolves the namespace of the thread that opens the file.
-    Path(f"/proc/sys/net/ipv6/conf/{ifname}/disable_ipv6").write_text("1")
-
-
 @dataclass
 class Instance:
     """One bucket's argus: the interface it listens on, the files it wrote, the process now."""
@@ -283,7 +278,7 @@ class ArgusFanout:
                     self.journal.record("bucket_link", namespace=ns, ifname=link)
                 )
                 for end in (link, instance.ifname):
-                    _disable_ipv6(end)
+                    bpf_netns.silence_ipv6(end)
                 for end in (link, instance.ifname):
                     ipr.link("set", index=ipr.link_lookup(ifname=end)[0], state="up")
 

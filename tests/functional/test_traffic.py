@@ -9,9 +9,10 @@ from pathlib import Path
 import pytest
 from scapy.utils import wrpcap
 
+from bpf.netns import silence_ipv6
 from harness.capture import Capture, write_pcap
 from harness.compare import assert_same
-from harness.counters import delta, interface_stats, pin_neighbour, silence_ipv6
+from harness.counters import delta, interface_stats, pin_neighbour
 from harness.sink import FrameClass, Sink
 from injector import templates
 from injector.pcap_backend import replay_pcap

@@ -2,10 +2,11 @@
 
 import pytest
 
+from bpf.netns import silence_ipv6
 from bpf.txring import TxRing
 from harness.capture import Capture
 from harness.compare import assert_same
-from harness.counters import pin_neighbour, silence_ipv6
+from harness.counters import pin_neighbour
 from harness.sink import FrameClass, Sink
 from injector import templates
 from injector.spec import Imix, Range, TrafficSpec, Vary

@@ -27,7 +27,8 @@ import pytest
 
 from bpf import XdpAction
 from bpf import netns as bpf_netns
-from harness.counters import interface_stats, pin_neighbour, silence_ipv6
+from bpf.netns import silence_ipv6
+from harness.counters import interface_stats, pin_neighbour
 from harness.latency import LatencyReport, ProbeTemplate, measure_latency
 from harness.measure import Comparison, Summary, summarize
 from harness.sink import FrameClass, Sink

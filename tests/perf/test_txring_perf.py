@@ -5,8 +5,9 @@ import time
 
 import pytest
 
+from bpf.netns import silence_ipv6
 from bpf.txring import TxRing
-from harness.counters import pin_neighbour, silence_ipv6
+from harness.counters import pin_neighbour
 from harness.measure import Comparison, sample
 from harness.sink import FrameClass, Sink
 from injector import templates

@@ -225,18 +225,10 @@ def pipeline_run(link: Link, mode: str, final: list[dict]) -> Iterator[None]:
     final.append(json.loads(out.splitlines()[-1]))
 
 
-def _quiet(sink: Sink, still: float = 0.3, timeout: float = 10.0) -> int:
-    """The sink's count once it has not moved for ``still`` seconds: in ringbuf mode the ring may
-    hold a backlog after a trial, which must not spill into the next one."""
-    deadline = time.monotonic() + timeout
-    count = sink.frames(FrameClass.IPV4)
-    while time.monotonic() < deadline:
-        time.sleep(still)
-        now = sink.frames(FrameClass.IPV4)
-        if now == count:
-            break
-        count = now
-    return count
+def _quiet_count(sink: Sink) -> int:
+    """The sink's count once it has not moved for 0.3 s: in ringbuf mode the ring may hold a
+    backlog after a trial, which must not spill into the next one."""
+    return sink.settled(FrameClass.IPV4, 0, timeout=10.0, still=0.3)
 
 
 def _zero_loss_kpps(sender: XdpSender, sink: Sink, packets: int, totals: Counter) -> float:
@@ -245,7 +237,7 @@ def _zero_loss_kpps(sender: XdpSender, sink: Sink, packets: int, totals: Counter
     for _ in range(12):
         before = sink.frames(FrameClass.IPV4)
         report = sender.send(count=packets, rate_pps=rate, batch=PACED_BATCH)
-        arrived = _quiet(sink) - before
+        arrived = _quiet_count(sink) - before
         assert report.aborted == 0
         totals.update(sent=report.packets, arrived=arrived)
         if arrived == report.packets:
@@ -329,7 +321,7 @@ def test_ringbuf_against_the_seed(benchmark, link, quick):
             start = sink.frames(FrameClass.IPV4)
             steady = sender.send(count=packets, rate_pps=steady_pps, batch=PACED_BATCH)
             sent = [steady.packets]
-            steady_arrived = _quiet(sink) - start
+            steady_arrived = _quiet_count(sink) - start
 
             def drain_kpps() -> float:
                 """Frames forwarded per second from the start of a burst to the last arrival,
