@@ -15,7 +15,7 @@ with SoftRss.restore(path) as again: ...
 ```
 
 Every struct (flow key, flow, bucket, event) and enum comes from the object's BTF. Timestamps are the
-kernel's CLOCK_MONOTONIC_COARSE (``time.clock_gettime_ns(time.CLOCK_MONOTONIC_COARSE)``, one jiffy's
+kernel's CLOCK_MONOTONIC_COARSE (``time.clock_gettime_ns(CLOCK_MONOTONIC_COARSE)``, one jiffy's
 resolution): a restored state keeps them, so ages only mean something on the boot that saved them.
 
 Not for: a command line or Argus export (they build on this), or the model (``bpf.softrss.model``).
@@ -38,6 +38,8 @@ from bpf.softrss.model import RETA_SIZE, Action, Config, FlowKey, HashKind, equa
 from bpf.toeplitz import fill_table
 
 SOURCE = Path(__file__).with_name("softrss.bpf.c")
+CLOCK_MONOTONIC_COARSE = 6  # <linux/time.h>; Python's time module does not name it
+FLOW_TABLES = ("flows4", "flows6")  # one per IP version, each Config.max_flows entries
 STATE_VERSION = 1
 CPUMAP_QSIZE = 2048  # frames queued per CPU before the redirect drops (the kernel counts them)
 
@@ -135,7 +137,9 @@ class SoftRss:
         obj.rodata["jhash_initval"] = c.jhash_initval
         obj.rodata["threshold_packets"] = c.threshold_packets
         obj.rodata["threshold_bytes"] = c.threshold_bytes
-        obj.maps["flows"].max_entries = c.max_flows
+        for table in FLOW_TABLES:
+            obj.maps[table].max_entries = c.max_flows
+        obj.maps["flow_cache"].max_entries *= POSSIBLE_CPUS  # one region of slots per CPU
         obj.load()
         self.program = obj.programs["softrss_xdp"]
         if c.hash is HashKind.TOEPLITZ:
@@ -243,28 +247,54 @@ class SoftRss:
         )
 
     def flows(self) -> list[Flow]:
-        """The flow table, most packets first."""
-        found = [
-            Flow(
-                self._key(k),
-                v.hash,
-                v.bucket,
-                v.packets,
-                v.bytes,
-                v.first_seen_ns,
-                v.last_seen_ns,
-                bool(v.announced),
-            )
-            for k, v in self.obj.maps["flows"].items()
+        """The flow tables, IPv4 and IPv6, most packets first.
+
+        Each entry's counts include what the per-CPU flow cache holds for it; the tables are read
+        first, so a flush racing the read can hide packets from it, never count them twice.
+        """
+        entries = [
+            (self._key(k, version), v)
+            for version, table in zip((4, 6), FLOW_TABLES, strict=True)
+            for k, v in self.obj.maps[table].items()
         ]
+        cached = self._cached()
+        found = [_flow(key, v, *cached.get(key, (0, 0))) for key, v in entries]
         return sorted(found, key=lambda f: (-f.packets, f.key))
+
+    def flow(self, key: FlowKey) -> Flow | None:
+        """One flow's entry, if the table holds it (with its cached counts, as in flows())."""
+        v = self._flow_table(key).lookup(self._kernel_key(key))
+        if v is None:
+            return None
+        return _flow(key, v, *self._cached().get(key, (0, 0)))
+
+    def forget_flows(self) -> None:
+        """Empty the flow tables and the flow cache (bucket counters stay)."""
+        for table in (*FLOW_TABLES, "flow_cache"):
+            self.obj.maps[table].clear()
+
+    def _cached(self) -> dict[FlowKey, tuple[int, int]]:
+        """Packets and bytes in the per-CPU flow cache, not yet in the tables, by flow."""
+        counts: dict[FlowKey, tuple[int, int]] = {}
+        for _, slot in self.obj.maps["flow_cache"].items():
+            if slot.ip_version and slot.packets:
+                key = self._slot_key(slot)
+                packets, octets = counts.get(key, (0, 0))
+                counts[key] = (packets + slot.packets, octets + slot.bytes)
+        return counts
+
+    @classmethod
+    def _slot_key(cls, slot: Any) -> FlowKey:
+        """The FlowKey of a union softrss_flow_key with its IP version (cache slots, events)."""
+        v = slot.ip_version
+        return cls._key(slot.key.v4 if v == 4 else slot.key.v6, v)
 
     def elephants(self, timeout_ms: int = 0) -> list[Elephant]:
         """Elephant events not yet read, waiting up to ``timeout_ms`` for the first."""
         events = self._ring.poll(timeout_ms) if timeout_ms else self._ring.drain()
         return [
             Elephant(
-                self._key(e.key),
+                self._slot_key(e),
                 e.hash,
                 e.bucket,
                 e.packets,
@@ -291,22 +321,31 @@ class SoftRss:
         return fields_of(self.obj.maps["misses"].lookup_sum(0))
 
     @staticmethod
-    def _key(k: Any) -> FlowKey:
-        size = 4 if k.ip_version == 4 else 16
+    def _key(k: Any, version: int) -> FlowKey:
+        """A FlowKey from a kernel key: struct softrss_flow_key4 or softrss_flow_key6."""
         return FlowKey(
-            ipaddress.ip_address(bytes(k.saddr.bytes[:size])),
-            ipaddress.ip_address(bytes(k.daddr.bytes[:size])),
+            _address(k.saddr, version),
+            _address(k.daddr, version),
             _ntohs(k.sport),
             _ntohs(k.dport),
             k.l4_proto,
         )
 
+    def _flow_table(self, key: FlowKey) -> Any:
+        return self.obj.maps[FLOW_TABLES[key.src.version == 6]]
+
     def _kernel_key(self, key: FlowKey) -> Any:
-        k = self.obj.maps["flows"].key_type()
-        k.saddr.bytes[: len(key.src.packed)] = key.src.packed
-        k.daddr.bytes[: len(key.dst.packed)] = key.dst.packed
+        k = self._flow_table(key).key_type()
+        if key.src.version == 4:
+            k.saddr = int.from_bytes(
+                key.src.packed, "little"
+            )  # network order, as the kernel reads it
+            k.daddr = int.from_bytes(key.dst.packed, "little")
+        else:
+            k.saddr.bytes[:] = key.src.packed
+            k.daddr.bytes[:] = key.dst.packed
         k.sport, k.dport = _htons(key.sport), _htons(key.dport)
-        k.l4_proto, k.ip_version = key.proto, key.src.version
+        k.l4_proto = key.proto
         return k
 
     # --- state ---
@@ -372,22 +411,45 @@ class SoftRss:
         statuses = self.obj.enum("parse_status")
         for name, n in state["unparsed"].items():
             self.obj.maps["unparsed"][statuses[name]] = [n, *zero]
-        flows = self.obj.maps["flows"]
-        flows.update_batch(
-            (
-                self._kernel_key(_key_of(f["key"])),
-                flows.value_type(
-                    packets=f["packets"],
-                    bytes=f["bytes"],
-                    first_seen_ns=f["first_seen_ns"],
-                    last_seen_ns=f["last_seen_ns"],
-                    hash=f["hash"],
-                    bucket=f["bucket"],
-                    announced=int(f["elephant"]),
-                ),
+        for version, name in zip((4, 6), FLOW_TABLES, strict=True):
+            table = self.obj.maps[name]
+            keyed = ((_key_of(f["key"]), f) for f in state["flows"])
+            table.update_batch(
+                (
+                    self._kernel_key(key),
+                    table.value_type(
+                        packets=f["packets"],
+                        bytes=f["bytes"],
+                        first_seen_ns=f["first_seen_ns"],
+                        last_seen_ns=f["last_seen_ns"],
+                        hash=f["hash"],
+                        bucket=f["bucket"],
+                        announced=int(f["elephant"]),
+                    ),
+                )
+                for key, f in keyed
+                if key.src.version == version
             )
-            for f in state["flows"]
-        )
+
+
+def _address(field: Any, version: int) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
+    """An address from a key field: a __be32 (IPv4 keys) or a union flow_addr."""
+    if isinstance(field, int):
+        return ipaddress.IPv4Address(field.to_bytes(4, "little"))
+    return ipaddress.ip_address(bytes(field.bytes[: 4 if version == 4 else 16]))
+
+
+def _flow(key: FlowKey, v: Any, cached_packets: int = 0, cached_bytes: int = 0) -> Flow:
+    return Flow(
+        key,
+        v.hash,
+        v.bucket,
+        v.packets + cached_packets,
+        v.bytes + cached_bytes,
+        v.first_seen_ns,
+        v.last_seen_ns,
+        bool(v.announced),
+    )
 
 
 def _key_dict(key: FlowKey) -> dict[str, Any]:

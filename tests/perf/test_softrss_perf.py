@@ -1,12 +1,16 @@
 """Soft RSS cost per packet in the kernel (test_run), established flows, against bare XDP_PASS.
 
-The same frame repeated: after the first run the flow is in the table, so each packet pays the parse,
-the hash (Toeplitz: 12 table lookups for IPv4 with ports, 36 for IPv6; or jhash), the RETA, the
-per-CPU bucket counters and the flow entry's atomic adds. Baseline: ``bpf/selftest/trivial.bpf.c``
-``xdp_pass`` in the same run. The target is 3x the baseline's ns/packet; measured on the 2-vCPU
-machine it is 4.4-5x (92-109 ns against 21-22 ns): the LRU lookup of the 40-byte key and the two atomic
-adds on the shared entry cost more than the parse and the hash. The test reports the ratio against the
-target and fails beyond REGRESSION_RATIO, which catches a regression without hiding the miss.
+The same frame repeated: after the first run the flow is in the per-CPU flow cache, so each packet
+pays the parse, the cache slot (a few multiplies of the key, one compare, the hash kept from the
+first packet), the RETA, the per-CPU bucket counters and the slot's counts; once a jiffy the slot is
+flushed into the shared LRU entry. Baseline: ``bpf/selftest/trivial.bpf.c`` ``xdp_pass`` in the
+same run. The target is 3x the baseline's ns/packet; measured on the 2-vCPU machine it is 1.6-2.4x
+(38-64 ns against 21-28 ns). The test fails beyond REGRESSION_RATIO, which catches a regression
+without judging a noisy machine against the target.
+
+Zero-loss throughput puts soft RSS (``ifaces``: each bucket redirected to its own interface, a sink
+behind each) against bare XDP_DROP on the same link, with 1000 flows sent round-robin, the cache's
+worst case: a flow comes back only after 999 others, and its slot has gone cold in between.
 """
 
 import contextlib
@@ -30,7 +34,7 @@ from injector.xdp import PACED_BATCH, XdpSender
 
 SELFTEST = Path(bpf.__file__).parent / "selftest"
 TARGET_RATIO = 3.0
-REGRESSION_RATIO = 6.0
+REGRESSION_RATIO = 4.0
 FRAMES = {"udp4": bytes(templates.udp4()), "tcp6": bytes(templates.tcp6())}
 THROUGHPUT_AIM = 0.6
 BUCKETS = 4

@@ -14,6 +14,7 @@ import ctypes
 import json
 import os
 import threading
+import time
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -28,6 +29,7 @@ import bpf
 from bpf.libbpf import TestRunOpts, lib
 from bpf.softrss import Action, Config, HashKind, SoftRss, equal_reta
 from bpf.softrss.model import Model, bucket_of, flow_hash, parse
+from bpf.softrss.softrss import CLOCK_MONOTONIC_COARSE
 from bpf.toeplitz import MICROSOFT_KEY, MICROSOFT_VECTORS, SYMMETRIC_KEY
 from injector import malformed, templates
 
@@ -66,7 +68,7 @@ def check_frame(rss: SoftRss, model: Model, frame: bytes) -> None:
     assert rss.unparsed() == model.unparsed, f"unparsed by reason differ; {where}"
     if want.key is None:
         return
-    flow = rss.obj.maps["flows"].lookup(rss._kernel_key(want.key))
+    flow = rss.flow(want.key)
     assert flow is not None, f"no flow entry for {want.key}; kernel has {rss.flows()}; {where}"
     assert (flow.hash, flow.bucket) == (model.flows[want.key].hash, model.flows[want.key].bucket), (
         f"flow {want.key}: kernel hash/bucket {flow.hash:#010x}/{flow.bucket}, model "
@@ -92,7 +94,7 @@ def microsoft():
 
 
 def kernel_hash(rss: SoftRss, frame: bytes) -> int:
-    rss.obj.maps["flows"].clear()
+    rss.forget_flows()
     run(rss, frame)
     (flow,) = rss.flows()
     return flow.hash
@@ -328,6 +330,47 @@ def test_bucket_counters_equal_the_model_over_many_flows(pair):
     assert abs(sum(b.share for b in report.buckets) - 1) < 1e-9
 
 
+def _colliding_frames(config: Config, slots: int) -> tuple[bytes, bytes]:
+    """Two UDP flows whose hashes pick the same slot of the per-CPU flow cache."""
+    seen: dict[int, bytes] = {}
+    for sport in range(1024, 65536):
+        frame = bytes(templates.udp4(sport=sport))
+        slot = flow_hash(parse(frame).flow, config) % slots
+        if slot in seen:
+            return seen[slot], frame
+        seen[slot] = frame
+    raise AssertionError("no two flows share a cache slot")
+
+
+@pytest.mark.parametrize("threshold", [0, 7])
+def test_flows_sharing_a_cache_slot_are_counted_exactly(threshold):
+    """The per-CPU flow cache holds one flow a slot: flows taking a slot in turn, runs of one flow
+    counted in the slot, and a flush at the next jiffy must all add up to the model's counts, each
+    flow new once and announced once."""
+    config = Config(buckets=4, threshold_packets=threshold)
+    model = Model(config)
+    with SoftRss(config) as rss:
+        a, b = _colliding_frames(config, rss.obj.maps["flow_cache"].max_entries)
+        for frame in [a, a, b, a, b, b, b, a, *[a] * 10]:
+            run(rss, frame)
+            model.feed(frame)
+        shared = rss.obj.maps["flows4"].lookup(rss._kernel_key(parse(a).flow.key()))
+        assert shared.packets < model.flows[parse(a).flow.key()].packets, (
+            "the last run of the flow should still be in the cache, not in the shared entry"
+        )
+        expected = {k: (c.packets, c.bytes) for k, c in model.flows.items()}
+        assert {f.key: (f.packets, f.bytes) for f in rss.flows()} == expected
+        time.sleep(0.01)  # a jiffy passes: the next packet flushes the slot
+        run(rss, b)
+        model.feed(b)
+        expected = {k: (c.packets, c.bytes) for k, c in model.flows.items()}
+        assert {f.key: (f.packets, f.bytes) for f in rss.flows()} == expected
+        assert rss.flow(parse(b).flow.key()).packets == expected[parse(b).flow.key()][0]
+        got = [(x.packets, x.flows) for x in rss.bucket_stats().buckets]
+        assert got == [(x.packets, x.flows) for x in model.buckets]
+        assert [e.key for e in rss.elephants()] == model.elephants
+
+
 @pytest.mark.parametrize("threshold", [1, 100, 1000])
 def test_elephant_announced_exactly_once(threshold):
     config = Config(buckets=4, threshold_packets=threshold)
@@ -411,9 +454,11 @@ def test_save_and_restore(tmp_path):
         rss.set_cpus([1, 0, 1])
         for i in range(30):
             run(rss, bytes(templates.udp4(sport=i % 4)))
+            run(rss, bytes(templates.tcp6(sport=i % 3)))
         run(rss, CRAFTED["truncated tag"])
         rss.save(path)
         saved = (rss.bucket_stats(), rss.flows(), rss.unparsed())
+        assert {f.key.src.version for f in saved[1]} == {4, 6} and len(saved[1]) == 7
     assert json.loads(path.read_text())["config"]["hash"] == "jhash"
     with SoftRss.restore(path) as again:
         assert again.config == config
@@ -421,6 +466,22 @@ def test_save_and_restore(tmp_path):
         assert (again.bucket_stats(), again.flows(), again.unparsed()) == saved
         run(again, bytes(templates.udp4(sport=0)))
         assert again.elephants() == [], "restored flows keep their announced flag"
+
+
+def test_first_and_last_seen_follow_the_coarse_clock():
+    """The clock is read once a jiffy per flow (the data plane compares jiffies first): a packet
+    after a jiffy has passed must still move last_seen."""
+    frame = bytes(templates.udp4())
+    with SoftRss(Config(threshold_packets=0)) as rss:
+        before = time.clock_gettime_ns(CLOCK_MONOTONIC_COARSE)
+        run(rss, frame, repeat=10)
+        (first,) = rss.flows()
+        time.sleep(0.05)  # a jiffy is 1-10 ms
+        run(rss, frame)
+        after = time.clock_gettime_ns(CLOCK_MONOTONIC_COARSE)
+        (later,) = rss.flows()
+    assert before <= first.first_seen_ns <= first.last_seen_ns < later.last_seen_ns <= after
+    assert later.first_seen_ns == first.first_seen_ns and later.packets == 11
 
 
 def test_invalid_configs_are_refused():
