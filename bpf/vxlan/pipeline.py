@@ -286,18 +286,24 @@ class VxlanPipeline:
         if not 0 <= port <= 0xFFFF:
             raise ValueError(f"NAT rule port {port} is not 0..65535")
         target = NatTarget(ipaddress.IPv4Address(addr), new_port)
-        value = self.obj.maps["nat"].value_type(addr=_be32(target.addr), port=target.port)
-        self.obj.maps["nat"][port] = value
+        rules = self.obj.maps["nat"]
+        rules[port] = rules.value_type(addr=_be32(target.addr), port=target.port, active=1)
 
     def nat_rules(self) -> dict[int, NatTarget]:
+        """The rules by port (the map is an array over all ports: inactive slots are skipped)."""
         return {
             port: NatTarget(_addr(v.addr), v.port)
-            for port, v in sorted(self.obj.maps["nat"].items())
+            for port, v in self.obj.maps["nat"].items()
+            if v.active
         }
 
     def del_nat(self, port: int) -> bool:
         """Remove the rule for ``port``; False if there was none."""
-        return self.obj.maps["nat"].delete(port)
+        rules = self.obj.maps["nat"]
+        if not 0 <= port <= 0xFFFF or not rules[port].active:
+            return False
+        rules[port] = rules.value_type()
+        return True
 
     # --- reading ---
 

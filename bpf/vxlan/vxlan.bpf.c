@@ -101,7 +101,7 @@ struct vxlan_stats {
 struct vxlan_nat_target {
 	__be32 addr;
 	__u16 port;
-	__u16 pad;
+	__u16 active;	/* 1: this port has a rule */
 };
 
 struct vxlan_prefix {
@@ -140,10 +140,13 @@ struct {
 	__type(value, __u8);
 } allow_prefixes SEC(".maps");
 
+/* An array over every port, not a hash: one inlined load instead of a ~25 ns hash lookup on every
+ * forwarded packet, for 512 KiB.
+ */
 struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, 4096);
-	__type(key, __u16);		/* inner destination port, host order */
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 65536);
+	__type(key, __u32);		/* inner destination port, host order */
 	__type(value, struct vxlan_nat_target);
 } nat SEC(".maps");
 
@@ -223,7 +226,7 @@ static __always_inline void rewrite_ipv4(const struct cursor *c, const struct fl
 	struct udphdr *udph;
 	__be32 old_addr;
 	__be16 new_port, old_frag;
-	__u16 port;
+	__u32 port;
 
 	iph = cursor_ptr(c, f->l3_off, sizeof(*iph));
 	if (!iph)
@@ -231,6 +234,8 @@ static __always_inline void rewrite_ipv4(const struct cursor *c, const struct fl
 	if (ports) {
 		port = bpf_ntohs(f->dport);
 		rule = bpf_map_lookup_elem(&nat, &port);
+		if (rule && !rule->active)
+			rule = NULL;
 	}
 	if (!rule && default_nat_addr)
 		rule = &def;

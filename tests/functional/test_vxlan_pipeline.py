@@ -363,7 +363,8 @@ def test_allowlist_and_nat_change_while_traffic_flows(mirror, tmp_path):
         lost_ens6 = delta(before[1], interface_stats("ens6", mirror.dut))["tx_dropped"]
     c = final["counters"]
     assert final["balanced"], c
-    assert report[0].packets - lost_mirror == c["total"], (report[0], lost_mirror, c)
+    # Every injected frame is VXLAN to us; the kernel's own frames on ens5 (ARP...) pass beside them.
+    assert report[0].packets - lost_mirror == c["vxlan"], (report[0], lost_mirror, c)
     assert c["total"] == c.get("passed", 0) + c["forwarded"] + final["dropped"]
     assert c["forwarded"] == arrived_count + lost_ens6
     empty_phase, allowed, natted, unnatted = steps[:4]

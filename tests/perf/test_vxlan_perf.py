@@ -274,7 +274,8 @@ def test_zero_loss_throughput_against_bare_redirect(benchmark, link, quick, mode
     (last,) = final
     c, drops = last["counters"], last["dropped"]
     assert last["balanced"], c
-    assert c["total"] == totals["sent"] - lost_mirror, (c, totals, lost_mirror)
+    # Every injected frame is VXLAN to us; the kernel's own frames on ens5 (ARP...) pass beside them.
+    assert c["vxlan"] == totals["sent"] - lost_mirror, (c, totals, lost_mirror)
     failed = last.get("reinjector", {}).get("failed", 0)
     if "reinjector" in last:
         assert c.get("queued", 0) == last["reinjector"]["forwarded"] + failed, last
