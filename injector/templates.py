@@ -186,9 +186,11 @@ def vxlan(
     eth_src: str = SRC_MAC,
     eth_dst: str = DST_MAC,
     vlan: int | None = None,
+    port: int = VXLAN_PORT,
 ) -> Packet:
-    """``inner`` (an Ethernet frame) encapsulated in VXLAN: I flag only, outer UDP checksum 0."""
-    outer_udp = UDP(sport=sport, dport=VXLAN_PORT, chksum=0)
+    """``inner`` (an Ethernet frame) encapsulated in VXLAN to UDP ``port``: I flag only, outer UDP
+    checksum 0."""
+    outer_udp = UDP(sport=sport, dport=port, chksum=0)
     header = VXLAN(flags=VXLAN_FLAG_I, vni=vni)
     return (
         ether(eth_src, eth_dst, vlan)

@@ -2,7 +2,8 @@
 
     vxlan-pipeline run -i IF -t IF [--netns NS] [--mode redirect|tc|ringbuf] [--next-hop-mac MAC]
             [--vni N] [--match src|dst|either] [--default-nat IP[:PORT]] [--allowlist FILE]
-            [--xdp-mode native|generic] [--name NAME] [-s SECONDS] [-v] [--json]
+            [--port N] [--ring-size BYTES] [--xdp-mode native|generic] [--name NAME]
+            [-s SECONDS] [-v] [--json]
     vxlan-pipeline allowlist load FILE | show | clear   [--name NAME]
     vxlan-pipeline nat add PORT IP[:PORT] | list | del PORT   [--name NAME]
     vxlan-pipeline stats [--name NAME] [--json]
@@ -54,6 +55,27 @@ def _vni(text: str) -> int:
     if not 0 <= vni < 1 << 24:
         raise argparse.ArgumentTypeError(f"VNI {vni}: must be 0..16777215 (24 bits)")
     return vni
+
+
+def _vxlan_port(text: str) -> int:
+    port = port_arg(text)
+    if port == 0:
+        raise argparse.ArgumentTypeError("port 0: VXLAN needs a real UDP port (4789, Linux's 8472)")
+    return port
+
+
+_SIZE_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
+
+
+def _ring_size(text: str) -> int:
+    """Bytes, with an optional K, M or G (powers of 1024): ``8M``, ``65536``."""
+    number, unit = text[:-1] if text[-1:].isalpha() else text, text[-1:].lower()
+    try:
+        size = int(number) * _SIZE_UNITS[unit if unit.isalpha() else ""]
+        return Config(ring_size=size).ring_size
+    except (KeyError, ValueError) as err:
+        detail = err if isinstance(err, ValueError) and "ring size" in str(err) else "not a size"
+        raise argparse.ArgumentTypeError(f"{text!r}: {detail}") from None
 
 
 def _mac(text: str) -> bytes:
@@ -114,6 +136,20 @@ def _parser() -> argparse.ArgumentParser:
         "from the neighbour table)",
     )
     run.add_argument("--vni", type=_vni, help="forward this VNI only (default: any)")
+    run.add_argument(
+        "--port",
+        type=_vxlan_port,
+        default=Config.port,
+        help=f"UDP destination port of VXLAN (default {Config.port}, IANA's and AWS's)",
+    )
+    run.add_argument(
+        "--ring-size",
+        type=_ring_size,
+        default=Config.ring_size,
+        metavar="BYTES",
+        help=f"ringbuf mode: the ring's size, a power of 2 (K, M, G; default "
+        f"{Config.ring_size >> 20}M)",
+    )
     run.add_argument(
         "--match",
         choices=[m.value for m in Match],
@@ -205,7 +241,9 @@ def _run_checks(args: argparse.Namespace) -> tuple[Config, bytes, Allowlist | No
         )
     mac = args.next_hop_mac or default_next_hop(args.egress, args.netns)
     allowlist = Allowlist.load(args.allowlist) if args.allowlist else None
-    config = Config(Mode(args.mode), args.vni, Match(args.match), args.default_nat)
+    config = Config(
+        Mode(args.mode), args.vni, Match(args.match), args.default_nat, args.port, args.ring_size
+    )
     return config, mac, allowlist
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import enum
 import ipaddress
+import mmap
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,6 +34,8 @@ from bpf.parse import (
 
 _SOURCE = Path(__file__).with_name("vxlan.bpf.c").read_text()
 FRAME_MAX = int(re.search(r"#define VXLAN_FRAME_MAX\s+(\d+)", _SOURCE).group(1))
+RING_SIZE = int(re.search(r"#define VXLAN_RING_SIZE\s+(\d+)", _SOURCE).group(1))
+RING_SIZE_MAX = 1 << 30
 
 IPV4_DF = 0x4000
 
@@ -94,10 +97,19 @@ class Config:
     vni: int | None = None
     match: Match = Match.EITHER
     default_nat: NatTarget | None = None
+    port: int = VXLAN_PORT  # UDP destination port of VXLAN; Linux's own default is 8472
+    ring_size: int = RING_SIZE  # bytes of the ringbuf mode's ring: a power of 2, at least a page
 
     def __post_init__(self) -> None:
         if self.vni is not None and not 0 <= self.vni < 1 << 24:
             raise ValueError(f"VNI {self.vni} is not a 24-bit value")
+        if not 1 <= self.port <= 0xFFFF:
+            raise ValueError(f"VXLAN port {self.port} is not 1..65535")
+        size = self.ring_size
+        if size < mmap.PAGESIZE or size & (size - 1) or size > RING_SIZE_MAX:
+            raise ValueError(
+                f"ring size {size}: a power of 2 from {mmap.PAGESIZE} to {RING_SIZE_MAX} bytes"
+            )
 
 
 @dataclass(frozen=True)
@@ -207,7 +219,7 @@ class Model:
             or outer.flow.l4_proto != IPPROTO_UDP
             or FlowFlags.FLOW_F_PORTS not in outer.flow.flags
             or FlowFlags.FLOW_F_FRAGMENT in outer.flow.flags
-            or outer.flow.dport != VXLAN_PORT
+            or outer.flow.dport != self.config.port
         ):
             return Outcome(Verdict.PASS)
         vxlan = parse_vxlan(frame, outer)

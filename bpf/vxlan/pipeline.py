@@ -163,6 +163,8 @@ class VxlanPipeline:
     def _load(self) -> None:
         c, obj = self.config, self.obj
         obj.rodata["mode"] = obj.enum("vxlan_mode")[f"VXLAN_MODE_{c.mode.name}"]
+        obj.rodata["vxlan_port"] = c.port
+        obj.maps["frames"].max_entries = c.ring_size
         obj.rodata["vni_filter"] = c.vni is not None
         obj.rodata["vni_id"] = c.vni or 0
         obj.rodata["match_on"] = obj.enum("vxlan_match")[f"VXLAN_MATCH_{c.match.name}"]

@@ -48,6 +48,7 @@
 #include "parse.h"
 
 #define VXLAN_FRAME_MAX		9216	/* a ring record's frame bytes: a jumbo frame */
+#define VXLAN_RING_SIZE		8388608	/* 8 MiB: the default `frames` ring */
 #define VXLAN_PULL_LEN		320	/* TC: outer IPv4 headers, VXLAN, inner headers */
 #define IPV4_DF			0x4000
 
@@ -75,6 +76,7 @@ enum vxlan_drop {
 };
 
 const volatile enum vxlan_mode mode = VXLAN_MODE_REDIRECT;
+const volatile __u16 vxlan_port = VXLAN_PORT;	/* host order; Linux's own VXLAN devices use 8472 */
 const volatile bool vni_filter = false;
 const volatile __u32 vni_id = 0;
 const volatile enum vxlan_match match_on = VXLAN_MATCH_EITHER;
@@ -173,7 +175,7 @@ struct {
 
 struct {
 	__uint(type, BPF_MAP_TYPE_RINGBUF);
-	__uint(max_entries, 8 << 20);
+	__uint(max_entries, VXLAN_RING_SIZE);	/* the control plane may change it (Config.ring_size) */
 } frames SEC(".maps");
 
 /* bpf_ringbuf_reserve() takes constant sizes only: records are built here, then copied with their
@@ -350,7 +352,7 @@ static __always_inline int vxlan_pipeline(struct pkt_ctx *ctx)
 
 	if (parse_flow(&c, &outer) != PARSE_OK || outer.l4_proto != IPPROTO_UDP ||
 	    !(outer.flags & FLOW_F_PORTS) || (outer.flags & FLOW_F_FRAGMENT) ||
-	    outer.dport != bpf_htons(VXLAN_PORT)) {
+	    outer.dport != bpf_htons(vxlan_port)) {
 		st->passed++;
 		return ctx_pass(ctx);
 	}

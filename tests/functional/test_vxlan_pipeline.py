@@ -100,10 +100,11 @@ class Running:
         return json.loads(done.stdout)
 
 
-def start(m: Mirror, mode: str = "redirect") -> subprocess.Popen:
-    """``vxlan-pipeline run`` on the dut, once it says it is running."""
+def start(m: Mirror, mode: str = "redirect", *extra: str) -> subprocess.Popen:
+    """``vxlan-pipeline run`` on the dut (with ``extra`` options), once it says it is running."""
     args = ["run", "-i", "ens5", "-t", "ens6", "--netns", m.dut, "--mode", mode, "--name", NAME]
     args += ["--next-hop-mac", COLLECTOR_MAC, "--vni", str(VNI), "--allowlist", str(m.allowlist)]
+    args += extra
     process = subprocess.Popen(
         [str(VXLAN_PIPELINE), *args, "--json", "-s", "60"],
         stdout=subprocess.PIPE,
@@ -119,9 +120,9 @@ def start(m: Mirror, mode: str = "redirect") -> subprocess.Popen:
 
 
 @contextlib.contextmanager
-def running(m: Mirror, mode: str = "redirect") -> Iterator[Running]:
+def running(m: Mirror, mode: str = "redirect", *extra: str) -> Iterator[Running]:
     """A pipeline run for the block, stopped with SIGTERM; its pins must be gone after."""
-    run = Running(start(m, mode), [])
+    run = Running(start(m, mode, *extra), [])
     try:
         yield run
     finally:
@@ -132,10 +133,12 @@ def running(m: Mirror, mode: str = "redirect") -> Iterator[Running]:
     assert not bpf.pin_dir(f"vxlan-{NAME}").exists(), "run left its pins behind"
 
 
-def model_for(m: Mirror, mode: str, nat: dict[int, NatTarget] | None = None) -> Model:
+def model_for(
+    m: Mirror, mode: str, nat: dict[int, NatTarget] | None = None, port: int = 4789
+) -> Model:
     allowlist = Allowlist.of(ALLOWED)
     return Model(
-        Config(mode=Mode(mode), vni=VNI),
+        Config(mode=Mode(mode), vni=VNI, port=port),
         set(allowlist.hosts),
         set(allowlist.prefixes),
         dict(nat or {}),
@@ -181,7 +184,8 @@ def kernel_mirrored(m: Mirror) -> None:
 
 
 def is_vxlan(frame: bytes) -> bool:
-    return frame[12:14] == b"\x08\x00" and frame[36:38] == (4789).to_bytes(2, "big")
+    """IPv4/UDP (no options) to 4789, or to 8472 (test_port_and_ring_size_options)."""
+    return frame[12:14] == b"\x08\x00" and frame[36:38] in (b"\x12\xb5", b"\x21\x18")
 
 
 def from_egress(frame: bytes) -> bool:
@@ -291,6 +295,29 @@ def test_three_modes_deliver_identical_frames(mirror):
         assert_same(expected, received)
         delivered[mode] = sorted(received)
     assert delivered["tc"] == delivered["redirect"] == delivered["ringbuf"]
+
+
+def test_port_and_ring_size_options(mirror):
+    """``--port 8472 --ring-size 64K``: VXLAN to 8472 reaches the collector through a 64 KiB ring;
+    VXLAN to 4789 is no longer ours and passes to the stack."""
+    inner = templates.udp4(src="10.0.0.1", dst="10.0.0.2", **INNER)
+    frames = [bytes(templates.vxlan(inner, **OUTER, port=p)) for p in (8472, 4789)]
+    with running(mirror, "ringbuf", "--port", "8472", "--ring-size", "64K") as run:
+        inputs, received, returned = through(
+            mirror, lambda: send_packets(frames, "eth0", mirror.mirror)
+        )
+        counters = run.stats()["counters"]
+    model = model_for(mirror, "ringbuf", port=8472)
+    outcomes = [model.feed(f) for f in inputs]
+    assert [o.verdict for o in outcomes] == [Verdict.FORWARD, Verdict.PASS]
+    # The stack answers the passed frame itself (ARP, ICMP port unreachable): host traffic.
+    assert received == [outcomes[0].frame]
+    assert not any(is_vxlan(f.data) for f in returned), returned
+    assert (counters["vxlan"], counters["queued"]) == (1, 1) and counters["passed"] >= 1, counters
+    bad = vxlan_pipeline(
+        "run", "-i", "ens5", "-t", "ens6", "--netns", mirror.dut, "--ring-size", "3M"
+    )
+    assert bad.returncode == 2 and "--ring-size: '3M': ring size 3145728" in bad.stderr, bad.stderr
 
 
 def test_tc_decapsulating_ipv6_sets_the_inner_protocol(mirror):

@@ -241,6 +241,34 @@ def test_no_vni_filter_takes_every_vni(pair):
         assert pair.check(vxlan(inner_tcp(), vni=vni))[0].verdict is Verdict.FORWARD
 
 
+def test_vxlan_port_is_configurable():
+    """Config(port=8472), Linux's own VXLAN port: VXLAN to 8472 is forwarded, to 4789 passed."""
+    with VxlanPipeline(Config(port=8472)) as vx:
+        pair = Pair(vx)
+        want, out = pair.check(vxlan(inner_tcp(), port=8472))
+        assert want.verdict is Verdict.FORWARD and out is not None
+        assert pair.check(vxlan(inner_tcp()))[0].verdict is Verdict.PASS
+    with pytest.raises(ValueError, match=r"1\.\.65535"):
+        Config(port=0)
+
+
+def test_a_full_ring_drops_and_counts():
+    """A 16 KiB ring holds about 140 of these frames: the rest are dropped as ring_full, counted,
+    and the ring gives back exactly what it queued."""
+    frame = vxlan(inner_tcp())
+    with VxlanPipeline(Config(mode=Mode.RINGBUF, ring_size=16384)) as vx:
+        assert vx.ring.max_entries == 16384
+        Pair(vx)
+        for _ in range(300):
+            vx.program.test_run(frame)
+        stats = vx.stats()
+        held = [f for batch in iter(vx.frames, []) for f in batch]
+    assert 100 < stats.queued < 300 and stats.drops["ring_full"] == 300 - stats.queued
+    assert stats.balanced and len(held) == stats.queued
+    with pytest.raises(ValueError, match="power of 2"):
+        Config(ring_size=3 << 20)
+
+
 @pytest.mark.parametrize("inner", ["tcp", "udp", "icmp"])
 def test_every_truncation(pair, inner):
     """A cut mirrored frame leaves its outer IP packet short of its length: not recognisable as
