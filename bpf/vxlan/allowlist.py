@@ -1,4 +1,4 @@
-"""The IPv4 allowlist file: read, validate, write. No kernel here (``pipeline`` loads it into maps).
+"""The allowlist file: read, validate, write. No kernel here (``pipeline`` loads it into maps).
 
 The format is the seed's JSON::
 
@@ -9,8 +9,8 @@ The format is the seed's JSON::
       "flat_ip_list": ["192.0.2.10", "198.51.100.0/24", "203.0.113.7"]
     }
 
-``flat_ip_list`` is what the data plane matches: IPv4 addresses, or IPv4 prefixes (``a.b.c.d/n``,
-host bits zero; ``/32`` is an address). ``organizations`` (name -> entries) says whose each entry
+``flat_ip_list`` is what the data plane matches: IPv4 or IPv6 addresses, or prefixes (``a.b.c.d/n``,
+``2001:db8::/32``; host bits zero; a ``/32`` IPv4 or ``/128`` IPv6 prefix is an address). ``organizations`` (name -> entries) says whose each entry
 is; its entries are validated like the flat list's. ``total_ips``, when present, must equal the
 flat list's length. Every invalid entry is reported with its line and column, all at once, before
 anything is loaded anywhere.
@@ -62,26 +62,37 @@ def _position(text: str, offset: int) -> str:
     return f"{line}:{column}"
 
 
-def parse_entry(entry: str) -> ipaddress.IPv4Address | ipaddress.IPv4Network:
-    """An address, or a prefix (a ``/32`` prefix is its address); ValueError says what is wrong."""
+Address = ipaddress.IPv4Address | ipaddress.IPv6Address
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+def parse_entry(entry: str) -> Address | Network:
+    """An address, or a prefix (a full-length prefix is its address); ValueError says what is
+    wrong. The family is IPv6 if the entry has a colon."""
+    family = "IPv6" if ":" in entry else "IPv4"
+    network, address = (
+        (ipaddress.IPv6Network, ipaddress.IPv6Address)
+        if family == "IPv6"
+        else (ipaddress.IPv4Network, ipaddress.IPv4Address)
+    )
     if "/" in entry:
         try:
-            net = ipaddress.IPv4Network(entry, strict=True)
+            net = network(entry, strict=True)
         except ValueError as err:
-            raise ValueError(f"{entry!r} is not an IPv4 prefix: {err}") from None
-        return net.network_address if net.prefixlen == 32 else net
+            raise ValueError(f"{entry!r} is not an {family} prefix: {err}") from None
+        return net.network_address if net.prefixlen == net.max_prefixlen else net
     try:
-        return ipaddress.IPv4Address(entry)
+        return address(entry)
     except ValueError:
-        raise ValueError(f"{entry!r} is not an IPv4 address") from None
+        raise ValueError(f"{entry!r} is not an {family} address") from None
 
 
 @dataclass(frozen=True)
 class Allowlist:
     """Addresses and prefixes to keep; ``organizations`` maps a name to its entries as written."""
 
-    hosts: frozenset[ipaddress.IPv4Address] = frozenset()
-    prefixes: frozenset[ipaddress.IPv4Network] = frozenset()
+    hosts: frozenset[Address] = frozenset()
+    prefixes: frozenset[Network] = frozenset()
     organizations: dict[str, list[str]] = field(default_factory=dict)
 
     @classmethod
@@ -89,8 +100,8 @@ class Allowlist:
         """From address/prefix strings; ValueError names the first bad one."""
         parsed = [parse_entry(e) for e in entries]
         return cls(
-            frozenset(p for p in parsed if isinstance(p, ipaddress.IPv4Address)),
-            frozenset(p for p in parsed if isinstance(p, ipaddress.IPv4Network)),
+            frozenset(p for p in parsed if isinstance(p, Address)),
+            frozenset(p for p in parsed if isinstance(p, Network)),
             dict(organizations or {}),
         )
 
@@ -135,8 +146,10 @@ class Allowlist:
 
     @property
     def entries(self) -> list[str]:
-        """Hosts then prefixes, sorted: the flat list as the data plane sees it."""
-        return [str(h) for h in sorted(self.hosts)] + [str(p) for p in sorted(self.prefixes)]
+        """Hosts then prefixes, IPv4 first, sorted: the flat list as the data plane sees it."""
+        hosts = sorted(self.hosts, key=lambda a: (a.version, a))
+        prefixes = sorted(self.prefixes, key=lambda n: (n.version, n))
+        return [str(h) for h in hosts] + [str(p) for p in prefixes]
 
     def document(self) -> dict[str, Any]:
         """The seed's JSON format (what ``load`` reads)."""

@@ -31,6 +31,7 @@ from bpf.parse import (
     parse_flow,
     parse_vxlan,
 )
+from bpf.vxlan.allowlist import Address, Network
 
 _SOURCE = Path(__file__).with_name("vxlan.bpf.c").read_text()
 FRAME_MAX = int(re.search(r"#define VXLAN_FRAME_MAX\s+(\d+)", _SOURCE).group(1))
@@ -174,13 +175,13 @@ class Model:
     """The data plane with its maps, frame by frame; ``stats`` are the kernel's counters, summed."""
 
     config: Config = field(default_factory=Config)
-    hosts: set[ipaddress.IPv4Address] = field(default_factory=set)
-    prefixes: set[ipaddress.IPv4Network] = field(default_factory=set)
+    hosts: set[Address] = field(default_factory=set)  # IPv4 and IPv6
+    prefixes: set[Network] = field(default_factory=set)
     nat: dict[int, NatTarget] = field(default_factory=dict)
     egress: Egress = field(default_factory=Egress)
     stats: dict[str, int] = field(default_factory=dict)  # non-zero counters, ``Stats.counts()``
 
-    def allowed(self, ip: ipaddress.IPv4Address) -> bool:
+    def allowed(self, ip: Address) -> bool:
         return ip in self.hosts or any(ip in net for net in self.prefixes)
 
     def _flow_allowed(self, f: Flow) -> bool:
@@ -235,9 +236,14 @@ class Model:
         if inner.status not in ("PARSE_OK", "PARSE_NOT_IP"):
             return _drop(DropReason.MALFORMED, vxlan=True)
         f = inner.flow
-        if inner.status != "PARSE_OK" or f.l3_proto != ETH_P_IP or not self._flow_allowed(f):
+        if (
+            inner.status != "PARSE_OK"
+            or f.l3_proto not in (ETH_P_IP, ETH_P_IPV6)
+            or not self._flow_allowed(f)
+        ):
             return _drop(DropReason.NOT_ALLOWED, vxlan=True, inner=True)
-        nat, df = self._rewrite_ipv4(buf, f)
+        # NAT targets are IPv4: inner IPv6 leaves as it came, MACs aside.
+        nat, df = self._rewrite_ipv4(buf, f) if f.l3_proto == ETH_P_IP else (False, False)
         buf[0:6], buf[6:12] = self.egress.dst_mac, self.egress.src_mac
         done = {"vxlan": True, "inner": True, "nat": nat, "df_cleared": df}
         mode = self.config.mode

@@ -34,11 +34,12 @@ import bpf
 from bpf import BpfObject, Map, RingBuffer, TcDirection, XdpMode
 from bpf import netns as bpf_netns
 from bpf.attach import TcFilter, XdpLink, ifindex
-from bpf.vxlan.allowlist import Allowlist
+from bpf.vxlan.allowlist import Address, Allowlist, Network
 from bpf.vxlan.model import Config, DropReason, Egress, Mode, NatTarget
 
 SOURCE = Path(__file__).with_name("vxlan.bpf.c")
-PINNED_MAPS = ("allow_hosts", "allow_prefixes", "nat", "egress", "egress_dev", "stats", "frames")
+ALLOW_MAPS = {4: ("allow_hosts", "allow_prefixes"), 6: ("allow_hosts6", "allow_prefixes6")}
+PINNED_MAPS = (*ALLOW_MAPS[4], *ALLOW_MAPS[6], "nat", "egress", "egress_dev", "stats", "frames")
 _SIOCGIFHWADDR = 0x8927
 _COUNTERS = (
     "total",
@@ -242,43 +243,67 @@ class VxlanPipeline:
         """Make the maps hold exactly ``allowlist``: new entries first, then the stale ones go, so an
         entry in both the old and new lists is never missing in between.
         """
-        hosts, prefixes = self.obj.maps["allow_hosts"], self.obj.maps["allow_prefixes"]
-        for what, bpf_map, count in (
-            ("addresses", hosts, len(allowlist.hosts)),
-            ("prefixes", prefixes, len(allowlist.prefixes)),
-        ):
-            if count > bpf_map.max_entries:
-                raise ValueError(f"{count} {what} do not fit in {bpf_map.max_entries}: none loaded")
+        for version, (hosts_map, prefixes_map) in ALLOW_MAPS.items():
+            for what, name, count in (
+                (f"IPv{version} addresses", hosts_map, _of(allowlist.hosts, version)),
+                (f"IPv{version} prefixes", prefixes_map, _of(allowlist.prefixes, version)),
+            ):
+                size = self.obj.maps[name].max_entries
+                if len(count) > size:
+                    raise ValueError(f"{len(count)} {what} do not fit in {size}: none loaded")
         current = self.allowlist()
-        hosts.update_batch((h.packed, 1) for h in allowlist.hosts - current.hosts)
+        for version, (hosts_map, _) in ALLOW_MAPS.items():
+            new = _of(allowlist.hosts - current.hosts, version)
+            self.obj.maps[hosts_map].update_batch((self._host_key(h), 1) for h in new)
         for net in allowlist.prefixes - current.prefixes:
-            prefixes[self._prefix_key(net)] = 1
+            self._prefixes(net)[self._prefix_key(net)] = 1
         for host in current.hosts - allowlist.hosts:
-            hosts.delete(host.packed)
+            self._hosts(host).delete(self._host_key(host))
         for net in current.prefixes - allowlist.prefixes:
-            prefixes.delete(self._prefix_key(net))
+            self._prefixes(net).delete(self._prefix_key(net))
 
     def allowlist(self) -> Allowlist:
         """What the maps hold now (organizations are not kept in the kernel)."""
-        hosts = frozenset(ipaddress.IPv4Address(bytes(k)) for k in self._host_keys())
+        maps = self.obj.maps
+        hosts = frozenset(
+            [_addr(k) for k in maps["allow_hosts"]]
+            + [ipaddress.IPv6Address(bytes(k.bytes)) for k in maps["allow_hosts6"]]
+        )
         prefixes = frozenset(
-            ipaddress.IPv4Network((_addr(k.addr), k.prefixlen))
-            for k in self.obj.maps["allow_prefixes"]
+            [ipaddress.IPv4Network((_addr(k.addr), k.prefixlen)) for k in maps["allow_prefixes"]]
+            + [
+                ipaddress.IPv6Network((bytes(k.addr.bytes), k.prefixlen))
+                for k in maps["allow_prefixes6"]
+            ]
         )
         return Allowlist(hosts, prefixes)
 
     def clear_allowlist(self) -> None:
         """Drop every entry: from now on nothing is forwarded."""
-        self.obj.maps["allow_hosts"].clear()
-        self.obj.maps["allow_prefixes"].clear()
+        for names in ALLOW_MAPS.values():
+            for name in names:
+                self.obj.maps[name].clear()
 
-    def _host_keys(self) -> list[bytes]:
-        hosts = self.obj.maps["allow_hosts"]
-        return [_addr(k).packed for k in hosts]
+    def _hosts(self, host: Address) -> Map:
+        return self.obj.maps[ALLOW_MAPS[host.version][0]]
 
-    def _prefix_key(self, net: ipaddress.IPv4Network):
-        key = self.obj.maps["allow_prefixes"].key_type()
-        key.prefixlen, key.addr = net.prefixlen, _be32(net.network_address)
+    def _prefixes(self, net: Network) -> Map:
+        return self.obj.maps[ALLOW_MAPS[net.version][1]]
+
+    def _host_key(self, host: Address):
+        if host.version == 4:
+            return _be32(host)
+        key = self._hosts(host).key_type()
+        key.bytes[:] = host.packed
+        return key
+
+    def _prefix_key(self, net: Network):
+        key = self._prefixes(net).key_type()
+        key.prefixlen = net.prefixlen
+        if net.version == 4:
+            key.addr = _be32(net.network_address)
+        else:
+            key.addr.bytes[:] = net.network_address.packed
         return key
 
     # --- NAT ---
@@ -366,6 +391,10 @@ class VxlanPipeline:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _of(entries: frozenset, version: int) -> list:
+    return [e for e in entries if e.version == version]
 
 
 def _be32(addr: ipaddress.IPv4Address) -> int:

@@ -1,7 +1,8 @@
 // SPDX-License-Identifier: GPL-2.0
 /* The VXLAN pipeline for AWS VPC Traffic Mirroring: decapsulate mirrored frames arriving on the
- * mirror target interface (ens5), keep those whose inner IPv4 addresses are allowlisted, apply NAT,
- * clear DF, rewrite the MACs for the egress interface (ens6) and send the inner frame on:
+ * mirror target interface (ens5), keep those whose inner IPv4 or IPv6 addresses are allowlisted,
+ * apply NAT and clear DF (IPv4), rewrite the MACs for the egress interface (ens6) and send the inner
+ * frame on:
  *
  *	redirect  the XDP program on ens5 redirects through the one-slot DEVMAP `egress_dev`;
  *	tc        the TC program at ens5 ingress calls bpf_redirect() to `egress`.ifindex (any driver);
@@ -11,13 +12,14 @@
  * One datapath source serves both hooks through ctx.h: the TC program always redirects, `mode` only
  * chooses between the DEVMAP and the ring for the XDP program.
  *
- * What is ours: an outer IPv4/IPv6 packet, not a fragment, carrying UDP to port 4789. Anything else
+ * What is ours: an outer IPv4/IPv6 packet, not a fragment, carrying UDP to `vxlan_port`. Anything else
  * (ARP, SSH, DHCP, outer fragments, frames the outer parser refuses) passes to the stack untouched.
  * Everything wrong after that is dropped and counted: a truncated VXLAN header, flags other than
  * exactly the I bit, an inner frame the parser refuses (malformed); a VNI other than the filter's;
- * an inner frame that is not IPv4 or whose addresses miss the allowlist (not allowed).
+ * an inner frame that is not IP or whose addresses miss the allowlist (not allowed).
  *
- * NAT: TCP and UDP (not fragments) look their destination port up in `nat`; without a rule, and
+ * NAT rewrites to IPv4 targets, so it applies to inner IPv4 only; inner IPv6 leaves as it came,
+ * MACs aside. NAT: TCP and UDP (not fragments) look their destination port up in `nat`; without a rule, and
  * for every other inner packet, the default target applies if configured. Fragments of a datagram
  * must reach the same place and only the first carries the ports, so fragments, the first included,
  * take the default target alone. A target sets the destination address, and the destination port if
@@ -68,7 +70,7 @@ enum vxlan_match {
 enum vxlan_drop {
 	VXLAN_DROP_MALFORMED = 0,	/* UDP to the VXLAN port, but the VXLAN header or inner frame is bad */
 	VXLAN_DROP_VNI,			/* the VNI filter is on and this is another VNI */
-	VXLAN_DROP_NOT_ALLOWED,		/* inner frame not IPv4, or its addresses miss the allowlist */
+	VXLAN_DROP_NOT_ALLOWED,		/* inner frame not IP, or its addresses miss the allowlist */
 	VXLAN_DROP_RING_FULL,		/* ringbuf mode: no room in `frames` */
 	VXLAN_DROP_TOO_BIG,		/* ringbuf mode: longer than VXLAN_FRAME_MAX */
 	VXLAN_DROP_REDIRECT_FAILED,	/* no egress configured (DEVMAP slot empty, ifindex 0) */
@@ -111,6 +113,11 @@ struct vxlan_prefix {
 	__be32 addr;
 };
 
+struct vxlan_prefix6 {
+	__u32 prefixlen;
+	union flow_addr addr;
+};
+
 struct vxlan_egress {
 	__u8 src_mac[ETH_ALEN];		/* the egress interface's own MAC */
 	__u8 dst_mac[ETH_ALEN];		/* the next hop's */
@@ -141,6 +148,21 @@ struct {
 	__type(key, struct vxlan_prefix);
 	__type(value, __u8);
 } allow_prefixes SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 16384);
+	__type(key, union flow_addr);	/* IPv6 address, network order */
+	__type(value, __u8);
+} allow_hosts6 SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__uint(max_entries, 4096);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, struct vxlan_prefix6);
+	__type(value, __u8);
+} allow_prefixes6 SEC(".maps");
 
 /* An array over every port, not a hash: one inlined load instead of a ~25 ns hash lookup on every
  * forwarded packet, for 512 KiB.
@@ -203,8 +225,32 @@ static __always_inline bool addr_allowed(__be32 addr)
 	       bpf_map_lookup_elem(&allow_prefixes, &key);
 }
 
+static __always_inline bool addr6_allowed(const union flow_addr *addr)
+{
+	struct vxlan_prefix6 key = { .prefixlen = 128, .addr = *addr };
+
+	return bpf_map_lookup_elem(&allow_hosts6, addr) ||
+	       bpf_map_lookup_elem(&allow_prefixes6, &key);
+}
+
+static __always_inline bool flow6_allowed(const struct flow *f)
+{
+	switch (match_on) {
+	case VXLAN_MATCH_SRC:
+		return addr6_allowed(&f->saddr);
+	case VXLAN_MATCH_DST:
+		return addr6_allowed(&f->daddr);
+	default:
+		return addr6_allowed(&f->saddr) || addr6_allowed(&f->daddr);
+	}
+}
+
 static __always_inline bool flow_allowed(const struct flow *f)
 {
+	if (f->l3_proto == bpf_htons(ETH_P_IPV6))
+		return flow6_allowed(f);
+	if (f->l3_proto != bpf_htons(ETH_P_IP))
+		return false;
 	switch (match_on) {
 	case VXLAN_MATCH_SRC:
 		return addr_allowed(f->saddr.v4);
@@ -378,10 +424,11 @@ static __always_inline int vxlan_pipeline(struct pkt_ctx *ctx)
 	if (status != PARSE_OK && status != PARSE_NOT_IP)
 		return drop(ctx, st, VXLAN_DROP_MALFORMED);
 	st->inner++;
-	if (inner.l3_proto != bpf_htons(ETH_P_IP) || status != PARSE_OK || !flow_allowed(&inner))
+	if (status != PARSE_OK || !flow_allowed(&inner))
 		return drop(ctx, st, VXLAN_DROP_NOT_ALLOWED);
 
-	rewrite_ipv4(&c, &inner, st);
+	if (inner.l3_proto == bpf_htons(ETH_P_IP))
+		rewrite_ipv4(&c, &inner, st);
 
 	out = bpf_map_lookup_elem(&egress, &zero);
 	eth = cursor_ptr(&c, 0, sizeof(*eth));

@@ -48,7 +48,7 @@ HARNESS = Path(sys.executable).with_name("harness")
 MIRROR_MAC, DUT_MAC = "02:00:00:00:02:01", "02:00:00:00:02:02"
 EGRESS_MAC, COLLECTOR_MAC = "02:00:00:00:03:01", "02:00:00:00:03:02"
 VNI = 42
-ALLOWED = ["10.0.0.1", "172.16.0.0/24"]
+ALLOWED = ["10.0.0.1", "172.16.0.0/24", "2001:db8:9::/48"]
 INNER = {"eth_src": "02:00:00:00:2a:01", "eth_dst": "02:00:00:00:2a:02"}
 OUTER = {
     "vni": VNI,
@@ -151,8 +151,9 @@ def model_for(
 
 
 def crafted() -> list[bytes]:
-    """Mirrored frames of every outcome: forwarded (UDP, TCP with DF, ICMP, a NAT rule's port),
-    dropped (address not allowed, another VNI, inner IPv6), and a large one near the MTU."""
+    """Mirrored frames of every outcome: forwarded (UDP, TCP with DF, ICMP, a NAT rule's port,
+    IPv6), dropped (address not allowed, IPv4 or IPv6; another VNI), and a large one near the
+    MTU."""
     frames = [
         templates.vxlan(
             templates.udp4(src="10.0.0.1", dst="192.0.2.7", dport=53, **INNER), **OUTER
@@ -161,6 +162,9 @@ def crafted() -> list[bytes]:
         templates.vxlan(templates.udp4(src="203.0.113.5", dst="198.51.100.1", **INNER), **OUTER),
         templates.vxlan(templates.udp4(src="10.0.0.1", **INNER), **{**OUTER, "vni": VNI + 1}),
         templates.vxlan(templates.udp6(**INNER), **OUTER),
+        templates.vxlan(
+            templates.tcp6(src="fd00::7", dst="2001:db8:9::80", payload=b"six", **INNER), **OUTER
+        ),
         templates.vxlan(
             templates.udp4(src="172.16.0.9", dst="10.9.9.9", payload=bytes(3000), **INNER), **OUTER
         ),
@@ -245,14 +249,15 @@ def test_mirrored_traffic_arrives_as_the_model_predicts(mirror, tmp_path):
     model = model_for(mirror, "redirect", nat)
     expected = [out.frame for out in map(model.feed, inputs) if out.verdict is Verdict.FORWARD]
     assert len(inputs) == 4 + len(crafted()), f"{len(inputs)} frames left the mirror"
-    assert len(expected) == 8, "the inputs should give 4 kernel and 4 crafted forwarded frames"
+    assert len(expected) == 9, "the inputs should give 4 kernel and 5 crafted forwarded frames"
     assert_same(expected, received)
     assert stats["counters"] == model.stats and stats["balanced"], (stats, model.stats)
     assert (returned, ens5_sent) == ([], 0), "a frame went back out of the mirror target"
     verdicts = checksum_verdicts(received, tmp_path / "collector.pcap")
     assert len(verdicts) == len(received)
-    for number, (ip, udp, tcp) in enumerate(verdicts, 1):
-        assert ip == "1" and udp in ("", "1") and tcp in ("", "1"), (
+    for number, ((ip, udp, tcp), frame) in enumerate(zip(verdicts, received, strict=True), 1):
+        ipv4 = Ether(frame).haslayer(IP)  # IPv6 has no header checksum: tshark says nothing
+        assert ip == ("1" if ipv4 else "") and udp in ("", "1") and tcp in ("", "1"), (
             f"frame {number}: tshark's checksum verdicts ip={ip} udp={udp} tcp={tcp} (1 good)"
         )
     assert any(Ether(f)[IP].dst == "10.2.0.2" for f in received), "no frame was NATed"

@@ -23,7 +23,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from scapy.layers.dhcp import BOOTP, DHCP
 from scapy.layers.inet import ICMP, IP, TCP, UDP, in4_chksum
-from scapy.layers.inet6 import IPv6
+from scapy.layers.inet6 import ICMPv6EchoRequest, IPv6, IPv6ExtHdrFragment
 from scapy.layers.l2 import ARP, Dot1Q, Ether
 from scapy.layers.ppp import PPP, PPPoE
 from scapy.layers.vxlan import VXLAN
@@ -49,7 +49,14 @@ from injector import malformed, templates
 
 EGRESS_SRC, NEXT_HOP = "02:00:00:00:03:01", "02:00:00:00:03:02"
 MACS = {"src": "02:00:00:00:01:01", "dst": "02:00:00:00:01:02"}  # never let scapy ARP for a MAC
-ALLOWED = ["10.0.0.1", "10.0.0.2", "172.16.0.0/12", "192.168.7.0/24"]
+ALLOWED = [
+    "10.0.0.1",
+    "10.0.0.2",
+    "172.16.0.0/12",
+    "192.168.7.0/24",
+    "2001:db8:1::1",
+    "2001:db8:2::/48",
+]
 DENIED = "203.0.113.9"
 HOOKS = {
     "xdp": Config(mode=Mode.REDIRECT),
@@ -392,13 +399,49 @@ def test_allowlist_changes_apply_to_the_next_frame(pair):
     "inner",
     [
         Ether(**MACS) / IPv6(src="fd00::1", dst="fd00::2") / UDP(),
+        Ether(**MACS) / IPv6(src="2001:db8:3::1", dst="2001:db8:1::2") / TCP(dport=80),
         Ether(src=MACS["src"], dst="ff:ff:ff:ff:ff:ff") / ARP(psrc="10.0.0.1", pdst="10.0.0.2"),
     ],
-    ids=["ipv6", "arp"],
+    ids=["ipv6", "ipv6-near-misses", "arp"],
 )
-def test_inner_not_ipv4_is_not_allowed(pair, inner):
+def test_inner_not_allowlisted_or_not_ip_is_not_allowed(pair, inner):
     want, _ = pair.check(vxlan(inner))
-    assert want.reason is DropReason.NOT_ALLOWED, "the allowlist holds IPv4 addresses only"
+    assert want.reason is DropReason.NOT_ALLOWED
+
+
+@pytest.mark.parametrize(
+    "inner",
+    [
+        Ether(**MACS) / IPv6(src="2001:db8:1::1", dst="fd00::2") / TCP(dport=80, flags="PA"),
+        Ether(**MACS) / IPv6(src="fd00::9", dst="2001:db8:2:ffff::7") / UDP(dport=53) / Raw(b"q"),
+        Ether(**MACS) / IPv6(src="2001:db8:2::1", dst="fd00::2") / ICMPv6EchoRequest(),
+        Ether(**MACS)
+        / IPv6(src="2001:db8:1::1", dst="fd00::2")
+        / IPv6ExtHdrFragment(offset=0, m=1)
+        / UDP(dport=53),
+    ],
+    ids=["tcp", "udp", "icmpv6", "fragment"],
+)
+def test_inner_ipv6_allowlisted_is_forwarded_without_nat(pair, inner):
+    """Inner IPv6 to or from the allowlist leaves as it came, MACs aside: NAT rules and the default
+    target are IPv4, and IPv6 has no DF."""
+    pair.add_nat(80, "10.2.0.2", 8080)
+    pair.add_nat(53, "10.2.0.3")
+    want, out = pair.check(vxlan(inner))
+    assert want.verdict is Verdict.FORWARD and not want.nat
+    assert out is not None and out[12:] == bytes(inner)[12:], "only the MACs change"
+    assert pair.vx.stats().nat == 0
+
+
+@pytest.mark.parametrize("match", list(Match), ids=lambda m: m.value)
+def test_inner_ipv6_match_src_dst_either(match):
+    with VxlanPipeline(Config(match=match)) as vx:
+        pair = Pair(vx)
+        listed, other = "2001:db8:1::1", "fd00::5"
+        for src, dst in ((listed, other), (other, listed)):
+            want, _ = pair.check(vxlan(Ether(**MACS) / IPv6(src=src, dst=dst) / UDP(dport=53)))
+            expected = match is Match.EITHER or (match is Match.SRC) == (src == listed)
+            assert (want.verdict is Verdict.FORWARD) == expected, (match, src, dst)
 
 
 def test_inner_under_vlan_and_pppoe(pair):
@@ -547,6 +590,7 @@ def test_ringbuf_batches_and_sizes():
 # --- hypothesis -------------------------------------------------------------------------------------
 
 ADDRESSES = ["10.0.0.1", "10.0.0.2", "172.31.0.5", "192.168.7.1", DENIED, "10.0.0.3", "0.0.0.0"]
+ADDRESSES6 = ["2001:db8:1::1", "2001:db8:2::9", "2001:db8:1::2", "2001:db8:3::1", "fd00::1", "::"]
 
 
 @st.composite
@@ -573,7 +617,9 @@ def inner_frames(draw) -> bytes:
         l3 = ip / Raw(draw(st.binary(max_size=20)))
         l3.proto = 47
     elif kind == "ipv6":
-        l3 = IPv6() / UDP(dport=dport) / payload
+        src6, dst6 = draw(st.sampled_from(ADDRESSES6)), draw(st.sampled_from(ADDRESSES6))
+        l4 = draw(st.sampled_from([TCP(dport=dport), UDP(dport=dport), ICMPv6EchoRequest()]))
+        l3 = IPv6(src=src6, dst=dst6) / l4 / payload
     elif kind == "arp":
         l3 = ARP(psrc=src, pdst=dst)
     else:
@@ -623,8 +669,8 @@ def test_hypothesis_kernel_is_the_model(shared_pair, frame):
 
 
 def allowed(addr: str) -> bool:
-    ip = ipaddress.IPv4Address(addr)
-    return any(ip in ipaddress.IPv4Network(entry) for entry in ALLOWED)
+    ip = ipaddress.ip_address(addr)
+    return any(ip in ipaddress.ip_network(entry) for entry in ALLOWED)
 
 
 @settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -650,8 +696,8 @@ def test_hypothesis_nothing_unlisted_is_forwarded(shared_pair, frame):
         sent = [run.packet]
     shared_pair.model.feed(frame)
     for out in sent:
-        ip = Ether(out).getlayer(IP)
-        assert ip is not None, f"forwarded a frame that is not IPv4: {out.hex()}"
+        ip = Ether(out).getlayer(IP) or Ether(out).getlayer(IPv6)
+        assert ip is not None, f"forwarded a frame that is not IP: {out.hex()}"
         assert allowed(ip.src) or allowed(ip.dst), (
             f"forwarded {ip.src} -> {ip.dst}, neither allowlisted; frame {frame.hex()}"
         )
@@ -687,13 +733,14 @@ def test_allowlist_file_errors_name_their_place_and_change_nothing(tmp_path, pai
     before = pair.vx.allowlist()
     text = (
         '{\n "version": 1,\n "total_ips": 4,\n "organizations": {},\n "flat_ip_list": [\n'
-        '  "10.0.0.1",\n  "10.0.0.300",\n  "10.0.0.1/8",\n  "fd00::1"\n ]\n}\n'
+        '  "10.0.0.1",\n  "10.0.0.300",\n  "10.0.0.1/8",\n  "fd00::1::2"\n ]\n}\n'
     )
     with pytest.raises(AllowlistError) as err:
         Allowlist.load(write(tmp_path, text))
     message = str(err.value)
     assert ":7:3: flat_ip_list[1]: '10.0.0.300'" in message
-    assert ":8:3: flat_ip_list[2]" in message and ":9:3: flat_ip_list[3]" in message
+    assert ":8:3: flat_ip_list[2]" in message
+    assert ":9:3: flat_ip_list[3]: 'fd00::1::2' is not an IPv6 address" in message
     assert "nothing loaded" in message
     assert pair.vx.allowlist() == before
     for doc, what in (
@@ -729,7 +776,10 @@ def test_pins_for_other_processes():
     with VxlanPipeline(Config(mode=Mode.RINGBUF)) as vx:
         directory = vx.pin(f"unit-{os.getpid()}")
         assert sorted(p.name for p in directory.iterdir()) == sorted(
-            ["allow_hosts", "allow_prefixes", "nat", "egress", "egress_dev", "stats", "frames"]
+            [
+                *("allow_hosts", "allow_prefixes", "allow_hosts6", "allow_prefixes6"),
+                *("nat", "egress", "egress_dev", "stats", "frames"),
+            ]
         )
     assert not directory.exists(), "closing unpins"
 
