@@ -22,6 +22,14 @@ from bpf.toeplitz import MICROSOFT_KEY, toeplitz_hash
 
 RETA_SIZE = 128  # RETA_SIZE of softrss.bpf.c
 MAX_BUCKETS = RETA_SIZE
+FLOW_CACHE_BITS = 10  # FLOW_CACHE_BITS of softrss.bpf.c
+_CACHE_MULTIPLIERS = (
+    0x9E3779B97F4A7C15,
+    0xC2B2AE3D27D4EB4F,
+    0x165667B19E3779F9,
+    0xD6E8FEB86659FD93,
+    0xFF51AFD7ED558CCD,
+)
 
 
 class HashKind(enum.Enum):
@@ -141,6 +149,17 @@ class ParsedFlow:
             self.dport if ports else 0,
             self.l4_proto,
         )
+
+
+def cache_set(key: FlowKey) -> int:
+    """The first of the two slots ``key`` may take in a CPU's region of the flow cache: the data
+    plane's cache_index(). The cache is invisible in the counts; tests use this to make flows
+    share a set."""
+    tail = key.sport.to_bytes(2, "big") + key.dport.to_bytes(2, "big") + bytes([key.proto, 0, 0, 0])
+    raw = key.src.packed + key.dst.packed + tail
+    words = [int.from_bytes(raw[i : i + 8], "little") for i in range(0, len(raw), 8)]
+    h = sum(w * k for w, k in zip(words, _CACHE_MULTIPLIERS, strict=False)) % (1 << 64)
+    return h >> (64 - FLOW_CACHE_BITS) & ~1
 
 
 @dataclass(frozen=True)

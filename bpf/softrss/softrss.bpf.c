@@ -27,7 +27,8 @@
 #define RETA_SIZE		128	/* what `ethtool -x` shows on most NICs */
 #define SOFTRSS_MAX_BUCKETS	RETA_SIZE
 #define FLOW_CACHE_BITS		10
-#define FLOW_CACHE_SLOTS	(1 << FLOW_CACHE_BITS)	/* per CPU */
+#define FLOW_CACHE_SLOTS	(1 << FLOW_CACHE_BITS)	/* per CPU, in sets of two */
+#define FLOW_CACHE_FLUSH	4	/* jiffies between a cached flow's flushes */
 
 enum softrss_hash {
 	SOFTRSS_HASH_TOEPLITZ = 0,
@@ -470,9 +471,20 @@ static __always_inline __u32 cache_index(const union softrss_flow_key *key, __u8
 		h += w[2] * 0x165667b19e3779f9ULL + w[3] * 0xd6e8feb86659fd93ULL +
 		     w[4] * 0xff51afd7ed558ccdULL;
 	/* Each CPU has its own FLOW_CACHE_SLOTS: a plain array indexed by CPU is one load away,
-	 * where a PERCPU_ARRAY reads a pointer first.
+	 * where a PERCPU_ARRAY reads a pointer first. A flow may sit in either slot of its set.
 	 */
-	return bpf_get_smp_processor_id() * FLOW_CACHE_SLOTS + (h >> (64 - FLOW_CACHE_BITS));
+	return bpf_get_smp_processor_id() * FLOW_CACHE_SLOTS + (h >> (64 - FLOW_CACHE_BITS) & ~1);
+}
+
+/* Which slot of a set a new flow takes: an empty one, else the one flushed longest ago. */
+static __always_inline bool older(const struct softrss_cached_flow *a,
+				  const struct softrss_cached_flow *b)
+{
+	__u16 now = bpf_jiffies64();
+
+	if (!a->ip_version || !b->ip_version)
+		return !a->ip_version;
+	return (__u16)(now - a->jiffies) > (__u16)(now - b->jiffies);
 }
 
 /* Count the frame in its flow, through its cache @slot (@hit: the slot holds the flow); true if the
@@ -488,8 +500,8 @@ static __always_inline bool track_flow(struct softrss_cached_flow *slot, bool hi
 	if (hit) {
 		slot->packets++;
 		slot->bytes += len;
-		if (slot->jiffies != (__u16)jiffies || slot->packets >= slot->packets_left ||
-		    slot->bytes >= slot->bytes_left)
+		if ((__u16)((__u16)jiffies - slot->jiffies) >= FLOW_CACHE_FLUSH ||
+		    slot->packets >= slot->packets_left || slot->bytes >= slot->bytes_left)
 			flush(slot, bucket, jiffies);
 		return false;	/* a flush that re-creates the entry counts it itself */
 	}
@@ -509,7 +521,7 @@ static __always_inline bool track_flow(struct softrss_cached_flow *slot, bool hi
 SEC("xdp")
 int softrss_xdp(struct xdp_md *ctx)
 {
-	struct softrss_cached_flow *cached;
+	struct softrss_cached_flow *cached, *other;
 	union softrss_flow_key key;
 	struct softrss_bucket *b;
 	struct softrss_misses *m;
@@ -540,6 +552,15 @@ int softrss_xdp(struct xdp_md *ctx)
 	if (!cached)
 		return XDP_PASS;	/* cannot happen: the index is in range */
 	hit = same_flow(cached, &key, ip_version);
+	if (!hit) {
+		slot |= 1;
+		other = bpf_map_lookup_elem(&flow_cache, &slot);
+		if (other) {
+			hit = same_flow(other, &key, ip_version);
+			if (hit || older(other, cached))
+				cached = other;
+		}
+	}
 	hash = hit ? cached->hash : flow_hash(&f, ports);
 	slot = hash & (RETA_SIZE - 1);
 	bucket_p = bpf_map_lookup_elem(&reta, &slot);

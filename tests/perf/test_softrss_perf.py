@@ -22,6 +22,7 @@ from pyroute2 import IPRoute
 
 import bpf
 from bpf import XdpMode
+from bpf.attach import ifindex
 from bpf.netns import entered
 from bpf.softrss import Action, Config, HashKind, SoftRss
 from harness.counters import delta, interface_stats
@@ -116,6 +117,23 @@ def _zero_loss_mpps(sender: XdpSender, injector: str, packets: int, totals: Coun
     raise AssertionError(f"no zero-loss rate down to {rate:,.0f} pps: the receiver is stalled")
 
 
+@contextlib.contextmanager
+def _bare_fanout(names: list[str], dut: str, mode: XdpMode):
+    """``xdp_fanout_devmap`` on ens5 spreading frames over ``names`` (sinks behind them): the
+    redirect and the second interface the ``ifaces`` action pays, without soft RSS's own work."""
+    with contextlib.ExitStack() as stack:
+        for name in names:
+            stack.enter_context(Sink(f"{name}p", dut))
+        obj = stack.enter_context(bpf.BpfObject.open(SELFTEST / "redirect.bpf.c"))
+        obj.rodata["fanout_ports"] = len(names)
+        obj.load()
+        with entered(dut):  # a DEVMAP resolves the ifindex in the writer's netns
+            for port, name in enumerate(names):
+                obj.maps["fanout_devs"][port] = ifindex(name)
+        stack.enter_context(obj.programs["xdp_fanout_devmap"].attach_xdp("ens5", mode, dut))
+        yield
+
+
 @pytest.mark.parametrize("mode", [XdpMode.NATIVE, XdpMode.GENERIC], ids=lambda m: m.name.lower())
 def test_zero_loss_throughput(benchmark, two_host, trivial, quick, mode):
     injector, dut = two_host
@@ -134,6 +152,10 @@ def test_zero_loss_throughput(benchmark, two_host, trivial, quick, mode):
     with XdpSender(spec.resolve(), "veth0", injector) as sender:
         with trivial.object.programs["xdp_drop"].attach_xdp("ens5", mode, dut):
             baseline = sample(
+                lambda: _zero_loss_mpps(sender, injector, packets, Counter()), "Mpps", repeats
+            )
+        with _bare_fanout(names, dut, mode):
+            fanout = sample(
                 lambda: _zero_loss_mpps(sender, injector, packets, Counter()), "Mpps", repeats
             )
         with contextlib.ExitStack() as stack:
@@ -157,11 +179,19 @@ def test_zero_loss_throughput(benchmark, two_host, trivial, quick, mode):
     name = f"softrss ifaces {mode.name.lower()} zero-loss"
     result = Comparison(name, subject, baseline, f"xdp_drop {mode.name.lower()}")
     added_ns = 1e3 / subject.median - 1e3 / baseline.median
-    benchmark.extra_info.update(result.as_dict(), added_ns_per_frame=added_ns)
+    of_fanout = subject.median / fanout.median
+    benchmark.extra_info.update(
+        result.as_dict(),
+        added_ns_per_frame=added_ns,
+        fanout_mpps=fanout.median,
+        of_fanout=of_fanout,
+    )
     print(result.result_line())
     print(
         f"{name}: {subject.median:.2f} Mpps against {baseline.median:.2f} Mpps bare "
-        f"({result.ratio:.0%}, aim {THROUGHPUT_AIM:.0%}); the receiver adds {added_ns:.0f} ns/frame"
+        f"({result.ratio:.0%}, aim {THROUGHPUT_AIM:.0%}); the receiver adds {added_ns:.0f} ns/frame. "
+        f"A bare fan-out to the same {BUCKETS} interfaces: {fanout.median:.2f} Mpps "
+        f"({fanout.median / baseline.median:.0%} of xdp_drop); soft RSS is {of_fanout:.0%} of it"
     )
     if mode is XdpMode.NATIVE and not quick:  # smoke samples are too small to judge by
         assert result.ratio >= THROUGHPUT_AIM / 2, (

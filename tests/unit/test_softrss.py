@@ -28,7 +28,7 @@ from scapy.packet import Raw
 import bpf
 from bpf.libbpf import TestRunOpts, lib
 from bpf.softrss import Action, Config, HashKind, SoftRss, equal_reta
-from bpf.softrss.model import Model, bucket_of, flow_hash, parse
+from bpf.softrss.model import Model, bucket_of, cache_set, flow_hash, parse
 from bpf.softrss.softrss import CLOCK_MONOTONIC_COARSE
 from bpf.toeplitz import MICROSOFT_KEY, MICROSOFT_VECTORS, SYMMETRIC_KEY
 from injector import malformed, templates
@@ -330,42 +330,56 @@ def test_bucket_counters_equal_the_model_over_many_flows(pair):
     assert abs(sum(b.share for b in report.buckets) - 1) < 1e-9
 
 
-def _colliding_frames(config: Config, slots: int) -> tuple[bytes, bytes]:
-    """Two UDP flows whose hashes pick the same slot of the per-CPU flow cache."""
-    seen: dict[int, bytes] = {}
+def _same_set_frames(count: int) -> list[bytes]:
+    """``count`` UDP flows whose keys pick the same set of the per-CPU flow cache."""
+    by_set: dict[int, list[bytes]] = {}
     for sport in range(1024, 65536):
         frame = bytes(templates.udp4(sport=sport))
-        slot = flow_hash(parse(frame).flow, config) % slots
-        if slot in seen:
-            return seen[slot], frame
-        seen[slot] = frame
-    raise AssertionError("no two flows share a cache slot")
+        found = by_set.setdefault(cache_set(parse(frame).flow.key()), [])
+        found.append(frame)
+        if len(found) == count:
+            return found
+    raise AssertionError(f"no {count} flows share a cache set")
+
+
+@pytest.fixture
+def on_cpu0():
+    """test_run runs the program on the caller's CPU: keep it on CPU 0's region of the cache."""
+    before = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, {0})
+    yield
+    os.sched_setaffinity(0, before)
 
 
 @pytest.mark.parametrize("threshold", [0, 7])
-def test_flows_sharing_a_cache_slot_are_counted_exactly(threshold):
-    """The per-CPU flow cache holds one flow a slot: flows taking a slot in turn, runs of one flow
-    counted in the slot, and a flush at the next jiffy must all add up to the model's counts, each
-    flow new once and announced once."""
+def test_flows_sharing_a_cache_set_are_counted_exactly(on_cpu0, threshold):
+    """The per-CPU flow cache holds two flows a set: three flows taking a set in turn, runs of one
+    flow counted in its slot, and a flush a few jiffies later must all add up to the model's counts,
+    each flow new once and announced once."""
     config = Config(buckets=4, threshold_packets=threshold)
     model = Model(config)
+    a, b, c = _same_set_frames(3)
+    keys = [parse(f).flow.key() for f in (a, b, c)]
     with SoftRss(config) as rss:
-        a, b = _colliding_frames(config, rss.obj.maps["flow_cache"].max_entries)
-        for frame in [a, a, b, a, b, b, b, a, *[a] * 10]:
+        cache = rss.obj.maps["flow_cache"]
+        for frame in [a, a, b, b]:
             run(rss, frame)
             model.feed(frame)
-        shared = rss.obj.maps["flows4"].lookup(rss._kernel_key(parse(a).flow.key()))
-        assert shared.packets < model.flows[parse(a).flow.key()].packets, (
-            "the last run of the flow should still be in the cache, not in the shared entry"
-        )
-        expected = {k: (c.packets, c.bytes) for k, c in model.flows.items()}
+        first = cache_set(keys[0])
+        held = {rss._slot_key(cache[first + i]) for i in (0, 1)}
+        assert held == set(keys[:2]), "a and b should fill their set, one slot each"
+        for frame in [c, a, c, b, c, c, a, *[a] * 10]:
+            run(rss, frame)
+            model.feed(frame)
+        expected = {k: (n.packets, n.bytes) for k, n in model.flows.items()}
         assert {f.key: (f.packets, f.bytes) for f in rss.flows()} == expected
-        time.sleep(0.01)  # a jiffy passes: the next packet flushes the slot
-        run(rss, b)
-        model.feed(b)
-        expected = {k: (c.packets, c.bytes) for k, c in model.flows.items()}
+        time.sleep(0.05)  # jiffies pass: the next packet flushes its slot
+        for frame in (a, b):
+            run(rss, frame)
+            model.feed(frame)
+        expected = {k: (n.packets, n.bytes) for k, n in model.flows.items()}
         assert {f.key: (f.packets, f.bytes) for f in rss.flows()} == expected
-        assert rss.flow(parse(b).flow.key()).packets == expected[parse(b).flow.key()][0]
+        assert rss.flow(keys[0]).packets == expected[keys[0]][0]
         got = [(x.packets, x.flows) for x in rss.bucket_stats().buckets]
         assert got == [(x.packets, x.flows) for x in model.buckets]
         assert [e.key for e in rss.elephants()] == model.elephants
