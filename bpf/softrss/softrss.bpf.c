@@ -85,10 +85,10 @@ struct softrss_flow {
 	__u64 packets;
 	__u64 bytes;
 	__u64 first_seen_ns;	/* CLOCK_MONOTONIC_COARSE: a jiffy's resolution */
-	__u64 last_seen_ns;
+	__u64 last_seen_ns;	/* as of the flow's last flush from a cache slot: up to 4 jiffies old */
 	/* The jiffy of last_seen_ns. Reading jiffies is one load (the verifier inlines it), a clock
-	 * read is a helper call (~11 ns): the clock is read only when a flow's packet is the first it
-	 * has in a new jiffy, and the coarse clock does not move between jiffies anyway.
+	 * read is a helper call (~11 ns): the clock is read only when a flush is the first in a new
+	 * jiffy, and the coarse clock does not move between jiffies anyway.
 	 */
 	__u64 last_seen_jiffies;
 	__u32 hash;
@@ -115,13 +115,14 @@ struct softrss_elephant {
 
 /* The per-CPU flow cache: a flow's hash, and its packets counted on this CPU and not yet added to
  * its shared entry. A lookup in the shared table costs ~25 ns whatever the key, and Toeplitz 12
- * table lookups (IPv4) to 36 (IPv6): most of soft RSS's budget. A slot is found by a few multiplies
- * of the key (an array index, inlined), and a packet of the slot's flow takes its hash from the slot
- * and only counts into it. The slot is flushed into the shared entry (atomic adds, last seen, the
- * elephant check) at its first packet in each new jiffy, when the counts seen from here cross the
- * elephant threshold, and when another flow takes the slot. A flow taking the slot is counted in
- * the shared table directly, so two flows fighting over a slot cost what they would without the
- * cache. Readers add the slots' counts to the shared entries.
+ * table lookups (IPv4) to 36 (IPv6): most of soft RSS's budget. A set of two slots is found by a
+ * few multiplies of the key (an array index, inlined), and a packet of a slot's flow takes its hash
+ * from the slot and only counts into it. The slot is flushed into the shared entry (atomic adds,
+ * last seen, the elephant check) at its first packet FLOW_CACHE_FLUSH jiffies after the last flush,
+ * when the counts seen from here cross the elephant threshold, and when another flow takes the
+ * slot: an empty one, else the one flushed longest ago. A flow taking a slot is counted in the
+ * shared table directly, so flows fighting over a set cost what they would without the cache.
+ * Readers add the slots' counts to the shared entries.
  */
 struct softrss_cached_flow {
 	union softrss_flow_key key;

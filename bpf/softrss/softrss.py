@@ -97,7 +97,7 @@ class Flow:
     packets: int
     bytes: int
     first_seen_ns: int  # CLOCK_MONOTONIC_COARSE
-    last_seen_ns: int
+    last_seen_ns: int  # up to 4 jiffies (16 ms at HZ=250) before the last packet: see the cache
     elephant: bool  # its event went out
 
 
