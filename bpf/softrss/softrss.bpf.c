@@ -48,6 +48,7 @@ const volatile enum softrss_action action = SOFTRSS_ACTION_COUNT;
 const volatile __u32 jhash_initval = 0;
 const volatile __u64 threshold_packets = 100;	/* 0: packets never make an elephant */
 const volatile __u64 threshold_bytes = 0;	/* 0: bytes never make an elephant */
+const volatile __u32 n_cpus = 1;		/* possible CPUs: each may hold counts in its cache */
 
 /* Flow keys: addresses and ports in network order, as on the wire; ports are 0 for fragments and
  * protocols without ports, which hash on addresses only. IPv4 and IPv6 flows live in two tables:
@@ -119,8 +120,8 @@ struct softrss_elephant {
  * few multiplies of the key (an array index, inlined), and a packet of a slot's flow takes its hash
  * from the slot and only counts into it. The slot is flushed into the shared entry (atomic adds,
  * last seen, the elephant check) at its first packet FLOW_CACHE_FLUSH jiffies after the last flush,
- * when the counts seen from here cross the elephant threshold, and when another flow takes the
- * slot: an empty one, else the one flushed longest ago. A flow taking a slot is counted in the
+ * when it holds this CPU's share of what is left to the elephant threshold (cpu_share()), and when
+ * another flow takes the slot: an empty one, else the one flushed longest ago. A flow taking a slot is counted in the
  * shared table directly, so flows fighting over a set cost what they would without the cache.
  * Readers add the slots' counts to the shared entries.
  */
@@ -128,7 +129,7 @@ struct softrss_cached_flow {
 	union softrss_flow_key key;
 	__u32 packets;		/* since the last flush: at most a jiffy's worth */
 	__u32 bytes;
-	__u32 packets_left;	/* to the elephant threshold, as of the last flush (~0: never) */
+	__u32 packets_left;	/* to count here before a flush: cpu_share() (~0: never) */
 	__u32 bytes_left;
 	__u32 hash;
 	__u16 jiffies;		/* of the last flush, low bits: a wrap delays a flush a jiffy */
@@ -326,14 +327,21 @@ static __always_inline bool elephant(__u64 packets, __u64 bytes)
 	       (threshold_bytes && bytes >= threshold_bytes);
 }
 
-/* What @count may still grow by before it reaches @threshold (0: off), capped to a __u32. */
-static __always_inline __u32 left(__u64 threshold, __u64 count)
+/* How much a CPU may count in a cache slot before it flushes, when the shared entry holds @count
+ * towards @threshold (0: off): its share of what is left, at least 1, capped to a __u32. Near the
+ * threshold every packet flushes, so a flow seen by one CPU is announced exactly at it; a flow seen
+ * by several may be announced late by what the other CPUs still hold, less than their shares.
+ */
+static __always_inline __u32 cpu_share(__u64 threshold, __u64 count)
 {
+	__u64 share;
+
 	if (!threshold)
 		return ~0U;
 	if (count >= threshold)
 		return 0;
-	return threshold - count > ~0U ? ~0U : threshold - count;
+	share = (threshold - count + n_cpus - 1) / n_cpus;
+	return share > ~0U ? ~0U : share;
 }
 
 /* Add @packets and @bytes to the shared entry of the flow @key in @table (flows4 or flows6),
@@ -363,8 +371,8 @@ static __always_inline bool add_to_table(void *table, const union softrss_flow_k
 			m = misses_here();
 			if (m)
 				m->untracked += packets;
-			slot->packets_left = left(threshold_packets, 0);
-			slot->bytes_left = left(threshold_bytes, 0);
+			slot->packets_left = cpu_share(threshold_packets, 0);
+			slot->bytes_left = cpu_share(threshold_bytes, 0);
 			return created;
 		}
 	}
@@ -383,8 +391,8 @@ static __always_inline bool add_to_table(void *table, const union softrss_flow_k
 	/* An announced flow never flushes early again; a failed announcement (ring full) leaves
 	 * nothing left, so the next packet retries.
 	 */
-	slot->packets_left = fl->announced ? ~0U : left(threshold_packets, total_packets);
-	slot->bytes_left = fl->announced ? ~0U : left(threshold_bytes, total_bytes);
+	slot->packets_left = fl->announced ? ~0U : cpu_share(threshold_packets, total_packets);
+	slot->bytes_left = fl->announced ? ~0U : cpu_share(threshold_bytes, total_bytes);
 	return created;
 }
 

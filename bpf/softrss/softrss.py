@@ -137,6 +137,7 @@ class SoftRss:
         obj.rodata["jhash_initval"] = c.jhash_initval
         obj.rodata["threshold_packets"] = c.threshold_packets
         obj.rodata["threshold_bytes"] = c.threshold_bytes
+        obj.rodata["n_cpus"] = POSSIBLE_CPUS
         for table in FLOW_TABLES:
             obj.maps[table].max_entries = c.max_flows
         obj.maps["flow_cache"].max_entries *= POSSIBLE_CPUS  # one region of slots per CPU
