@@ -415,6 +415,28 @@ def test_elephant_by_bytes():
         assert (event.packets, event.bytes) == (10, len(frame) * 10)
 
 
+@pytest.mark.skipif(os.cpu_count() < 2, reason="needs two CPUs")
+@pytest.mark.parametrize("by", ["packets", "bytes"])
+def test_elephant_crossing_on_another_cpu_is_announced_at_the_threshold(by):
+    """9 packets on CPU 0, then 5 on CPU 1: CPU 0 flushes as it nears the threshold, so the 10th
+    packet, on CPU 1, crosses it and is announced, though CPU 1 has seen one packet."""
+    frame = CRAFTED["tcp4"]
+    limit = {"threshold_packets": 10} if by == "packets" else {"threshold_bytes": len(frame) * 10}
+    config = Config(buckets=2, **{"threshold_packets": 0, **limit})
+    before = os.sched_getaffinity(0)
+    with SoftRss(config) as rss:
+        try:
+            for cpu, repeat in ((0, 9), (1, 5)):
+                os.sched_setaffinity(0, {cpu})
+                run(rss, frame, repeat=repeat)
+        finally:
+            os.sched_setaffinity(0, before)
+        (event,) = rss.elephants()
+        assert (event.packets, event.bytes) == (10, len(frame) * 10)
+        (flow,) = rss.flows()
+        assert flow.packets == 14 and flow.elephant
+
+
 def test_two_cpus_on_one_flow_count_it_once_and_announce_it_once():
     """Both CPUs run the same flow at once: the shared entry's atomic counters lose nothing, the
     BPF_NOEXIST insert counts one new flow, the compare-and-swap lets one event out."""
