@@ -22,7 +22,7 @@ from bpf.toeplitz import MICROSOFT_KEY, toeplitz_hash
 
 RETA_SIZE = 128  # RETA_SIZE of softrss.bpf.c
 MAX_BUCKETS = RETA_SIZE
-FLOW_CACHE_BITS = 10  # FLOW_CACHE_BITS of softrss.bpf.c
+FLOW_CACHE_BITS = 12  # FLOW_CACHE_BITS of softrss.bpf.c
 _CACHE_MULTIPLIERS = (
     0x9E3779B97F4A7C15,
     0xC2B2AE3D27D4EB4F,

@@ -26,7 +26,7 @@
 
 #define RETA_SIZE		128	/* what `ethtool -x` shows on most NICs */
 #define SOFTRSS_MAX_BUCKETS	RETA_SIZE
-#define FLOW_CACHE_BITS		10
+#define FLOW_CACHE_BITS		12
 #define FLOW_CACHE_SLOTS	(1 << FLOW_CACHE_BITS)	/* per CPU, in sets of two */
 #define FLOW_CACHE_FLUSH	4	/* jiffies between a cached flow's flushes */
 
