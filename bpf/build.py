@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -41,6 +42,15 @@ CFLAGS = [
 
 class ObjectError(RuntimeError):
     """A BPF object is missing, stale, or failed to compile."""
+
+
+def c_define(path: Path, name: str) -> int:
+    """The integer of ``#define name`` in the C file ``path`` (decimal or hex, U/L suffixes): how
+    the Python models read the data planes' constants from their one definition."""
+    found = re.search(rf"^#define {name}\s+(0x[0-9a-fA-F]+|\d+)[uUlL]*\b", path.read_text(), re.M)
+    if found is None:
+        raise LookupError(f"{path}: no integer #define {name}")
+    return int(found.group(1), 0)
 
 
 def _include_dirs(root: Path) -> list[str]:

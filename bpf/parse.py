@@ -21,24 +21,17 @@ from __future__ import annotations
 
 import enum
 import ipaddress
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from bpf.build import c_define
 
 PARSE_H = Path(__file__).resolve().parent / "include" / "parse.h"
 
 
-def _define(name: str) -> int:
-    """The value of ``#define name`` in parse.h."""
-    found = re.search(rf"^#define {name}\s+(\w+)", PARSE_H.read_text(), re.MULTILINE)
-    if found is None:
-        raise LookupError(f"{PARSE_H}: no #define {name}")
-    return int(found.group(1), 0)
-
-
-VLAN_MAX_DEPTH = _define("VLAN_MAX_DEPTH")
-IPV6_MAX_EXT_HDRS = _define("IPV6_MAX_EXT_HDRS")
-VXLAN_PORT = _define("VXLAN_PORT")
+VLAN_MAX_DEPTH = c_define(PARSE_H, "VLAN_MAX_DEPTH")
+IPV6_MAX_EXT_HDRS = c_define(PARSE_H, "IPV6_MAX_EXT_HDRS")
+VXLAN_PORT = c_define(PARSE_H, "VXLAN_PORT")
 
 ETH_HLEN = 14
 ETH_P_IP, ETH_P_IPV6 = 0x0800, 0x86DD

@@ -15,21 +15,18 @@ from __future__ import annotations
 import enum
 import ipaddress
 from dataclasses import dataclass, field
+from pathlib import Path
 
+from bpf.build import c_define
 from bpf.jhash import jhash
 from bpf.parse import Flow, FlowFlags, parse_flow
 from bpf.toeplitz import MICROSOFT_KEY, toeplitz_hash
 
-RETA_SIZE = 128  # RETA_SIZE of softrss.bpf.c
+_SOURCE = Path(__file__).with_name("softrss.bpf.c")
+RETA_SIZE = c_define(_SOURCE, "RETA_SIZE")
 MAX_BUCKETS = RETA_SIZE
-FLOW_CACHE_BITS = 12  # FLOW_CACHE_BITS of softrss.bpf.c
-_CACHE_MULTIPLIERS = (
-    0x9E3779B97F4A7C15,
-    0xC2B2AE3D27D4EB4F,
-    0x165667B19E3779F9,
-    0xD6E8FEB86659FD93,
-    0xFF51AFD7ED558CCD,
-)
+FLOW_CACHE_BITS = c_define(_SOURCE, "FLOW_CACHE_BITS")
+_CACHE_MULTIPLIERS = [c_define(_SOURCE, f"FLOW_CACHE_MUL{i}") for i in range(5)]
 
 
 class HashKind(enum.Enum):

@@ -29,6 +29,12 @@
 #define FLOW_CACHE_BITS		12
 #define FLOW_CACHE_SLOTS	(1 << FLOW_CACHE_BITS)	/* per CPU, in sets of two */
 #define FLOW_CACHE_FLUSH	4	/* jiffies between a cached flow's flushes */
+/* cache_index()'s odd multipliers, one a key word */
+#define FLOW_CACHE_MUL0		0x9e3779b97f4a7c15ULL
+#define FLOW_CACHE_MUL1		0xc2b2ae3d27d4eb4fULL
+#define FLOW_CACHE_MUL2		0x165667b19e3779f9ULL
+#define FLOW_CACHE_MUL3		0xd6e8feb86659fd93ULL
+#define FLOW_CACHE_MUL4		0xff51afd7ed558ccdULL
 
 enum softrss_hash {
 	SOFTRSS_HASH_TOEPLITZ = 0,
@@ -474,11 +480,10 @@ static __always_inline bool same_flow(const struct softrss_cached_flow *slot,
 static __always_inline __u32 cache_index(const union softrss_flow_key *key, __u8 ip_version)
 {
 	const __u64 *w = key->words;
-	__u64 h = w[0] * 0x9e3779b97f4a7c15ULL + w[1] * 0xc2b2ae3d27d4eb4fULL;
+	__u64 h = w[0] * FLOW_CACHE_MUL0 + w[1] * FLOW_CACHE_MUL1;
 
 	if (ip_version == 6)
-		h += w[2] * 0x165667b19e3779f9ULL + w[3] * 0xd6e8feb86659fd93ULL +
-		     w[4] * 0xff51afd7ed558ccdULL;
+		h += w[2] * FLOW_CACHE_MUL2 + w[3] * FLOW_CACHE_MUL3 + w[4] * FLOW_CACHE_MUL4;
 	/* Each CPU has its own FLOW_CACHE_SLOTS: a plain array indexed by CPU is one load away,
 	 * where a PERCPU_ARRAY reads a pointer first. A flow may sit in either slot of its set.
 	 */

@@ -15,10 +15,10 @@ from __future__ import annotations
 import enum
 import ipaddress
 import mmap
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from bpf.build import c_define
 from bpf.parse import (
     ETH_HLEN,
     ETH_P_IP,
@@ -33,9 +33,9 @@ from bpf.parse import (
 )
 from bpf.vxlan.allowlist import Address, Network
 
-_SOURCE = Path(__file__).with_name("vxlan.bpf.c").read_text()
-FRAME_MAX = int(re.search(r"#define VXLAN_FRAME_MAX\s+(\d+)", _SOURCE).group(1))
-RING_SIZE = int(re.search(r"#define VXLAN_RING_SIZE\s+(\d+)", _SOURCE).group(1))
+_SOURCE = Path(__file__).with_name("vxlan.bpf.c")
+FRAME_MAX = c_define(_SOURCE, "VXLAN_FRAME_MAX")
+RING_SIZE = c_define(_SOURCE, "VXLAN_RING_SIZE")
 RING_SIZE_MAX = 1 << 30
 
 IPV4_DF = 0x4000

@@ -246,6 +246,18 @@ def test_stale_or_missing_object_is_a_clear_error(tmp_path):
     assert build.build(tree) == [build.object_path(source)], "only the stale object is rebuilt"
 
 
+def test_c_define_reads_integer_constants(tmp_path):
+    header = tmp_path / "consts.h"
+    header.write_text(
+        "#define SMALL\t\t12\t/* a comment */\n#define WIDE 0x9e3779b97f4a7c15ULL\n"
+        "#define DERIVED (1 << SMALL)\n"
+    )
+    assert build.c_define(header, "SMALL") == 12
+    assert build.c_define(header, "WIDE") == 0x9E3779B97F4A7C15
+    with pytest.raises(LookupError, match="no integer #define DERIVED"):
+        build.c_define(header, "DERIVED")
+
+
 def test_ring_reader_reads_records_in_place_across_wraparounds(sample):
     program, event = sample.programs["xdp_sample"], sample.struct("sample_event")
     ring = sample.maps["events"]
