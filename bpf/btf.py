@@ -9,6 +9,7 @@ structure that crosses the kernel/user boundary in this project uses them.
 from __future__ import annotations
 
 import ctypes
+import ipaddress
 from ctypes import c_uint32
 
 from bpf.libbpf import lib
@@ -198,3 +199,26 @@ def plain(value: object) -> object:
     if isinstance(value, ctypes.Array):
         return [plain(v) for v in value]
     return value
+
+
+# --- network-order fields: a __be16 or __be32 read into a ctypes integer on this little-endian host
+
+
+def be16(value: int) -> int:
+    """The integer whose memory holds ``value`` (a port) in network order: htons."""
+    return int.from_bytes(value.to_bytes(2, "big"), "little")
+
+
+def from_be16(field: int) -> int:
+    """The value of a __be16 field: ntohs."""
+    return int.from_bytes(field.to_bytes(2, "little"), "big")
+
+
+def be32(addr: ipaddress.IPv4Address) -> int:
+    """The integer whose memory holds ``addr`` in network order (a __be32 field)."""
+    return int.from_bytes(addr.packed, "little")
+
+
+def from_be32(field: int) -> ipaddress.IPv4Address:
+    """The IPv4 address a __be32 field holds."""
+    return ipaddress.IPv4Address(field.to_bytes(4, "little"))

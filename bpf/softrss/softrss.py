@@ -33,7 +33,7 @@ from typing import Any
 from bpf import POSSIBLE_CPUS, BpfObject, RingBuffer, XdpMode
 from bpf import netns as bpf_netns
 from bpf.attach import XdpLink, ifindex
-from bpf.btf import fields_of
+from bpf.btf import be16, be32, fields_of, from_be16, from_be32
 from bpf.softrss.model import RETA_SIZE, Action, Config, FlowKey, HashKind, equal_reta
 from bpf.toeplitz import fill_table
 
@@ -42,14 +42,6 @@ CLOCK_MONOTONIC_COARSE = 6  # <linux/time.h>; Python's time module does not name
 FLOW_TABLES = ("flows4", "flows6")  # one per IP version, each Config.max_flows entries
 STATE_VERSION = 1
 CPUMAP_QSIZE = 2048  # frames queued per CPU before the redirect drops (the kernel counts them)
-
-
-def _ntohs(value: int) -> int:
-    return int.from_bytes(value.to_bytes(2, "little"), "big")
-
-
-def _htons(value: int) -> int:
-    return int.from_bytes(value.to_bytes(2, "big"), "little")
 
 
 @dataclass(frozen=True)
@@ -327,8 +319,8 @@ class SoftRss:
         return FlowKey(
             _address(k.saddr, version),
             _address(k.daddr, version),
-            _ntohs(k.sport),
-            _ntohs(k.dport),
+            from_be16(k.sport),
+            from_be16(k.dport),
             k.l4_proto,
         )
 
@@ -338,14 +330,11 @@ class SoftRss:
     def _kernel_key(self, key: FlowKey) -> Any:
         k = self._flow_table(key).key_type()
         if key.src.version == 4:
-            k.saddr = int.from_bytes(
-                key.src.packed, "little"
-            )  # network order, as the kernel reads it
-            k.daddr = int.from_bytes(key.dst.packed, "little")
+            k.saddr, k.daddr = be32(key.src), be32(key.dst)
         else:
             k.saddr.bytes[:] = key.src.packed
             k.daddr.bytes[:] = key.dst.packed
-        k.sport, k.dport = _htons(key.sport), _htons(key.dport)
+        k.sport, k.dport = be16(key.sport), be16(key.dport)
         k.l4_proto = key.proto
         return k
 
@@ -436,7 +425,7 @@ class SoftRss:
 def _address(field: Any, version: int) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
     """An address from a key field: a __be32 (IPv4 keys) or a union flow_addr."""
     if isinstance(field, int):
-        return ipaddress.IPv4Address(field.to_bytes(4, "little"))
+        return from_be32(field)
     return ipaddress.ip_address(bytes(field.bytes[: 4 if version == 4 else 16]))
 
 

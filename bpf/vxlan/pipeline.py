@@ -34,6 +34,7 @@ import bpf
 from bpf import BpfObject, Map, RingBuffer, TcDirection, XdpMode
 from bpf import netns as bpf_netns
 from bpf.attach import TcFilter, XdpLink, ifindex
+from bpf.btf import be32, from_be32
 from bpf.vxlan.allowlist import Address, Allowlist, Network
 from bpf.vxlan.model import Config, DropReason, Egress, Mode, NatTarget
 
@@ -170,7 +171,7 @@ class VxlanPipeline:
         obj.rodata["vni_id"] = c.vni or 0
         obj.rodata["match_on"] = obj.enum("vxlan_match")[f"VXLAN_MATCH_{c.match.name}"]
         if c.default_nat is not None:
-            obj.rodata["default_nat_addr"] = _be32(c.default_nat.addr)
+            obj.rodata["default_nat_addr"] = be32(c.default_nat.addr)
             obj.rodata["default_nat_port"] = c.default_nat.port
         obj.load()
         self._drops = self._drop_indexes()
@@ -266,11 +267,14 @@ class VxlanPipeline:
         """What the maps hold now (organizations are not kept in the kernel)."""
         maps = self.obj.maps
         hosts = frozenset(
-            [_addr(k) for k in maps["allow_hosts"]]
+            [from_be32(k) for k in maps["allow_hosts"]]
             + [ipaddress.IPv6Address(bytes(k.bytes)) for k in maps["allow_hosts6"]]
         )
         prefixes = frozenset(
-            [ipaddress.IPv4Network((_addr(k.addr), k.prefixlen)) for k in maps["allow_prefixes"]]
+            [
+                ipaddress.IPv4Network((from_be32(k.addr), k.prefixlen))
+                for k in maps["allow_prefixes"]
+            ]
             + [
                 ipaddress.IPv6Network((bytes(k.addr.bytes), k.prefixlen))
                 for k in maps["allow_prefixes6"]
@@ -292,7 +296,7 @@ class VxlanPipeline:
 
     def _host_key(self, host: Address):
         if host.version == 4:
-            return _be32(host)
+            return be32(host)
         key = self._hosts(host).key_type()
         key.bytes[:] = host.packed
         return key
@@ -301,7 +305,7 @@ class VxlanPipeline:
         key = self._prefixes(net).key_type()
         key.prefixlen = net.prefixlen
         if net.version == 4:
-            key.addr = _be32(net.network_address)
+            key.addr = be32(net.network_address)
         else:
             key.addr.bytes[:] = net.network_address.packed
         return key
@@ -314,12 +318,12 @@ class VxlanPipeline:
             raise ValueError(f"NAT rule port {port} is not 0..65535")
         target = NatTarget(ipaddress.IPv4Address(addr), new_port)
         rules = self.obj.maps["nat"]
-        rules[port] = rules.value_type(addr=_be32(target.addr), port=target.port, active=1)
+        rules[port] = rules.value_type(addr=be32(target.addr), port=target.port, active=1)
 
     def nat_rules(self) -> dict[int, NatTarget]:
         """The rules by port (the map is an array over all ports: inactive slots are skipped)."""
         return {
-            port: NatTarget(_addr(v.addr), v.port)
+            port: NatTarget(from_be32(v.addr), v.port)
             for port, v in self.obj.maps["nat"].items()
             if v.active
         }
@@ -395,12 +399,3 @@ class VxlanPipeline:
 
 def _of(entries: frozenset, version: int) -> list:
     return [e for e in entries if e.version == version]
-
-
-def _be32(addr: ipaddress.IPv4Address) -> int:
-    """A u32 whose memory holds ``addr`` in network order (a __be32 on this little-endian host)."""
-    return int.from_bytes(addr.packed, "little")
-
-
-def _addr(be32: int) -> ipaddress.IPv4Address:
-    return ipaddress.IPv4Address(be32.to_bytes(4, "little"))
