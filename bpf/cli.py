@@ -29,6 +29,23 @@ def seconds_arg(text: str) -> float:
     return value
 
 
+STATS_INTERVAL = 10.0  # seconds between two prints of a running command's counters
+
+
+def add_stats_interval(
+    parser: argparse.ArgumentParser, default: float | None = STATS_INTERVAL
+) -> None:
+    """``-s/--stats-interval SECONDS``; ``default`` None leaves it to a configuration file."""
+    parser.add_argument(
+        "-s",
+        "--stats-interval",
+        type=seconds_arg,
+        default=default,
+        metavar="SECONDS",
+        help=f"print the counters this often (default {STATS_INTERVAL:g})",
+    )
+
+
 def port_arg(text: str) -> int:
     try:
         port = int(text)

@@ -48,6 +48,14 @@ from pyroute2 import IPRoute
 from bpf import LibbpfError, XdpMode, journal
 from bpf import netns as bpf_netns
 from bpf.attach import ifindex
+from bpf.cli import (
+    STATS_INTERVAL,
+    UsageError,
+    add_stats_interval,
+    check_interface,
+    seconds_arg,
+    stop_event,
+)
 from bpf.softrss import cli
 from bpf.softrss.model import Action, Config, HashKind
 from bpf.softrss.softrss import SoftRss
@@ -69,7 +77,7 @@ class Settings:
     output_dir: Path
     netns: str | None = None
     buckets: int = 8
-    stats_interval: float = 10.0
+    stats_interval: float = STATS_INTERVAL
     hash: HashKind = HashKind.TOEPLITZ
     key: bytes = MICROSOFT_KEY
     symmetric: bool = False
@@ -82,7 +90,7 @@ _FIELDS = {
     "output_dir": str,
     "netns": str,
     "buckets": cli.buckets_arg,
-    "stats_interval": cli.seconds_arg,
+    "stats_interval": seconds_arg,
     "hash": str,
     "key": cli.key_arg,
     "symmetric": bool,
@@ -153,8 +161,8 @@ def settings_from(args: argparse.Namespace) -> Settings:
         mode=XdpMode[values.get("mode", "native").upper()],
     )
     try:
-        cli.check_interface(settings.interface, settings.netns)
-    except cli.UsageError as err:
+        check_interface(settings.interface, settings.netns)
+    except UsageError as err:
         raise ConfigError(f"{source}: {err}") from None
     if settings.output_dir.exists() and not settings.output_dir.is_dir():
         raise ConfigError(f"{source}: output_dir {settings.output_dir} is not a directory")
@@ -409,13 +417,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "-o", "--output-dir", metavar="DIR", help="Argus files, logs and configuration go here"
     )
-    parser.add_argument(
-        "-s",
-        "--stats-interval",
-        type=cli.seconds_arg,
-        metavar="SECONDS",
-        help="print the counters this often (default 10)",
-    )
+    add_stats_interval(parser, default=None)  # None: the configuration file may set it
     parser.add_argument(
         "-c", "--config-file", metavar="FILE", help="settings as YAML or JSON (options win)"
     )
@@ -447,7 +449,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as err:
         print(f"softrss-argus: {err}", file=sys.stderr)
         return 2
-    stop = cli.stop_event()
+    stop = stop_event()
     try:
         with ArgusFanout(settings) as fanout:
             where = (

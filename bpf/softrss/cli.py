@@ -32,7 +32,13 @@ from scapy.layers.inet6 import IPv6, IPv6ExtHdrFragment
 from scapy.layers.l2 import Ether
 
 from bpf import POSSIBLE_CPUS, LibbpfError, XdpMode
-from bpf.cli import UsageError, check_interface, port_arg, seconds_arg, stop_event
+from bpf.cli import (
+    UsageError,
+    add_stats_interval,
+    check_interface,
+    port_arg,
+    stop_event,
+)
 from bpf.softrss.model import MAX_BUCKETS, RETA_SIZE, Action, Config, HashKind
 from bpf.softrss.softrss import BucketReport, Elephant, SoftRss
 from bpf.toeplitz import MICROSOFT_KEY
@@ -130,14 +136,7 @@ def _run_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "-b", "--buckets", type=buckets_arg, default=8, help="number of buckets (default 8)"
     )
-    parser.add_argument(
-        "-s",
-        "--stats-interval",
-        type=seconds_arg,
-        default=10.0,
-        metavar="SECONDS",
-        help="print the counters this often (default 10)",
-    )
+    add_stats_interval(parser)
     parser.add_argument("-o", "--output", metavar="FILE", help="save the state here on exit")
     add_dataplane_arguments(parser)
     parser.add_argument(

@@ -34,7 +34,13 @@ from typing import Any
 import bpf
 from bpf import LibbpfError, XdpMode
 from bpf import netns as bpf_netns
-from bpf.cli import UsageError, check_interface, port_arg, seconds_arg, stop_event
+from bpf.cli import (
+    UsageError,
+    add_stats_interval,
+    check_interface,
+    port_arg,
+    stop_event,
+)
 from bpf.vxlan.allowlist import Allowlist, AllowlistError
 from bpf.vxlan.model import Config, Match, Mode, NatTarget
 from bpf.vxlan.pipeline import Stats, VxlanPipeline, format_mac, parse_mac
@@ -163,14 +169,7 @@ def _parser() -> argparse.ArgumentParser:
         help="NAT target of inner packets without a rule of their own",
     )
     run.add_argument("--allowlist", metavar="FILE", help="allowlist to load before attaching")
-    run.add_argument(
-        "-s",
-        "--stats-interval",
-        type=seconds_arg,
-        default=10.0,
-        metavar="SECONDS",
-        help="print the counters this often (default 10)",
-    )
+    add_stats_interval(run)
     run.add_argument("-v", "--verbose", action="store_true", help="print every counter")
     run.add_argument("--json", action="store_true", help="print one JSON object per interval")
     _name_argument(run)
@@ -225,8 +224,6 @@ def default_next_hop(ifname: str, namespace: str | None) -> bytes:
 
 
 def _run_checks(args: argparse.Namespace) -> tuple[Config, bytes, Allowlist | None]:
-    if args.netns is not None and not bpf_netns.exists(args.netns):
-        raise UsageError(f"--netns: network namespace {args.netns!r} does not exist")
     check_interface(args.interface, args.netns, "-i/--interface")
     check_interface(args.egress, args.netns, "-t/--egress")
     if args.interface == args.egress:
