@@ -1,7 +1,8 @@
 """pytest plugin (``pytest_plugins = ["harness.pytest_plugin"]``): topologies for tests, and leak checks.
 
 - ``topology("two_host")``: a fixture factory that builds a topology (a shipped name or a path) and
-  tears it down after the test; ``nic=`` / ``egress_nic=`` bind real NICs.
+  tears it down after the test; ``nic=`` / ``egress_nic=`` bind real NICs. ``two_host`` and
+  ``mirror_vxlan`` are the two shipped topologies most tests use, built that way.
 - ``--nic IF`` / ``--egress-nic IF`` name real NICs; the ``real_nic`` / ``real_egress_nic`` fixtures
   return them or skip the test with the reason. ``--trex-server HOST`` names a TRex server; the
   ``trex_server`` fixture returns it or skips.
@@ -33,6 +34,7 @@ from bpf import journal
 from bpf.attach import PIN_ROOT
 from bpf.netns import NETNS_RUN_DIR
 from harness import cleanup
+from harness.counters import silence_ipv6_everywhere
 from harness.topology import Topology
 
 _TC_INGRESS, _TC_EGRESS = 0xFFFFFFF2, 0xFFFFFFF3
@@ -86,27 +88,57 @@ def topology() -> Iterator[Callable[..., Topology]]:
 
 
 @pytest.fixture
+def two_host(topology) -> tuple[str, str]:
+    """``two_host`` up: the injector's and the dut's namespaces."""
+    topo = topology("two_host")
+    return topo.node("injector").netns, topo.node("dut").netns
+
+
+@dataclass
+class MirrorVxlan:
+    """``mirror_vxlan``'s namespaces, and where a test writes the allowlist its pipeline loads."""
+
+    mirror: str
+    dut: str
+    collector: str
+    allowlist: Path
+
+
+@pytest.fixture
+def mirror_vxlan(topology, tmp_path: Path) -> MirrorVxlan:
+    """``mirror_vxlan`` up, its links quiet: exact counts need no kernel chatter (harness.counters)."""
+    topo = topology("mirror_vxlan")
+    silence_ipv6_everywhere(topo)
+    netns = (topo.node(n).netns for n in ("mirror", "dut", "collector"))
+    return MirrorVxlan(*netns, tmp_path / "allowlist.json")
+
+
+def _option_or_skip(request: pytest.FixtureRequest, option: str, reason: str) -> str:
+    value = request.config.getoption(option)
+    if value is None:
+        pytest.skip(reason)
+    return value
+
+
+@pytest.fixture
 def real_nic(request: pytest.FixtureRequest) -> str:
-    nic = request.config.getoption("nic")
-    if nic is None:
-        pytest.skip("needs a real NIC: run with --nic IF")
-    return nic
+    return _option_or_skip(request, "nic", "needs a real NIC: run with --nic IF")
 
 
 @pytest.fixture
 def trex_server(request: pytest.FixtureRequest) -> str:
-    server = request.config.getoption("trex_server")
-    if server is None:
-        pytest.skip("needs a TRex server: pass --trex-server HOST (none can run on this machine)")
-    return server
+    return _option_or_skip(
+        request,
+        "trex_server",
+        "needs a TRex server: pass --trex-server HOST (none can run on this machine)",
+    )
 
 
 @pytest.fixture
 def real_egress_nic(request: pytest.FixtureRequest) -> str:
-    nic = request.config.getoption("egress_nic")
-    if nic is None:
-        pytest.skip("needs a second real NIC: run with --egress-nic IF")
-    return nic
+    return _option_or_skip(
+        request, "egress_nic", "needs a second real NIC: run with --egress-nic IF"
+    )
 
 
 def _ours(name: str) -> bool:

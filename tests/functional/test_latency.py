@@ -2,8 +2,6 @@
 a crafted stream with a duplicate, a reordering and a drop is counted as exactly that. The latency
 bound is a correctness check (stamps from the same clock, in the right order), not a performance claim."""
 
-import pytest
-
 from bpf import XdpAction
 from harness.latency import ProbeReceiver, ProbeTemplate, analyze, measure_latency
 from harness.sink import Sink
@@ -15,12 +13,6 @@ from injector.xdp import XdpSender
 DUT_MAC, INJECTOR_MAC = "02:00:00:00:01:02", "02:00:00:00:01:01"
 PROBES = ProbeTemplate.udp4(eth_src=INJECTOR_MAC, eth_dst=DUT_MAC)
 SANITY_BOUND_US = 50_000
-
-
-@pytest.fixture
-def two_host(topology):
-    topo = topology("two_host")
-    return topo.node("injector").netns, topo.node("dut").netns
 
 
 def test_probe_stream_arrives_whole_in_order(two_host):

@@ -30,12 +30,6 @@ ADDRESSED = {"eth_src": INJECTOR_MAC, "eth_dst": DUT_MAC}
 SO_INCOMING_CPU, SO_RCVBUFFORCE = 49, 33  # asm-generic/socket.h; Python's socket module lacks them
 
 
-@pytest.fixture
-def two_host(topology):
-    topo = topology("two_host")
-    return topo.node("injector").netns, topo.node("dut").netns
-
-
 def settled(read, at_least: int, timeout: float = 3.0) -> int:
     """``read()`` once it reached ``at_least`` and stopped moving, or at ``timeout``."""
     deadline, last = time.monotonic() + timeout, -1

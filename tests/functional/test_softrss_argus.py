@@ -45,12 +45,6 @@ RA_FIELDS = (
 )
 
 
-@pytest.fixture
-def two_host(topology):
-    topo = topology("two_host")
-    return topo.node("injector").netns, topo.node("dut").netns
-
-
 class Supervisor:
     """A running ``softrss-argus``; its output goes to files in the output directory's parent."""
 

@@ -150,12 +150,6 @@ def test_bad_arguments_are_refused_before_anything_runs(args, message):
     assert message in done.stderr, f"expected {message!r} in:\n{done.stderr}"
 
 
-@pytest.fixture
-def two_host(topology):
-    topo = topology("two_host")
-    return topo.node("injector").netns, topo.node("dut").netns
-
-
 class Running:
     """A ``softrss`` process whose output goes to files, read as it grows."""
 

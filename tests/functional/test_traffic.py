@@ -27,12 +27,6 @@ DUT_MAC, INJECTOR_MAC = "02:00:00:00:01:02", "02:00:00:00:01:01"
 ADDRESSED = {"eth_src": INJECTOR_MAC, "eth_dst": DUT_MAC}
 
 
-@pytest.fixture
-def two_host(topology):
-    topo = topology("two_host")
-    return topo.node("injector").netns, topo.node("dut").netns
-
-
 KERNEL_CHATTER = (b"\x86\xdd", b"\x08\x06")  # IPv6 (ND, MLD) and ARP, sent by the injector's kernel
 
 

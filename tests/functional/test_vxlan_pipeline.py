@@ -35,7 +35,8 @@ from bpf.attach import ifindex
 from bpf.vxlan import Allowlist, Config, Egress, Mode, Model, NatTarget, Verdict, VxlanPipeline
 from harness.capture import Capture, write_pcap
 from harness.compare import assert_same
-from harness.counters import delta, interface_stats, silence_ipv6_everywhere
+from harness.counters import delta, interface_stats
+from harness.pytest_plugin import MirrorVxlan
 from harness.sink import FrameClass, Sink
 from harness.topology import offload
 from injector import templates
@@ -60,22 +61,13 @@ OUTER = {
 MODES = [m.value for m in Mode]
 
 
-@dataclass
-class Mirror:
-    mirror: str
-    dut: str
-    collector: str
-    allowlist: Path
-
-
 @pytest.fixture
-def mirror(topology, tmp_path) -> Mirror:
-    topo = topology("mirror_vxlan")
-    found = Mirror(*(topo.node(n).netns for n in ("mirror", "dut", "collector")), tmp_path / "a")
-    silence_ipv6_everywhere(topo)  # exact counts need quiet links (harness.counters)
-    assert not offload("vxlan0", "tx_checksum", namespace=found.mirror), "the topology turns it off"
-    found.allowlist.write_text(json.dumps(Allowlist.of(ALLOWED).document()))
-    return found
+def mirror(mirror_vxlan: MirrorVxlan) -> MirrorVxlan:
+    assert not offload("vxlan0", "tx_checksum", namespace=mirror_vxlan.mirror), (
+        "the topology turns it off"
+    )
+    mirror_vxlan.allowlist.write_text(json.dumps(Allowlist.of(ALLOWED).document()))
+    return mirror_vxlan
 
 
 # Named after this run (bl-<run id>-...): concurrent runs never share pins, and each run's leak
@@ -100,7 +92,7 @@ class Running:
         return json.loads(done.stdout)
 
 
-def start(m: Mirror, mode: str = "redirect", *extra: str) -> subprocess.Popen:
+def start(m: MirrorVxlan, mode: str = "redirect", *extra: str) -> subprocess.Popen:
     """``vxlan-pipeline run`` on the dut (with ``extra`` options), once it says it is running."""
     args = ["run", "-i", "ens5", "-t", "ens6", "--netns", m.dut, "--mode", mode, "--name", NAME]
     args += ["--next-hop-mac", COLLECTOR_MAC, "--vni", str(VNI), "--allowlist", str(m.allowlist)]
@@ -120,7 +112,7 @@ def start(m: Mirror, mode: str = "redirect", *extra: str) -> subprocess.Popen:
 
 
 @contextlib.contextmanager
-def running(m: Mirror, mode: str = "redirect", *extra: str) -> Iterator[Running]:
+def running(m: MirrorVxlan, mode: str = "redirect", *extra: str) -> Iterator[Running]:
     """A pipeline run for the block, stopped with SIGTERM; its pins must be gone after."""
     run = Running(start(m, mode, *extra), [])
     try:
@@ -134,7 +126,7 @@ def running(m: Mirror, mode: str = "redirect", *extra: str) -> Iterator[Running]
 
 
 def model_for(
-    m: Mirror, mode: str, nat: dict[int, NatTarget] | None = None, port: int = 4789
+    m: MirrorVxlan, mode: str, nat: dict[int, NatTarget] | None = None, port: int = 4789
 ) -> Model:
     allowlist = Allowlist.of(ALLOWED)
     return Model(
@@ -176,7 +168,7 @@ def crafted() -> list[bytes]:
     return [bytes(f) for f in frames]
 
 
-def kernel_mirrored(m: Mirror) -> None:
+def kernel_mirrored(m: MirrorVxlan) -> None:
     """Inner UDP datagrams into the mirror's vxlan0: its kernel encapsulates them (DF set, as Linux
     does for UDP)."""
     with bpf.netns.entered(m.mirror):
@@ -196,7 +188,7 @@ def from_egress(frame: bytes) -> bool:
     return frame[6:12] == bytes.fromhex(EGRESS_MAC.replace(":", ""))
 
 
-def through(m: Mirror, send) -> tuple[list[bytes], list[bytes], list]:
+def through(m: MirrorVxlan, send) -> tuple[list[bytes], list[bytes], list]:
     """Run ``send``; return what left the mirror towards ens5, what reached the collector, and what
     left the dut's ens5 (which must be nothing)."""
     with (

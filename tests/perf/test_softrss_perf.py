@@ -83,12 +83,6 @@ def test_established_flow_ns_per_packet(benchmark, trivial, quick, kind, frame):
     )
 
 
-@pytest.fixture
-def two_host(topology):
-    topo = topology("two_host")
-    return topo.node("injector").netns, topo.node("dut").netns
-
-
 def _bucket_veths(dut: str) -> list[str]:
     """One veth pair per bucket in the dut namespace (deleted with it), both ends up."""
     names = [f"rss{b}" for b in range(BUCKETS)]

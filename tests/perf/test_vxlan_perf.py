@@ -34,7 +34,6 @@ import sys
 import time
 from collections import Counter
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -45,9 +44,10 @@ from bpf import journal
 from bpf import netns as bpf_netns
 from bpf.attach import ifindex
 from bpf.vxlan import Allowlist, Config, Mode, VxlanPipeline
-from harness.counters import delta, interface_stats, silence_ipv6_everywhere
+from harness.counters import delta, interface_stats
 from harness.latency import ProbeReceiver, ProbeSender, ProbeTemplate, analyze
 from harness.measure import Comparison, Summary, sample
+from harness.pytest_plugin import MirrorVxlan
 from harness.sink import FrameClass, Sink
 from injector import templates
 from injector.spec import TrafficSpec
@@ -149,25 +149,14 @@ LINK_FRAME = templates.vxlan(
 )
 
 
-@dataclass
-class Link:
-    mirror: str
-    dut: str
-    collector: str
-    allowlist: Path
-
-
 @pytest.fixture
-def link(topology, tmp_path) -> Link:
-    topo = topology("mirror_vxlan")
-    found = Link(*(topo.node(n).netns for n in ("mirror", "dut", "collector")), tmp_path / "a")
-    silence_ipv6_everywhere(topo)  # exact counts need quiet links (harness.counters)
-    found.allowlist.write_text(json.dumps(Allowlist.of(["10.0.0.1"]).document()))
-    return found
+def link(mirror_vxlan: MirrorVxlan) -> MirrorVxlan:
+    mirror_vxlan.allowlist.write_text(json.dumps(Allowlist.of(["10.0.0.1"]).document()))
+    return mirror_vxlan
 
 
 @contextlib.contextmanager
-def bare_redirect(link: Link) -> Iterator[None]:
+def bare_redirect(link: MirrorVxlan) -> Iterator[None]:
     with bpf.BpfObject.open(SELFTEST / "redirect.bpf.c") as obj:
         obj.load()
         with bpf_netns.entered(link.dut):  # a DEVMAP resolves the ifindex in the writer's netns
@@ -185,7 +174,7 @@ def _cli_stats() -> dict:
 
 
 @contextlib.contextmanager
-def pipeline_run(link: Link, mode: str, final: list[dict]) -> Iterator[None]:
+def pipeline_run(link: MirrorVxlan, mode: str, final: list[dict]) -> Iterator[None]:
     """``vxlan-pipeline run`` in its own process (the re-injector gets a CPU of its own); its last
     JSON line (counters, re-injector) lands in ``final``."""
     process = subprocess.Popen(
@@ -376,7 +365,7 @@ def _probes(vxlan: bool) -> ProbeTemplate:
     return ProbeTemplate(bytes(outer), inner.offset + len(outer) - len(inner.frame))
 
 
-def _p50_us(link: Link, received_as: ProbeTemplate, count: int) -> float:
+def _p50_us(link: MirrorVxlan, received_as: ProbeTemplate, count: int) -> float:
     sent_as = _probes(vxlan=True)
     with (
         ProbeReceiver(received_as, "eth0", link.collector) as receiver,
