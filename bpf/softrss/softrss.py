@@ -34,7 +34,15 @@ from bpf import POSSIBLE_CPUS, BpfObject, RingBuffer, XdpMode
 from bpf import netns as bpf_netns
 from bpf.attach import XdpLink, ifindex
 from bpf.btf import be16, be32, fields_of, from_be16, from_be32
-from bpf.softrss.model import RETA_SIZE, Action, Config, FlowKey, HashKind, equal_reta
+from bpf.softrss.model import (
+    RETA_SIZE,
+    Action,
+    Config,
+    FlowKey,
+    HashKind,
+    cache_set,
+    equal_reta,
+)
 from bpf.toeplitz import fill_table
 
 SOURCE = Path(__file__).with_name("softrss.bpf.c")
@@ -259,7 +267,15 @@ class SoftRss:
         v = self._flow_table(key).lookup(self._kernel_key(key))
         if v is None:
             return None
-        return _flow(key, v, *self._cached().get(key, (0, 0)))
+        cache = self.obj.maps["flow_cache"]
+        packets = octets = 0
+        first = cache_set(key)  # the key's set on every CPU, not the whole cache flows() reads
+        for region in range(0, cache.max_entries, cache.max_entries // POSSIBLE_CPUS):
+            for index in (region + first, region + first + 1):
+                slot = cache[index]
+                if slot.ip_version and slot.packets and self._slot_key(slot) == key:
+                    packets, octets = packets + slot.packets, octets + slot.bytes
+        return _flow(key, v, packets, octets)
 
     def forget_flows(self) -> None:
         """Empty the flow tables and the flow cache (bucket counters stay)."""
