@@ -1,21 +1,32 @@
-"""Send many frames out of an interface with few system calls: an AF_PACKET TX ring (TPACKET_V2).
+"""Sending on AF_PACKET: what a loaded link refuses (``SEND_REFUSALS``), and a TX ring (TPACKET_V2)
+that sends many frames with few system calls.
+
+Under load a send can be refused: the device queue or qdisc is full (ENOBUFS; on kernel 6.18 a veth
+whose peer's XDP ring is full stops its queue, so a flood fills the qdisc), a non-blocking socket
+would block (EAGAIN), the link is down (ENETDOWN). Each is a frame not sent, counted by its errno's
+name, never an exception: every AF_PACKET sender of the project counts them this way
+(``refused(err)``).
 
 A Python ``send()`` per frame tops out near 290 kpps (PLATFORM.md). Here frames are copied into a
 ring of slots shared with the kernel (``PACKET_TX_RING``, mmap), marked ``TP_STATUS_SEND_REQUEST``,
 and one ``send()`` transmits every marked slot; ``PACKET_QDISC_BYPASS`` skips the qdisc layer, as
 pktgen does. The kernel hands a slot back by setting its status to ``TP_STATUS_AVAILABLE``; a slot it
-could not send is marked ``TP_STATUS_WRONG_FORMAT``, counted in ``rejected``, and freed.
+could not send is marked ``TP_STATUS_WRONG_FORMAT``, counted in ``rejected``, and freed. A flush
+refused with ENOBUFS or EAGAIN loses nothing: the kernel marks the slot it could not send for
+sending again, and the next flush retries it. A flush refused with ENETDOWN sends nothing (the
+kernel checks the link first), so the slots still marked are taken back and counted in ``refused``.
 Not for: receiving, or frames larger than ``frame_size`` minus the 32-byte slot header.
 """
 
 from __future__ import annotations
 
-import contextlib
+import errno
 import mmap
 import select
 import socket
 import struct
 import time
+from collections import Counter
 from collections.abc import Iterable
 
 from bpf import netns
@@ -28,6 +39,16 @@ _TP_STATUS_WRONG_FORMAT = 4
 _HEADER = struct.Struct("=III")  # tp_status, tp_len, tp_snaplen: the start of struct tpacket2_hdr
 _DATA_OFFSET = 32  # TPACKET_ALIGN(sizeof(struct tpacket2_hdr)): where a TX frame's data begins
 _PAGE = mmap.PAGESIZE
+
+SEND_REFUSALS = frozenset({errno.ENOBUFS, errno.EAGAIN, errno.ENETDOWN})
+
+
+def refused(err: OSError) -> str:
+    """The name of the errno with which a loaded or down link refused a send (``"ENOBUFS"``);
+    any other error is raised again."""
+    if err.errno not in SEND_REFUSALS:
+        raise err
+    return errno.errorcode[err.errno]
 
 
 class TxRing:
@@ -59,6 +80,7 @@ class TxRing:
         self._next = 0
         self.sent = 0
         self.rejected = 0
+        self.refused: Counter[str] = Counter()
 
     def send(self, frames: Iterable[bytes]) -> int:
         """Queue ``frames`` and flush; blocks while the ring is full. Returns how many were queued.
@@ -76,8 +98,9 @@ class TxRing:
             offset = index * size
             status = ring[offset]  # the low byte of tp_status: every status used fits in it
             while status not in (_TP_STATUS_AVAILABLE, _TP_STATUS_WRONG_FORMAT):
-                self._flush()
+                index = self._flush(index)
                 select.select([], [self.sock], [], 0.01)  # let the kernel hand slots back
+                offset = index * size
                 status = ring[offset]
             if status == _TP_STATUS_WRONG_FORMAT:
                 self.rejected += 1
@@ -87,26 +110,51 @@ class TxRing:
             index = index + 1 if index + 1 < slots else 0
             queued += 1
             if queued % flush_every == 0:
-                self._flush()
-        self._next = index
+                index = self._flush(index)
         if queued:
-            self._drain((index - 1) % slots * size)
+            index = self._drain(index)
+        self._next = index
         self.sent += queued
         return queued
 
-    def _drain(self, last_offset: int, timeout: float = 5.0) -> None:
-        """Flush until the kernel has taken the last frame queued (it takes slots in order)."""
+    def _drain(self, index: int, timeout: float = 5.0) -> int:
+        """Flush until the kernel has taken the last frame queued, the one before slot ``index``
+        (it takes slots in order); returns the slot for the next frame."""
         deadline = time.monotonic() + timeout
-        while self.ring[last_offset] in (_TP_STATUS_SEND_REQUEST, _TP_STATUS_SENDING):
+        while self.ring[(index - 1) % self.slots * self.frame_size] in (
+            _TP_STATUS_SEND_REQUEST,
+            _TP_STATUS_SENDING,
+        ):
             if time.monotonic() > deadline:
                 raise TimeoutError(f"the kernel took no frame from the TX ring in {timeout} s")
-            self._flush()
+            index = self._flush(index)
             select.select([], [self.sock], [], 0.001)
+        return index
 
-    def _flush(self) -> None:
-        # BlockingIOError: the device is busy; the slots stay marked for the next flush.
-        with contextlib.suppress(BlockingIOError):
+    def _flush(self, index: int) -> int:
+        """Have the kernel send the marked slots; returns the slot for the next frame, which moves
+        back only when a down link made the slots be taken back."""
+        try:
             self.sock.send(b"")
+        except OSError as err:
+            if refused(err) == "ENETDOWN":
+                return self._take_back(index)
+            # ENOBUFS, EAGAIN: the slots stay marked for the next flush.
+        return index
+
+    def _take_back(self, index: int) -> int:
+        """Unmark the slots the kernel did not take, a run that ends just before ``index`` (a down
+        link takes none, and the kernel's own position stays at the oldest of them); returns that
+        oldest slot, where the kernel looks next."""
+        size, slots = self.frame_size, self.slots
+        for _ in range(slots):
+            previous = index - 1 if index else slots - 1
+            if self.ring[previous * size] != _TP_STATUS_SEND_REQUEST:
+                break
+            self.ring[previous * size] = _TP_STATUS_AVAILABLE
+            self.refused["ENETDOWN"] += 1
+            index = previous
+        return index
 
     def close(self) -> None:
         self.ring.close()

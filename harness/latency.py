@@ -18,7 +18,8 @@ receiving interface must let probes pass (``harness.sink.Sink(..., verdict=XdpAc
 
 Counting (after RFC 4737): ``received`` counts distinct sequence numbers, ``duplicated`` the copies
 beyond the first, ``lost`` the sequence numbers sent that never arrived, and ``reordered`` the first
-copies that arrived after a higher sequence number had. Latency percentiles are exact (nearest rank)
+copies that arrived after a higher sequence number had. A probe the sending link refused (ENOBUFS
+while a flood fills its queue) is lost too, and ``refused`` says how many of the lost were, by reason. Latency percentiles are exact (nearest rank)
 over first copies; no outlier is dropped, since the tail is what a latency figure is for.
 
 Not for: throughput or frame counts at rate (``harness.sink``), packet contents (``harness.capture``),
@@ -33,7 +34,7 @@ import select
 import socket
 import struct
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from scapy.layers.inet import UDP
 
@@ -113,8 +114,14 @@ class ProbeSender:
         self.probes = probes
         self._out = PacketSocket(ifname, netns)
 
-    def send(self, seq: int) -> None:
-        self._out.sock.send(self.probes.stamped(seq, time.clock_gettime_ns(time.CLOCK_REALTIME)))
+    def send(self, seq: int) -> bool:
+        """Stamp and send probe ``seq``; False if the loaded link refused it (see ``refused``)."""
+        return self._out.send(self.probes.stamped(seq, time.clock_gettime_ns(time.CLOCK_REALTIME)))
+
+    @property
+    def refused(self) -> dict[str, int]:
+        """Probes the link refused to send, by errno name (ENOBUFS while a flood fills it)."""
+        return dict(self._out.refused)
 
     def close(self) -> None:
         self._out.sock.close()
@@ -222,11 +229,14 @@ class LatencyReport:
     p99_us: float | None
     max_us: float | None
     min_us: float | None
+    refused: dict[str, int] = field(default_factory=dict)
 
     def __str__(self) -> str:
+        why = ", ".join(f"{name} {n}" for name, n in sorted(self.refused.items()))
         counts = (
-            f"{self.received}/{self.sent} probes, {self.lost} lost, "
-            f"{self.duplicated} duplicated, {self.reordered} reordered"
+            f"{self.received}/{self.sent} probes, {self.lost} lost"
+            + (f" ({why} refused by the sending link)" if why else "")
+            + f", {self.duplicated} duplicated, {self.reordered} reordered"
         )
         if self.p50_us is None:
             return counts
@@ -241,8 +251,11 @@ def percentile(ordered: list[float], p: float) -> float:
     return ordered[max(0, math.ceil(p / 100 * len(ordered)) - 1)]
 
 
-def analyze(arrivals: list[Arrival], sent: int) -> LatencyReport:
-    """Count and time ``arrivals`` (in arrival order) of a stream of ``sent`` probes."""
+def analyze(
+    arrivals: list[Arrival], sent: int, refused: dict[str, int] | None = None
+) -> LatencyReport:
+    """Count and time ``arrivals`` (in arrival order) of a stream of ``sent`` probes, of which the
+    sending link ``refused`` some (by reason)."""
     seen: set[int] = set()
     latencies: list[float] = []
     duplicated = reordered = 0
@@ -263,7 +276,9 @@ def analyze(arrivals: list[Arrival], sent: int) -> LatencyReport:
         if ordered
         else [None] * 4
     )
-    return LatencyReport(sent, received, sent - received, duplicated, reordered, *stats)
+    return LatencyReport(
+        sent, received, sent - received, duplicated, reordered, *stats, dict(refused or {})
+    )
 
 
 def measure_latency(
@@ -295,5 +310,6 @@ def measure_latency(
                 time.sleep(ahead)
             sender.send(seq)
             arrivals += receiver.receive()
-        arrivals += receiver.receive(wait=linger, expected=count - len(arrivals))
-    return analyze(arrivals, count)
+        unsent = sum(sender.refused.values())
+        arrivals += receiver.receive(wait=linger, expected=count - unsent - len(arrivals))
+    return analyze(arrivals, count, sender.refused)

@@ -219,6 +219,25 @@ def _sysctl_path(key: str) -> Path:
     return Path("/proc/sys", *key.split("."))
 
 
+def wait_until_up(pending: dict[IPRoute, set[str]], timeout: float = _CARRIER_TIMEOUT) -> None:
+    """Wait until every interface named in ``pending`` (by the netlink handle of its namespace) has
+    the operstate UP: its carrier came and the kernel's linkwatch activated its queue (until then it
+    drops what is sent through it)."""
+    pending = {ipr: set(ifnames) for ipr, ifnames in pending.items()}
+    deadline = time.monotonic() + timeout
+    while True:
+        for ipr, ifnames in pending.items():
+            if ifnames:
+                links = ipr.link("dump")
+                ifnames -= {k.get("ifname") for k in links if k.get("operstate") == "UP"}
+        if not any(pending.values()):
+            return
+        if time.monotonic() > deadline:
+            late = sorted(ifname for ifnames in pending.values() for ifname in ifnames)
+            raise TimeoutError(f"interfaces still not up after {timeout} s: {late}")
+        time.sleep(0.001)
+
+
 @dataclass(frozen=True)
 class Node:
     """A built node: its namespace (None: the host's) and its interfaces' actual names."""
@@ -584,18 +603,7 @@ class _Builder:
         for name, node in self.spec.nodes.items():
             if name in self.plan.nodes:
                 pending[name] |= {self._actual(name, b.ifname) for b in node.bridges if b.ports}
-        deadline = time.monotonic() + _CARRIER_TIMEOUT
-        while True:
-            for name, ifnames in pending.items():
-                if ifnames:
-                    links = self.iprs[name].link("dump")
-                    ifnames -= {k.get("ifname") for k in links if k.get("operstate") == "UP"}
-            if not any(pending.values()):
-                return
-            if time.monotonic() > deadline:
-                late = {name: sorted(ifnames) for name, ifnames in pending.items() if ifnames}
-                raise TimeoutError(f"interfaces still not up after {_CARRIER_TIMEOUT} s: {late}")
-            time.sleep(0.001)
+        wait_until_up({self.iprs[name]: ifnames for name, ifnames in pending.items()})
 
     def _address_and_up(self, node: str, spec: InterfaceSpec) -> None:
         ipr, ifname = self.iprs[node], self._actual(node, spec.ifname)

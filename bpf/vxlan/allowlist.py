@@ -1,19 +1,21 @@
 """The allowlist file: read, validate, write. No kernel here (``pipeline`` loads it into maps).
 
-The format is the seed's JSON::
+The format is the seed's ``ip_allowlist.json``, as its users have it::
 
     {
-      "version": 1,
+      "version": "1.0",
       "total_ips": 3,
-      "organizations": {"Example Corp": ["192.0.2.10", "198.51.100.0/24"]},
+      "organizations": [{"name": "Example Corp", "ips": ["192.0.2.10", "198.51.100.0/24"]}],
       "flat_ip_list": ["192.0.2.10", "198.51.100.0/24", "203.0.113.7"]
     }
 
 ``flat_ip_list`` is what the data plane matches: IPv4 or IPv6 addresses, or prefixes (``a.b.c.d/n``,
-``2001:db8::/32``; host bits zero; a ``/32`` IPv4 or ``/128`` IPv6 prefix is an address). ``organizations`` (name -> entries) says whose each entry
-is; its entries are validated like the flat list's. ``total_ips``, when present, must equal the
-flat list's length. Every invalid entry is reported with its line and column, all at once, before
-anything is loaded anywhere.
+``2001:db8::/32``; host bits zero; a ``/32`` IPv4 or ``/128`` IPv6 prefix is an address). Every
+invalid entry is reported with its line and column, all at once, before anything is loaded anywhere.
+The rest is description, which never reaches the kernel: ``organizations`` is kept as written (the
+seed's list, or the name -> entries object of this tool's first releases); a ``total_ips`` that
+disagrees with the flat list is a warning (``Allowlist.warnings``), not a refusal. ``version`` may be
+the seed's ``"1.0"``, the ``1`` of the first releases, or absent.
 
 Not for: the kernel maps (``bpf.vxlan.pipeline.VxlanPipeline.set_allowlist``).
 """
@@ -28,7 +30,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = "1.0"  # the seed's; files of this tool's first releases say 1
+_VERSIONS_READ = (FORMAT_VERSION, 1)
 
 
 class AllowlistError(ValueError):
@@ -87,22 +90,33 @@ def parse_entry(entry: str) -> Address | Network:
         raise ValueError(f"{entry!r} is not an {family} address") from None
 
 
+Organizations = list[Any] | dict[str, Any]
+
+
 @dataclass(frozen=True)
 class Allowlist:
-    """Addresses and prefixes to keep; ``organizations`` maps a name to its entries as written."""
+    """Addresses and prefixes to keep. ``organizations`` (whose each entry is) and ``warnings``
+    (what a load found odd but harmless) describe a file; they are not part of what is matched."""
 
     hosts: frozenset[Address] = frozenset()
     prefixes: frozenset[Network] = frozenset()
-    organizations: dict[str, list[str]] = field(default_factory=dict)
+    organizations: Organizations = field(default_factory=list, compare=False)
+    warnings: tuple[str, ...] = field(default=(), compare=False)
 
     @classmethod
-    def of(cls, entries: list[str], organizations: dict[str, list[str]] | None = None) -> Allowlist:
+    def of(
+        cls,
+        entries: list[str],
+        organizations: Organizations | None = None,
+        warnings: tuple[str, ...] = (),
+    ) -> Allowlist:
         """From address/prefix strings; ValueError names the first bad one."""
         parsed = [parse_entry(e) for e in entries]
         return cls(
             frozenset(p for p in parsed if isinstance(p, Address)),
             frozenset(p for p in parsed if isinstance(p, Network)),
-            dict(organizations or {}),
+            [] if organizations is None else organizations,
+            warnings,
         )
 
     @classmethod
@@ -121,28 +135,30 @@ class Allowlist:
         if not isinstance(doc, dict):
             raise AllowlistError(f"{where}: the top level must be an object")
         problems: list[str] = []
-        if doc.get("version") != FORMAT_VERSION:
-            problems.append(f"{where}: version {doc.get('version')!r}, {FORMAT_VERSION} expected")
+        version = doc.get("version", FORMAT_VERSION)
+        if version not in _VERSIONS_READ or isinstance(version, bool):
+            problems.append(
+                f"{where}: version {version!r}: this tool reads version {FORMAT_VERSION!r} files"
+            )
         flat = doc.get("flat_ip_list")
         if not isinstance(flat, list):
             raise AllowlistError(f"{where}: 'flat_ip_list' must be a list of addresses/prefixes")
         problems += _check_entries(flat, "flat_ip_list", text, where)
-        total = doc.get("total_ips")
-        if total is not None and total != len(flat):
-            problems.append(f"{where}: total_ips is {total!r} but flat_ip_list has {len(flat)}")
-        orgs = doc.get("organizations", {})
-        if not isinstance(orgs, dict) or not all(isinstance(v, list) for v in orgs.values()):
-            problems.append(f"{where}: 'organizations' must map names to lists of entries")
-            orgs = {}
-        for name, entries in orgs.items():
-            problems += _check_entries(entries, f"organizations[{name!r}]", text, where)
+        orgs = doc.get("organizations", [])
+        if not isinstance(orgs, list | dict):
+            problems.append(f"{where}: 'organizations' is {orgs!r}, not a list (or an object)")
         if problems:
             raise AllowlistError(
                 f"{len(problems)} problem(s), nothing loaded:\n" + "\n".join(problems)
             )
-        return cls.of(
-            [str(e) for e in flat], {str(k): [str(e) for e in v] for k, v in orgs.items()}
-        )
+        warnings = []
+        total = doc.get("total_ips")
+        if total is not None and total != len(flat):
+            warnings.append(
+                f"{where}: total_ips is {total!r} but flat_ip_list has {len(flat)} entries: "
+                f"the {len(flat)} are loaded"
+            )
+        return cls.of([str(e) for e in flat], orgs, tuple(warnings))
 
     @property
     def entries(self) -> list[str]:
@@ -152,7 +168,7 @@ class Allowlist:
         return [str(h) for h in hosts] + [str(p) for p in prefixes]
 
     def document(self) -> dict[str, Any]:
-        """The seed's JSON format (what ``load`` reads)."""
+        """The seed's JSON format (what ``load`` reads); ``organizations`` as they were loaded."""
         entries = self.entries
         return {
             "version": FORMAT_VERSION,

@@ -237,7 +237,7 @@ def _run_checks(args: argparse.Namespace) -> tuple[Config, bytes, Allowlist | No
             "run `harness clean` if it was killed"
         )
     mac = args.next_hop_mac or default_next_hop(args.egress, args.netns)
-    allowlist = Allowlist.load(args.allowlist) if args.allowlist else None
+    allowlist = _load_allowlist(args.allowlist) if args.allowlist else None
     config = Config(
         Mode(args.mode), args.vni, Match(args.match), args.default_nat, args.port, args.ring_size
     )
@@ -349,8 +349,16 @@ def _run(args: argparse.Namespace) -> int:
 # --- commands on a running pipeline ---
 
 
+def _load_allowlist(path: str) -> Allowlist:
+    """The file's allowlist; what it holds that is odd but harmless is said on stderr."""
+    allowlist = Allowlist.load(path)
+    for warning in allowlist.warnings:
+        print(f"{PROG}: warning: {warning}", file=sys.stderr)
+    return allowlist
+
+
 def _allowlist(args: argparse.Namespace) -> int:
-    new = Allowlist.load(args.file) if args.action == "load" else None  # before any change
+    new = _load_allowlist(args.file) if args.action == "load" else None  # before any change
     with VxlanPipeline.open_pinned(args.name) as vx:
         if args.action == "load":
             vx.set_allowlist(new)

@@ -18,7 +18,8 @@ Python ``bytes``. A record is ``struct vxlan_frame`` cut to its frame: ``len`` (
 the map's fd, which the kernel makes readable when it commits a record to an empty ring.
 
 Accounting: every record read is ``forwarded`` (queued to the TX ring) or ``failed`` (longer than a
-TX slot or the egress's MTU, or refused by the kernel as malformed), so the pipeline's ``queued`` counter equals
+TX slot or the egress's MTU, refused by the kernel as malformed, or queued while the egress was
+down), so the pipeline's ``queued`` counter equals
 ``forwarded + failed`` once the ring is empty. A frame the egress drops after the TX ring (a full
 veth peer) is the egress's ``tx_dropped``. Not for: reading frames to look at them
 (``VxlanPipeline.frames``).
@@ -73,13 +74,13 @@ class Reinjector:
     @property
     def forwarded(self) -> int:
         """Frames handed to the egress (the kernel took them from the TX ring)."""
-        return self.tx.sent - self.tx.rejected
+        return self.tx.sent - self.tx.rejected - self.tx.refused.total()
 
     @property
     def failed(self) -> int:
         """Frames read from the ring that did not go out: too long for a TX slot or the egress's
-        MTU, or refused by the kernel."""
-        return self.too_big + self.tx.rejected
+        MTU, refused by the kernel as malformed, or taken back from a link that was down."""
+        return self.too_big + self.tx.rejected + self.tx.refused.total()
 
     def _frames(self):
         """The frames of the records waiting now (at most ``batch``), as memoryviews of the ring."""

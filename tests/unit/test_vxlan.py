@@ -713,7 +713,39 @@ def write(tmp_path, doc) -> str:
     return str(path)
 
 
-def test_allowlist_file_round_trip(tmp_path, pair):
+def seed_allowlist(organizations: int = 16, per_organization: int = 20) -> dict:
+    """A file as the seed's users have it: version "1.0", organizations a list (the seed does not
+    show an organization's shape: here, objects), 324 entries in all, a prefix among them."""
+    orgs = [
+        {"name": f"Org {o}", "ips": [f"10.{o}.0.{i}" for i in range(1, per_organization + 1)]}
+        for o in range(organizations)
+    ]
+    orgs[0]["ips"] += ["104.218.88.5", "192.0.2.0/24", "2001:db8::1", "2001:db8:1::/48"]
+    flat = [ip for org in orgs for ip in org["ips"]]
+    return {"version": "1.0", "total_ips": len(flat), "organizations": orgs, "flat_ip_list": flat}
+
+
+def test_the_seeds_allowlist_file_loads_and_round_trips(tmp_path, pair):
+    doc = seed_allowlist()
+    assert doc["total_ips"] == 324
+    allowlist = Allowlist.load(write(tmp_path, doc))
+    assert allowlist.warnings == ()
+    assert len(allowlist) == 324 and allowlist.organizations == doc["organizations"]
+    pair.vx.set_allowlist(allowlist)
+    shown = pair.vx.allowlist().document()
+    assert shown["version"] == "1.0" and shown["total_ips"] == 324
+    assert isinstance(shown["organizations"], list), (
+        "the seed's shape, though the kernel keeps none"
+    )
+    again = Allowlist.load(write(tmp_path, shown))
+    assert again == allowlist and sorted(again.entries) == sorted(doc["flat_ip_list"])
+    allowlist.save(tmp_path / "saved.json")
+    assert (
+        json.loads((tmp_path / "saved.json").read_text())["organizations"] == doc["organizations"]
+    )
+
+
+def test_allowlist_files_of_the_first_releases_still_load(tmp_path, pair):
     doc = {
         "version": 1,
         "total_ips": 4,
@@ -727,6 +759,19 @@ def test_allowlist_file_round_trip(tmp_path, pair):
     assert (shown.hosts, shown.prefixes) == (allowlist.hosts, allowlist.prefixes)
     allowlist.save(tmp_path / "again.json")
     assert Allowlist.load(tmp_path / "again.json").entries == allowlist.entries
+    del doc["version"]
+    assert Allowlist.load(write(tmp_path, doc)) == allowlist, "a file without a version loads too"
+
+
+def test_a_total_ips_that_disagrees_is_a_warning(tmp_path):
+    doc = seed_allowlist()
+    doc["total_ips"] = 325
+    path = write(tmp_path, doc)
+    allowlist = Allowlist.load(path)
+    assert len(allowlist) == 324
+    assert allowlist.warnings == (
+        f"{path}: total_ips is 325 but flat_ip_list has 324 entries: the 324 are loaded",
+    )
 
 
 def test_allowlist_file_errors_name_their_place_and_change_nothing(tmp_path, pair):
@@ -744,8 +789,9 @@ def test_allowlist_file_errors_name_their_place_and_change_nothing(tmp_path, pai
     assert "nothing loaded" in message
     assert pair.vx.allowlist() == before
     for doc, what in (
-        ({"version": 2, "flat_ip_list": []}, "version"),
-        ({"version": 1, "total_ips": 3, "flat_ip_list": ["10.0.0.1"]}, "total_ips"),
+        ({"version": 2, "flat_ip_list": []}, "version 2: this tool reads version '1.0' files"),
+        ({"version": "2.0", "flat_ip_list": []}, "version '2.0'"),
+        ({"flat_ip_list": [], "organizations": "Example"}, "'organizations' is 'Example', not a"),
         ({"version": 1}, "flat_ip_list"),
         ('{"version": 1, "flat_ip_list": [', "not JSON"),
     ):
