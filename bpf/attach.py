@@ -7,7 +7,8 @@
   filters outlive their process, so each is recorded in the journal (``bpf.journal``) and removed by
   ``harness clean`` if its owner dies; a clsact qdisc this module created is removed with its last filter.
 - Socket filters (``SO_ATTACH_BPF``) and ``PACKET_FANOUT_EBPF`` belong to a socket and die with it.
-- Pins live under ``/sys/fs/bpf/bpflab/``; each is recorded in the journal until unpinned.
+- Pins live under ``/sys/fs/bpf/bpflab/``; each is recorded in the journal until unpinned. Every
+  process sees the one bpffs of the host, even under ``ip netns exec`` (``pin_dir``).
 Every attachment is a context manager and is also detached by closing its ``BpfObject``.
 """
 
@@ -25,7 +26,10 @@ from bpf import journal, netns
 from bpf.libbpf import LibbpfError, LinkCreateOpts, TcHook, TcOpts, call, lib
 from bpf.object import Program, ProgType
 
-PIN_ROOT = Path("/sys/fs/bpf/bpflab")
+BPFFS = Path("/sys/fs/bpf")
+PIN_ROOT = BPFFS / "bpflab"
+_BPF_FS_MAGIC = 0xCAFE4A11
+_libc = ctypes.CDLL(None, use_errno=True)
 
 _BPF_XDP = 37  # enum bpf_attach_type
 _BPF_TC_INGRESS, _BPF_TC_EGRESS = 1 << 0, 1 << 1
@@ -269,45 +273,101 @@ def join_fanout(sock: socket.socket, group_id: int, program: Program) -> None:
     sock.setsockopt(_SOL_PACKET, _PACKET_FANOUT_DATA, program.fd)
 
 
-def _require_bpffs() -> None:
-    if not os.path.ismount(PIN_ROOT.parent):
-        raise LibbpfError(
-            errno.ENOENT, f"{PIN_ROOT.parent} is not a mounted bpffs: run ci/bootstrap"
-        )
+def _is_bpffs(path: Path) -> bool:
+    statfs = ctypes.create_string_buffer(256)  # struct statfs; f_type, a long, comes first
+    if _libc.statfs(bytes(path), statfs) != 0:
+        return False
+    return ctypes.c_long.from_buffer(statfs).value == _BPF_FS_MAGIC
+
+
+def _outer_bpffs() -> Path | None:
+    """The bpffs seen by the nearest ancestor process in another mount namespace (the shell that
+    ran ``ip netns exec``), as a path through its ``/proc/PID/root``; None if there is none."""
+    ours = os.readlink("/proc/self/ns/mnt")
+    pid = os.getppid()
+    while pid > 0:
+        try:
+            if os.readlink(f"/proc/{pid}/ns/mnt") != ours:
+                outer = Path(f"/proc/{pid}/root") / BPFFS.relative_to("/")
+                return outer if _is_bpffs(outer) else None
+            stat = Path(f"/proc/{pid}/stat").read_text()
+        except OSError:  # gone, or not ours to look into
+            return None
+        pid = int(stat.rpartition(")")[2].split()[1])  # the field after the state: the parent
+    return None
+
+
+_reached: Path | None = None
+
+
+def bpffs() -> Path:
+    """Where this process reaches the host's bpffs: ``/sys/fs/bpf``, or a path through a held file
+    descriptor under ``ip netns exec``.
+
+    ``ip netns exec`` runs each command in a mount namespace of its own with a fresh /sys, where the
+    host's bpffs is not mounted, and a private bpffs there would hide one command's pins from the
+    next. Neither mount(2) nor open_tree(2) binds a mount of another namespace (EINVAL), but a path
+    lookup may cross into one: the bpffs of the process that ran ``ip netns exec`` is opened through
+    its ``/proc/PID/root`` and reached as ``/proc/self/fd/N`` for the rest of this process's life,
+    whether or not that process lives on.
+    """
+    global _reached
+    if _reached is None:
+        if _is_bpffs(BPFFS):
+            _reached = BPFFS
+        elif (outer := _outer_bpffs()) is not None:
+            _reached = Path(f"/proc/self/fd/{os.open(outer, os.O_PATH | os.O_DIRECTORY)}")
+        else:
+            raise LibbpfError(
+                errno.ENOENT,
+                f"{BPFFS} is not a mounted bpffs, here or where `ip netns exec` was run: run "
+                f"ci/bootstrap (or mount -t bpf bpf {BPFFS})",
+            )
+    return _reached
 
 
 def pin_dir(name: str) -> Path:
-    """A directory for one owner's pins: ``/sys/fs/bpf/bpflab/NAME``."""
-    return PIN_ROOT / name
+    """A directory for one owner's pins, ``/sys/fs/bpf/bpflab/NAME`` on the host's bpffs, as this
+    process reaches it (``bpffs``): whoever pins and whoever opens the pins see the same ones."""
+    return bpffs() / PIN_ROOT.relative_to(BPFFS) / name
+
+
+def host_path(path: Path) -> Path:
+    """A path on the host's bpffs as the host names it (``/sys/fs/bpf/...``), for messages and the
+    journal, whatever way this process reaches it."""
+    reached = bpffs()
+    return BPFFS / path.relative_to(reached) if path.is_relative_to(reached) else path
 
 
 _pins: dict[Path, int] = {}  # path -> journal entry
 
 
 def pin_object(fd: int, path: Path) -> None:
-    """Pin a map, program or link fd at ``path`` (under PIN_ROOT); recorded for clean-up."""
-    if not path.is_relative_to(PIN_ROOT):
-        raise ValueError(f"{path}: pins of this project live under {PIN_ROOT}")
-    _require_bpffs()
+    """Pin a map, program or link fd at ``path`` (from ``pin_dir``); recorded for clean-up."""
+    shown = host_path(path)
+    if not shown.is_relative_to(PIN_ROOT):
+        raise ValueError(f"{shown}: pins of this project live under {PIN_ROOT}")
     path.parent.mkdir(parents=True, exist_ok=True)
-    call(lib.bpf_obj_pin, fd, str(path).encode(), what=f"pin at {path}")
-    _pins[path] = journal.current().record("pin", path=str(path))
+    call(lib.bpf_obj_pin, fd, str(path).encode(), what=f"pin at {shown}")
+    _pins[path] = journal.current().record("pin", path=str(shown))
 
 
 def unpin_object(path: Path) -> None:
     if path in _pins:
         journal.current().undo(_pins.pop(path))
     else:
-        _remove_pin(str(path))
+        _remove_pin(str(host_path(path)))
 
 
 @journal.undoes("pin")
 def _remove_pin(path: str) -> None:
-    """Unlink a pin, then its directories up to PIN_ROOT while they are empty."""
-    pin = Path(path)
+    """Unlink a pin (named as the host names it), then its directories up to PIN_ROOT while they
+    are empty."""
+    root = bpffs()
+    pin = root / Path(path).relative_to(BPFFS)
     pin.unlink(missing_ok=True)
     for parent in pin.parents:
-        if parent == PIN_ROOT.parent or not parent.is_relative_to(PIN_ROOT):
+        if parent == root or not parent.is_relative_to(root):
             break
         try:
             parent.rmdir()

@@ -8,7 +8,8 @@
     vxlan-pipeline nat add PORT IP[:PORT] | list | del PORT   [--name NAME]
     vxlan-pipeline stats [--name NAME] [--json]
 
-``run`` loads the data plane, sets the egress, pins its maps under ``bpf.pin_dir("vxlan-NAME")``,
+``run`` loads the data plane, sets the egress, pins its maps under ``bpf.pin_dir("vxlan-NAME")``
+(the host's bpffs, under ``ip netns exec`` too),
 attaches to ``-i``, runs the re-injector in ``ringbuf`` mode, prints the counters every ``-s`` seconds
 and, on SIGINT/SIGTERM, detaches, forwards what the ring still holds, prints the counters a last time
 and removes its pins. The other commands open those pins: they change or read the running pipeline
@@ -34,6 +35,7 @@ from typing import Any
 import bpf
 from bpf import LibbpfError, XdpMode
 from bpf import netns as bpf_netns
+from bpf.attach import host_path
 from bpf.cli import (
     UsageError,
     add_stats_interval,
@@ -105,7 +107,7 @@ def _name_argument(parser: argparse.ArgumentParser) -> None:
         "--name",
         default=DEFAULT_NAME,
         help=f"the running pipeline's name: its maps are pinned under "
-        f"{bpf.pin_dir('vxlan-NAME')} (default {DEFAULT_NAME})",
+        f"{bpf.PIN_ROOT / 'vxlan-NAME'} (default {DEFAULT_NAME})",
     )
 
 
@@ -233,7 +235,7 @@ def _run_checks(args: argparse.Namespace) -> tuple[Config, bytes, Allowlist | No
     pins = bpf.pin_dir(f"vxlan-{args.name}")
     if pins.exists():
         raise UsageError(
-            f"--name: a pipeline is already pinned as {args.name!r} ({pins}); stop it, or "
+            f"--name: a pipeline is already pinned as {args.name!r} ({host_path(pins)}); stop it, or "
             "run `harness clean` if it was killed"
         )
     mac = args.next_hop_mac or default_next_hop(args.egress, args.netns)
@@ -317,7 +319,7 @@ def _run(args: argparse.Namespace) -> int:
             print(
                 f"{PROG}: running as {args.name!r}: {args.interface} -> {args.egress}{where} "
                 f"(next hop {format_mac(egress.dst_mac)}), mode {config.mode.value}; "
-                f"maps pinned in {pins}",
+                f"maps pinned in {host_path(pins)}",
                 file=sys.stderr,
                 flush=True,
             )

@@ -33,7 +33,7 @@ from pathlib import Path
 import bpf
 from bpf import BpfObject, Map, RingBuffer, TcDirection, XdpMode
 from bpf import netns as bpf_netns
-from bpf.attach import TcFilter, XdpLink, ifindex
+from bpf.attach import TcFilter, XdpLink, host_path, ifindex
 from bpf.btf import be32, from_be32
 from bpf.vxlan.allowlist import Address, Allowlist, Network
 from bpf.vxlan.model import Config, DropReason, Egress, Mode, NatTarget
@@ -143,7 +143,7 @@ class VxlanPipeline:
         missing = [m for m in PINNED_MAPS if not (directory / m).exists()]
         if missing:
             raise FileNotFoundError(
-                f"no VXLAN pipeline pinned as {name!r}: {directory} lacks {', '.join(missing)} "
+                f"no VXLAN pipeline pinned as {name!r}: {host_path(directory)} lacks {', '.join(missing)} "
                 f"(is `vxlan-pipeline run --name {name}` running?)"
             )
         vx = cls.__new__(cls)

@@ -151,12 +151,15 @@ def test_bad_arguments_are_refused_before_anything_runs(args, message):
 
 
 class Running:
-    """A ``softrss`` process whose output goes to files, read as it grows."""
+    """A ``softrss`` process (run by ``prefix``, ``ip netns exec NS`` say) whose output goes to
+    files, read as it grows."""
 
-    def __init__(self, args: list[str], directory: Path) -> None:
+    def __init__(self, args: list[str], directory: Path, prefix: tuple[str, ...] = ()) -> None:
         self.out, self.err = directory / "stdout", directory / "stderr"
         with self.out.open("w") as out, self.err.open("w") as err:
-            self.proc = subprocess.Popen([str(SOFTRSS), *args], stdout=out, stderr=err, text=True)
+            self.proc = subprocess.Popen(
+                [*prefix, str(SOFTRSS), *args], stdout=out, stderr=err, text=True
+            )
 
     def wait_for(self, file: Path, contains: str, timeout: float = 15.0) -> str:
         """The last line of ``file`` holding ``contains``, once there is one."""
@@ -180,7 +183,8 @@ class Running:
         return self.out.read_text(), self.err.read_text()
 
 
-def test_run_counts_injected_traffic_and_saves_its_state(two_host, tmp_path):
+@pytest.mark.parametrize("inside", ["--netns", "ip netns exec"])
+def test_run_counts_injected_traffic_and_saves_its_state(two_host, tmp_path, inside):
     injector, dut = two_host
     state = tmp_path / "state.json"
     config = Config(buckets=4, threshold_packets=0)
@@ -189,10 +193,13 @@ def test_run_counts_injected_traffic_and_saves_its_state(two_host, tmp_path):
         vary=(Vary("UDP.sport", Range(7000, 7031)),),
         count=640,
     )
-    args = ["-i", "ens5", "--netns", dut, "-s", "1", "-b", "4", "--json", "--threshold", "0"]
-    run = Running([*args, "-o", str(state)], tmp_path)
+    args = ["-i", "ens5", "-s", "1", "-b", "4", "--json", "--threshold", "0", "-o", str(state)]
+    if inside == "--netns":
+        run = Running([*args, "--netns", dut], tmp_path)
+    else:
+        run = Running(args, tmp_path, prefix=("ip", "netns", "exec", dut))
     try:
-        run.wait_for(run.err, "softrss: attached to ens5@")
+        run.wait_for(run.err, "softrss: attached to ens5")
         program = spec.resolve()
         frames = list(program.packets())
         with XdpSender(program, "veth0", injector) as sender:

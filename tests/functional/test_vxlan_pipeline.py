@@ -75,10 +75,18 @@ def mirror(mirror_vxlan: MirrorVxlan) -> MirrorVxlan:
 NAME = f"bl-{journal.current().run_id}-vxlan"
 
 
-def vxlan_pipeline(*args: str) -> subprocess.CompletedProcess:
-    """The command on this run's pipeline (``--name NAME`` unless the call names another)."""
+def in_netns(namespace: str | None) -> list[str]:
+    """The command line that runs a command under ``ip netns exec NAMESPACE`` (None: as it is)."""
+    return ["ip", "netns", "exec", namespace] if namespace else []
+
+
+def vxlan_pipeline(*args: str, inside: str | None = None) -> subprocess.CompletedProcess:
+    """The command on this run's pipeline (``--name NAME`` unless the call names another), under
+    ``ip netns exec INSIDE`` if given."""
     named = args if "--name" in args else (*args, "--name", NAME)
-    return subprocess.run([str(VXLAN_PIPELINE), *named], capture_output=True, text=True, timeout=30)
+    return subprocess.run(
+        [*in_netns(inside), str(VXLAN_PIPELINE), *named], capture_output=True, text=True, timeout=30
+    )
 
 
 @dataclass
@@ -92,13 +100,17 @@ class Running:
         return json.loads(done.stdout)
 
 
-def start(m: MirrorVxlan, mode: str = "redirect", *extra: str) -> subprocess.Popen:
-    """``vxlan-pipeline run`` on the dut (with ``extra`` options), once it says it is running."""
-    args = ["run", "-i", "ens5", "-t", "ens6", "--netns", m.dut, "--mode", mode, "--name", NAME]
+def start(
+    m: MirrorVxlan, mode: str = "redirect", *extra: str, ip_netns_exec: bool = False
+) -> subprocess.Popen:
+    """``vxlan-pipeline run`` on the dut (with ``extra`` options), once it says it is running; in
+    the dut's namespace by ``--netns``, or run by ``ip netns exec``."""
+    args = ["run", "-i", "ens5", "-t", "ens6", "--mode", mode, "--name", NAME]
     args += ["--next-hop-mac", COLLECTOR_MAC, "--vni", str(VNI), "--allowlist", str(m.allowlist)]
-    args += extra
+    args += [*extra] if ip_netns_exec else [*extra, "--netns", m.dut]
     process = subprocess.Popen(
-        [str(VXLAN_PIPELINE), *args, "--json", "-s", "60"],
+        [*in_netns(m.dut if ip_netns_exec else None), str(VXLAN_PIPELINE), *args, "--json"]
+        + ["-s", "60"],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -112,9 +124,11 @@ def start(m: MirrorVxlan, mode: str = "redirect", *extra: str) -> subprocess.Pop
 
 
 @contextlib.contextmanager
-def running(m: MirrorVxlan, mode: str = "redirect", *extra: str) -> Iterator[Running]:
+def running(
+    m: MirrorVxlan, mode: str = "redirect", *extra: str, ip_netns_exec: bool = False
+) -> Iterator[Running]:
     """A pipeline run for the block, stopped with SIGTERM; its pins must be gone after."""
-    run = Running(start(m, mode, *extra), [])
+    run = Running(start(m, mode, *extra, ip_netns_exec=ip_netns_exec), [])
     try:
         yield run
     finally:
@@ -398,6 +412,59 @@ def test_allowlist_and_nat_change_while_traffic_flows(mirror, tmp_path):
     assert c["nat"] == unnatted["nat"] < unnatted["forwarded"] < c["forwarded"], (unnatted, c)
     to = {(Ether(f)[IP].dst, Ether(f)[UDP].dport) for f in forwarded_nat}
     assert to == {("10.0.0.2", 80), ("10.2.0.2", 8080)}, to
+
+
+@pytest.mark.parametrize("inside", ["--netns", "ip netns exec"])
+def test_a_workflow_of_commands_reaches_the_running_pipeline(mirror, tmp_path, inside):
+    """``run`` in one process; ``allowlist load`` (the seed's file, its total_ips off by one),
+    ``allowlist show``, ``nat add``, ``nat list``, ``stats`` each in its own: all reach the one
+    pinned pipeline, whether each runs under ``ip netns exec`` (a mount namespace of its own, with
+    a /sys without the host's bpffs) or is told ``--netns``."""
+    netns = mirror.dut if inside == "ip netns exec" else None
+    entries = ["10.0.0.1", "104.218.88.5", "198.51.100.0/24"]
+    seed = tmp_path / "ip_allowlist.json"
+    seed.write_text(
+        json.dumps(
+            {
+                "version": "1.0",
+                "total_ips": 4,
+                "organizations": [{"name": "Example", "ips": entries}],
+                "flat_ip_list": entries,
+            },
+            indent=2,
+        )
+    )
+    mirror.allowlist.write_text(json.dumps(Allowlist.of(["192.0.2.1"]).document()))
+    with running(mirror, ip_netns_exec=netns is not None):
+        loaded = vxlan_pipeline("allowlist", "load", str(seed), inside=netns)
+        assert loaded.returncode == 0, loaded.stderr
+        assert "warning: " in loaded.stderr and "total_ips is 4 but flat_ip_list has 3" in (
+            loaded.stderr
+        )
+        shown = vxlan_pipeline("allowlist", "show", inside=netns)
+        assert shown.returncode == 0, shown.stderr
+        assert json.loads(shown.stdout) == {
+            "version": "1.0",
+            "total_ips": 3,
+            "organizations": [],
+            "flat_ip_list": entries,
+        }
+        added = vxlan_pipeline("nat", "add", "80", "10.2.0.2:8080", inside=netns)
+        listed = vxlan_pipeline("nat", "list", inside=netns)
+        assert added.returncode == listed.returncode == 0, added.stderr + listed.stderr
+        assert listed.stdout == "80 10.2.0.2:8080\n"
+        frame = templates.vxlan(templates.udp4(src="10.0.0.1", dport=80, **INNER), **OUTER)
+        with Capture("eth0", netns=mirror.collector, match=from_egress) as arrived:
+            send_packets([bytes(frame)], "eth0", mirror.mirror)
+            got = [f.data for f in arrived.frames(count=1, timeout=2.0) if not f.outgoing]
+        stats = vxlan_pipeline("stats", "--json", inside=netns)
+    assert len(got) == 1 and (Ether(got[0])[IP].dst, Ether(got[0])[UDP].dport) == (
+        "10.2.0.2",
+        8080,
+    ), "the frame must be forwarded by the loaded allowlist, through the added rule"
+    assert stats.returncode == 0, stats.stderr
+    counters = json.loads(stats.stdout)["counters"]
+    assert counters["forwarded"] == counters["nat"] == 1, counters
 
 
 def test_invalid_allowlist_is_refused_and_nothing_changes(mirror, tmp_path):
