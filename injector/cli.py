@@ -29,7 +29,7 @@ def _send(args: argparse.Namespace) -> dict:
         from injector.pcap_backend import replay_pcap
 
         result = replay_pcap(args.pcap, args.interface, args.netns, args.speed, args.rate)
-        return {"packets": result.sent, "seconds": result.seconds}
+        return {"packets": result.sent, "seconds": result.seconds, "refused": result.refused}
     spec = load_spec(args.spec)
     overrides = {k: v for k, v in (("count", args.count), ("rate_pps", args.rate)) if v is not None}
     if args.duration is not None:
@@ -39,7 +39,7 @@ def _send(args: argparse.Namespace) -> dict:
         from injector.scapy_backend import send_spec
 
         result = send_spec(spec, args.interface, args.netns)
-        return {"packets": result.sent, "seconds": result.seconds}
+        return {"packets": result.sent, "seconds": result.seconds, "refused": result.refused}
     program = spec.resolve()
     if args.backend == "trex":
         from injector.trex_backend import run_on_trex
@@ -99,7 +99,9 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(result))
     else:
         rate = f" ({result['pps'] / 1e6:.2f} Mpps)" if "pps" in result else ""
-        print(f"sent {result['packets']:,} packets in {result['seconds']:.2f} s{rate}")
+        refused = ", ".join(f"{why} {n:,}" for why, n in result.get("refused", {}).items())
+        refused = f"; refused by the link: {refused}" if refused else ""
+        print(f"sent {result['packets']:,} packets in {result['seconds']:.2f} s{rate}{refused}")
     return 0
 
 

@@ -40,7 +40,7 @@ from bpf.ringbuf import RingReader
 from bpf.txring import TxRing
 
 FRAME_OFFSET = 4  # offsetof(struct vxlan_frame, data)
-SLOT_SIZE = mmap.PAGESIZE  # a TX slot: frames up to 4064 bytes, past any MTU native XDP allows
+SLOT_SIZE = mmap.PAGESIZE  # a TX slot: frames up to 4054 bytes, past any MTU native XDP allows
 TX_SLOTS = 2048
 BATCH = 1024  # records per TX ring flush: the ring is 8 MiB, thousands of small frames
 VLAN_HLEN = 4  # AF_PACKET takes a frame of MTU + Ethernet header + one VLAN tag

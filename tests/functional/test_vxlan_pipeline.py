@@ -107,10 +107,9 @@ def start(
     the dut's namespace by ``--netns``, or run by ``ip netns exec``."""
     args = ["run", "-i", "ens5", "-t", "ens6", "--mode", mode, "--name", NAME]
     args += ["--next-hop-mac", COLLECTOR_MAC, "--vni", str(VNI), "--allowlist", str(m.allowlist)]
-    args += [*extra] if ip_netns_exec else [*extra, "--netns", m.dut]
+    args += [*extra, "--json", "-s", "60"] + ([] if ip_netns_exec else ["--netns", m.dut])
     process = subprocess.Popen(
-        [*in_netns(m.dut if ip_netns_exec else None), str(VXLAN_PIPELINE), *args, "--json"]
-        + ["-s", "60"],
+        [*in_netns(m.dut if ip_netns_exec else None), str(VXLAN_PIPELINE), *args],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
