@@ -261,8 +261,9 @@ def test_latency_probe_overhead(benchmark, passing_link, quick):
         reports["loaded"].append(probe_report)
         load_mpps.append(bulk["report"].pps / 1e6)
         assert probe_report.received > 0, f"no probe got through the load: {probe_report}"
-        # A probe the flooded link refused (ENOBUFS) was never sent: the report counts it as lost.
-        return bulk["report"].packets + probes - sum(probe_report.refused.values()), seconds
+        # A probe the flooded veth refused (ENOBUFS: it has no qdisc, the refusal is its own) is
+        # lost in the report, and dropped in veth0's tx_dropped like the bulk frames it drops.
+        return bulk["report"].packets + probes, seconds
 
     def p50_of(load: XdpSender | None) -> float:
         link.delivered(lambda: probed(load))
