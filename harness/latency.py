@@ -19,8 +19,9 @@ receiving interface must let probes pass (``harness.sink.Sink(..., verdict=XdpAc
 Counting (after RFC 4737): ``received`` counts distinct sequence numbers, ``duplicated`` the copies
 beyond the first, ``lost`` the sequence numbers sent that never arrived, and ``reordered`` the first
 copies that arrived after a higher sequence number had. A probe the sending link refused (ENOBUFS
-while a flood fills its queue) is lost too, and ``refused`` says how many of the lost were, by reason. Latency percentiles are exact (nearest rank)
-over first copies; no outlier is dropped, since the tail is what a latency figure is for.
+while a flood fills it) is lost too, and ``refused`` says how many of the lost were, by reason.
+Latency percentiles are exact (nearest rank) over first copies; no outlier is dropped, since the
+tail is what a latency figure is for.
 
 Not for: throughput or frame counts at rate (``harness.sink``), packet contents (``harness.capture``),
 hardware timestamps, or probes across VLANs, tunnels or hosts with separate clocks.
