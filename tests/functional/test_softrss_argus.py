@@ -46,13 +46,18 @@ RA_FIELDS = (
 
 
 class Supervisor:
-    """A running ``softrss-argus``; its output goes to files in the output directory's parent."""
+    """A running ``softrss-argus`` (told ``--netns``, or run by ``ip netns exec``); its output goes
+    to files in the output directory's parent."""
 
-    def __init__(self, dut: str, out: Path, buckets: int) -> None:
+    def __init__(self, dut: str, out: Path, buckets: int, ip_netns_exec: bool = False) -> None:
         self.out, self.log = out, out.parent / "supervisor.log"
-        args = ["-i", "ens5", "--netns", dut, "-b", str(buckets), "-o", str(out), "-s", "1"]
+        args = ["-i", "ens5", "-b", str(buckets), "-o", str(out), "-s", "1"]
+        command = [str(SOFTRSS_ARGUS), *args]
+        command = (
+            ["ip", "netns", "exec", dut, *command] if ip_netns_exec else [*command, "--netns", dut]
+        )
         with self.log.open("w") as log:
-            self.proc = subprocess.Popen([str(SOFTRSS_ARGUS), *args], stdout=log, stderr=log)
+            self.proc = subprocess.Popen(command, stdout=log, stderr=log)
         self.wait_for(lambda config: True, "the instances to be ready")
 
     def config(self) -> dict | None:
@@ -193,11 +198,12 @@ def test_each_flow_is_in_exactly_its_buckets_argus_file(two_host, tmp_path):
     assert argus_processes(out) == []
 
 
-def test_killed_instance_is_restarted_and_nothing_is_left(two_host, tmp_path):
+@pytest.mark.parametrize("inside", ["--netns", "ip netns exec"])
+def test_killed_instance_is_restarted_and_nothing_is_left(two_host, tmp_path, inside):
     injector, dut = two_host
     out, buckets, victim = tmp_path / "argus", 2, 1
     before = links(dut)
-    supervisor = Supervisor(dut, out, buckets)
+    supervisor = Supervisor(dut, out, buckets, ip_netns_exec=inside == "ip netns exec")
     try:
         first = supervisor.config()["instances"][victim]
         os.kill(first["pid"], signal.SIGKILL)

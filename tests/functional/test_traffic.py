@@ -148,7 +148,8 @@ def test_pcap_replay_delivers_the_capture(two_host, tmp_path):
     assert_same(frames, got)
 
 
-def test_cli_sends_a_spec_file(two_host, tmp_path):
+@pytest.mark.parametrize("inside", ["--netns", "ip netns exec"])
+def test_cli_sends_a_spec_file(two_host, tmp_path, inside):
     injector, dut = two_host
     spec_file = tmp_path / "flows.yaml"
     spec_file.write_text(
@@ -156,12 +157,14 @@ def test_cli_sends_a_spec_file(two_host, tmp_path):
         "vary:\n  - {field: UDP.sport, range: {start: 1000, end: 1099}}\n"
         "count: 20000\n"
     )
+    command = [str(INJECTOR_COMMAND), "send", "-i", "veth0", "--spec", str(spec_file)]
+    command += ["--rate", "200000", "--json"]
+    if inside == "--netns":
+        command += ["--netns", injector]
+    else:
+        command = ["ip", "netns", "exec", injector, *command]
     with Sink("ens5", dut) as sink:
-        done = subprocess.run(
-            [str(INJECTOR_COMMAND), "send", "-i", "veth0", "--netns", injector,
-             "--spec", str(spec_file), "--rate", "200000", "--json"],
-            capture_output=True, text=True, timeout=60,
-        )  # fmt: skip
+        done = subprocess.run(command, capture_output=True, text=True, timeout=60)
         assert done.returncode == 0, done.stderr
         result = json.loads(done.stdout)
         assert result["packets"] == 20_000
