@@ -30,6 +30,7 @@ class Summary:
     maximum: float
     samples: int
     outliers: int
+    values: tuple[float, ...] = ()  # every sample, outliers included, in the order taken
 
     def __str__(self) -> str:
         return f"{self.median:.4g} {self.unit} (sd {self.stddev:.2g}, n={self.samples})"
@@ -56,6 +57,7 @@ def summarize(values: list[float], unit: str) -> Summary:
         maximum=ordered[-1],
         samples=len(kept),
         outliers=len(values) - len(kept),
+        values=tuple(values),
     )
 
 

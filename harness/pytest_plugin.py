@@ -35,6 +35,8 @@ from bpf.attach import PIN_ROOT
 from bpf.netns import NETNS_RUN_DIR
 from harness import cleanup
 from harness.counters import silence_ipv6_everywhere
+from harness.results import DEFAULT_PATH as DEFAULT_RESULTS
+from harness.results import Results
 from harness.topology import Topology
 
 _TC_INGRESS, _TC_EGRESS = 0xFFFFFFF2, 0xFFFFFFF3
@@ -48,6 +50,12 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         "--egress-nic", metavar="IF", help="a second real NIC, for topologies with an egress NIC"
     )
     group.addoption("--trex-server", metavar="HOST", help="a TRex server, for tests that drive one")
+    group.addoption(
+        "--results",
+        metavar="FILE",
+        default=str(DEFAULT_RESULTS),
+        help=f"where benchmarks write their figures, as JSON (default {DEFAULT_RESULTS})",
+    )
 
 
 def _refuse_neighbour_lookup(l2: Packet, l3: Packet) -> None:
@@ -68,6 +76,15 @@ def pytest_configure(config: pytest.Config) -> None:
 
 def pytest_sessionstart(session: pytest.Session) -> None:
     cleanup.clean_once()
+
+
+@pytest.fixture(scope="session")
+def results(request: pytest.FixtureRequest) -> Iterator[Results]:
+    """The run's benchmark figures (``Results.record``), written to ``--results`` at its end."""
+    run = Results(tree=request.config.rootpath)
+    yield run
+    if run.figures:
+        run.write(Path(request.config.getoption("results")))
 
 
 @pytest.fixture

@@ -33,7 +33,7 @@ def kernel_ns(program: bpf.Program, repeat: int) -> float:
     return float(program.test_run(FRAME, repeat=repeat).duration_ns)
 
 
-def test_test_run_ns_per_packet(benchmark, programs, quick):
+def test_test_run_ns_per_packet(benchmark, results, programs, quick):
     trivial, sample_prog = programs
     repeat = 10_000 if quick else 1_000_000
     baseline = sample(lambda: kernel_ns(trivial, repeat), "ns/packet", repeats=3 if quick else 7)
@@ -46,13 +46,13 @@ def test_test_run_ns_per_packet(benchmark, programs, quick):
     )
     result = Comparison("test_run xdp_sample (5 map updates)", subject, baseline, "xdp_pass")
     benchmark.extra_info.update(result.as_dict())
-    print(result.result_line())
+    results.record(result)
     assert baseline.median > 0 and subject.median > baseline.median, (
         f"a program doing map updates ({subject}) cannot be cheaper than XDP_PASS ({baseline})"
     )
 
 
-def test_python_cost_of_one_test_run_call(benchmark, programs, quick):
+def test_python_cost_of_one_test_run_call(benchmark, results, programs, quick):
     trivial, _ = programs
     calls = 2_000 if quick else 50_000
     data = ctypes.create_string_buffer(FRAME, len(FRAME))
@@ -87,5 +87,5 @@ def test_python_cost_of_one_test_run_call(benchmark, programs, quick):
     )
     result = Comparison("python test_run call", subject, baseline, "bare ctypes call")
     benchmark.extra_info.update(result.as_dict(), linearity=linearity)
-    print(result.result_line())
+    results.record(result)
     assert subject.median >= baseline.median * 0.8, "the binding cannot beat the bare call it wraps"

@@ -165,16 +165,16 @@ def paired(
     return summarize([s for s, _ in pairs], unit), summarize([b for _, b in pairs], unit)
 
 
-def report(benchmark, result: Comparison, link: Link, **extra) -> None:
-    """Print the result line; keep the figures, and the share of frames the receiving ring dropped."""
+def report(benchmark, results, result: Comparison, link: Link, **extra) -> None:
+    """Record the figure, with the share of frames the receiving ring dropped."""
     dropped_share = link.dropped / link.frames if link.frames else 0.0
     benchmark.extra_info.update(result.as_dict(), dropped_share=dropped_share, **extra)
-    print(result.result_line())
+    results.record(result, dropped_share=dropped_share, **extra)
 
 
 @pytest.mark.parametrize("workers", [1, 2])
 @pytest.mark.parametrize("flows", list(FLOWS))
-def test_xdp_backend_vs_bare_c(benchmark, link, bare_driver, quick, flows, workers):
+def test_xdp_backend_vs_bare_c(benchmark, results, link, bare_driver, quick, flows, workers):
     """Python's cost: the xdp backend's Mpps as a share of the bare-C driver's on the same engine."""
     frames = frames_per_repeat(quick)
     with XdpSender(program_of(flows), "veth0", link.injector) as sender:
@@ -191,11 +191,11 @@ def test_xdp_backend_vs_bare_c(benchmark, link, bare_driver, quick, flows, worke
     result = Comparison(
         f"xdp backend, {flows}, {workers} worker(s)", subject, baseline, "bare C live frames"
     )
-    report(benchmark, result, link, frames_per_repeat=frames)
+    report(benchmark, results, result, link, frames_per_repeat=frames)
     assert subject.median > 0 and baseline.median > 0
 
 
-def test_xdp_backend_vs_scapy_backend(benchmark, link, quick):
+def test_xdp_backend_vs_scapy_backend(benchmark, results, link, quick):
     """The same 10k-flow frames: the xdp engine (1 worker) against the scapy backend's socket."""
     frames = frames_per_repeat(quick)
     program = program_of("10k flows")
@@ -219,14 +219,19 @@ def test_xdp_backend_vs_scapy_backend(benchmark, link, quick):
         )
     result = Comparison("xdp backend, 10k flows, 1 worker", subject, baseline, "scapy backend")
     report(
-        benchmark, result, link, frames_per_repeat=frames, socket_frames_per_repeat=socket_frames
+        benchmark,
+        results,
+        result,
+        link,
+        frames_per_repeat=frames,
+        socket_frames_per_repeat=socket_frames,
     )
     assert result.ratio > 1, (
         f"the xdp backend ({subject}) must outrun the scapy backend's socket ({baseline})"
     )
 
 
-def test_latency_probe_overhead(benchmark, passing_link, quick):
+def test_latency_probe_overhead(benchmark, results, passing_link, quick):
     """Probe latency at 1 kpps on the idle link, and with the xdp injector loading it flat out.
 
     The dut's sink passes frames to the stack so that probes reach the probe socket. The dut's
@@ -277,17 +282,17 @@ def test_latency_probe_overhead(benchmark, passing_link, quick):
         )
     kept, _ = repeats_of(quick)  # the last reports are the recorded repeats, after the warm-up
     p99 = {kind: summarize([r.p99_us for r in rs[-kept:]], "us") for kind, rs in reports.items()}
-    results = [
+    figures = [
         Comparison("probe latency p50, xdp load flat out", subject, baseline, "idle link"),
         Comparison("probe latency p99, xdp load flat out", p99["loaded"], p99["idle"], "idle link"),
     ]
     benchmark.extra_info.update(
-        {r.name: r.as_dict() for r in results},
+        {r.name: r.as_dict() for r in figures},
         reports={kind: [asdict(r) for r in rs[-kept:]] for kind, rs in reports.items()},
         probes_per_repeat=probes,
         probe_rate_pps=PROBE_RATE,
         load_mpps=load_mpps[-kept:],
         dropped_share=link.dropped / link.frames,
     )
-    for result in results:
-        print(result.result_line())
+    for result in figures:
+        results.record(result)

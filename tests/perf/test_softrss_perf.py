@@ -52,7 +52,7 @@ def trivial():
 
 @pytest.mark.parametrize("frame", FRAMES)
 @pytest.mark.parametrize("kind", list(HashKind), ids=lambda k: k.value)
-def test_established_flow_ns_per_packet(benchmark, trivial, quick, kind, frame):
+def test_established_flow_ns_per_packet(benchmark, results, trivial, quick, kind, frame):
     repeat = 10_000 if quick else 1_000_000
     repeats = 3 if quick else 7
     packet = FRAMES[frame]
@@ -76,7 +76,7 @@ def test_established_flow_ns_per_packet(benchmark, trivial, quick, kind, frame):
         assert len(rss.flows()) == 1
     result = Comparison(f"softrss {kind.value} {frame} established", subject, baseline, "xdp_pass")
     benchmark.extra_info.update(result.as_dict(), target_ratio=TARGET_RATIO)
-    print(result.result_line())
+    results.record(result)
     print(f"softrss {kind.value} {frame}: {result.ratio:.2f}x xdp_pass, target {TARGET_RATIO}x")
     assert quick or result.ratio <= REGRESSION_RATIO, (
         f"{subject} is {result.ratio:.2f}x xdp_pass ({baseline}): past {REGRESSION_RATIO}x, a "
@@ -130,7 +130,7 @@ def _bare_fanout(names: list[str], dut: str, mode: XdpMode):
 
 
 @pytest.mark.parametrize("mode", [XdpMode.NATIVE, XdpMode.GENERIC], ids=lambda m: m.name.lower())
-def test_zero_loss_throughput(benchmark, two_host, trivial, quick, mode):
+def test_zero_loss_throughput(benchmark, results, two_host, trivial, quick, mode):
     injector, dut = two_host
     packets = 50_000 if quick else 2_000_000
     repeats = 2 if quick else 5
@@ -181,7 +181,7 @@ def test_zero_loss_throughput(benchmark, two_host, trivial, quick, mode):
         fanout_mpps=fanout.median,
         of_fanout=of_fanout,
     )
-    print(result.result_line())
+    results.record(result)
     print(
         f"{name}: {subject.median:.2f} Mpps against {baseline.median:.2f} Mpps bare "
         f"({result.ratio:.0%}, aim {THROUGHPUT_AIM:.0%}); the receiver adds {added_ns:.0f} ns/frame. "
@@ -195,7 +195,7 @@ def test_zero_loss_throughput(benchmark, two_host, trivial, quick, mode):
         )
 
 
-def test_added_latency(benchmark, two_host, quick):
+def test_added_latency(benchmark, results, two_host, quick):
     """One-way probe latency into the dut's ens5 with soft RSS attached (native, `count`: frames go
     on to the stack, where the probe socket reads them) against the same link without it, same run.
     The difference of medians is what soft RSS adds; the seed promised under 100 us."""
@@ -217,5 +217,5 @@ def test_added_latency(benchmark, two_host, quick):
     )
     added = subject.median - baseline.median
     benchmark.extra_info.update(result.as_dict(), added_us=added)
-    print(result.result_line())
+    results.record(result)
     print(f"RESULT softrss_added_latency_us={added:.2f}")

@@ -41,7 +41,7 @@ def scripted_two_host() -> float:
 
 
 @pytest.mark.parametrize("name", ["two_host", "mirror_vxlan"])
-def test_up_down(benchmark, quick, name):
+def test_up_down(benchmark, results, quick, name):
     topo = Topology.load(name)
 
     def up_down() -> float:
@@ -56,7 +56,7 @@ def test_up_down(benchmark, quick, name):
     )
     result = Comparison(f"{name} up+down", subject, baseline, "two_host scripted with ip(8)")
     benchmark.extra_info.update(result.as_dict())
-    print(result.result_line())
+    results.record(result)
     if not quick:
         assert subject.median < AIM_SECONDS * 1e3, (
             f"{name} up+down takes {subject} (median), over the {AIM_SECONDS * 1e3:.0f} ms aim"

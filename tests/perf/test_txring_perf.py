@@ -30,7 +30,7 @@ def link(topology):
         yield injector, sink
 
 
-def test_tx_ring_against_a_send_per_frame(benchmark, quick, link):
+def test_tx_ring_against_a_send_per_frame(benchmark, results, quick, link):
     injector, sink = link
     frames = list(SPEC.resolve().packets(2_000 if quick else 100_000))
 
@@ -53,7 +53,7 @@ def test_tx_ring_against_a_send_per_frame(benchmark, quick, link):
         )
     result = Comparison("tx ring, 60-byte frames", subject, baseline, "send() per frame")
     benchmark.extra_info.update(result.as_dict())
-    print(result.result_line())
+    results.record(result)
     print(f"tx ring: {result.ratio:.2f}x a send() per frame (aim: more than 1x)")
     if not quick:  # smoke samples are too small to judge by
         # The aim is not met on every machine of our kind (0.95x on one, where a system call is cheap

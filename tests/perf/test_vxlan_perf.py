@@ -81,16 +81,16 @@ def single_runs_ns(program: bpf.Program, frame: bytes, calls: int) -> float:
     return statistics.fmean(program.test_run(frame).duration_ns for _ in range(calls))
 
 
-def report(benchmark, name: str, subject, baseline) -> Comparison:
+def report(benchmark, results, name: str, subject, baseline) -> Comparison:
     result = Comparison(name, subject, baseline, "xdp_pass")
     benchmark.extra_info.update(result.as_dict(), target_ratio=TARGET_RATIO)
-    print(result.result_line())
+    results.record(result, target_ratio=TARGET_RATIO)
     print(f"{name}: {result.ratio:.2f}x xdp_pass, target {TARGET_RATIO}x")
     return result
 
 
 @pytest.mark.parametrize("mode", [Mode.REDIRECT, Mode.TC], ids=lambda m: m.value)
-def test_forward_ns_per_packet(benchmark, trivial, quick, mode):
+def test_forward_ns_per_packet(benchmark, results, trivial, quick, mode):
     calls = 2_000 if quick else 20_000
     repeats = 3 if quick else 7
     with pipeline(mode) as vx:
@@ -105,14 +105,14 @@ def test_forward_ns_per_packet(benchmark, trivial, quick, mode):
         )
         stats = vx.stats()
         assert stats.balanced and stats.forwarded == stats.total
-    result = report(benchmark, f"vxlan {mode.value} forward", subject, baseline)
+    result = report(benchmark, results, f"vxlan {mode.value} forward", subject, baseline)
     assert result.ratio <= REGRESSION_RATIO, (
         f"{subject} is {result.ratio:.2f}x xdp_pass ({baseline}): past {REGRESSION_RATIO}x, a "
         f"regression (the target is {TARGET_RATIO}x)"
     )
 
 
-def test_host_traffic_ns_per_packet(benchmark, trivial, quick):
+def test_host_traffic_ns_per_packet(benchmark, results, trivial, quick):
     repeat = 10_000 if quick else 1_000_000
     repeats = 3 if quick else 7
     with pipeline(Mode.REDIRECT) as vx:
@@ -130,7 +130,7 @@ def test_host_traffic_ns_per_packet(benchmark, trivial, quick):
             iterations=1,
         )
         assert vx.stats().passed == vx.stats().total
-    result = report(benchmark, "vxlan host traffic pass", subject, baseline)
+    result = report(benchmark, results, "vxlan host traffic pass", subject, baseline)
     assert result.ratio <= REGRESSION_RATIO
 
 
@@ -240,7 +240,7 @@ def _throughput(sender: XdpSender, sink: Sink, packets: int, repeats: int, total
 
 
 @pytest.mark.parametrize("mode", [Mode.REDIRECT.value, Mode.TC.value])
-def test_zero_loss_throughput_against_bare_redirect(benchmark, link, quick, mode):
+def test_zero_loss_throughput_against_bare_redirect(benchmark, results, link, quick, mode):
     packets = 20_000 if quick else 1_000_000
     repeats = 1 if quick else 3
     with (
@@ -272,13 +272,15 @@ def test_zero_loss_throughput_against_bare_redirect(benchmark, link, quick, mode
     assert totals["sent"] == totals["arrived"] + lost_mirror + drops + failed + lost_ens6, (
         "frames lost uncounted"
     )
-    _report_throughput(benchmark, mode, subject, baseline, quick)
+    _report_throughput(benchmark, results, mode, subject, baseline, quick)
 
 
-def _report_throughput(benchmark, mode: str, subject: Summary, baseline: Summary, quick: bool):
+def _report_throughput(
+    benchmark, results, mode: str, subject: Summary, baseline: Summary, quick: bool
+):
     result = Comparison(f"vxlan {mode} zero-loss", subject, baseline, "bare xdp_redirect_devmap")
     benchmark.extra_info.update(result.as_dict(), seed_kpps=SEED_RINGBUF_KPPS)
-    print(result.result_line())
+    results.record(result)
     print(
         f"vxlan {mode}: {subject.median:,.0f} kpps zero-loss against {baseline.median:,.0f} kpps "
         f"bare XDP_REDIRECT ({result.ratio:.0%}); {subject.median / SEED_RINGBUF_KPPS:.1f}x the "
@@ -294,7 +296,7 @@ def _report_throughput(benchmark, mode: str, subject: Summary, baseline: Summary
         )
 
 
-def test_ringbuf_against_the_seed(benchmark, link, quick):
+def test_ringbuf_against_the_seed(benchmark, results, link, quick):
     """The ring-buffer path measured as the seed stated its headline (85 kpps, 99.99% delivered) and
     as the issue sets its aim (3x that, "with 0 packets lost uncounted"): a steady stream at 3x the
     seed's rate, every frame accounted for (sent = arrived + the losses the kernel and the pipeline
@@ -346,7 +348,7 @@ def test_ringbuf_against_the_seed(benchmark, link, quick):
     baseline = Summary("kpps", SEED_RINGBUF_KPPS, SEED_RINGBUF_KPPS, 0, 0, 0, 0, 1, 0)
     result = Comparison("vxlan ringbuf, re-injector emptying a full ring", drain, baseline, "seed")
     benchmark.extra_info.update(result.as_dict(), steady_delivered=delivered, steady_pps=steady.pps)
-    print(result.result_line())
+    results.record(result)
     print(
         f"vxlan ringbuf: at {steady.pps / 1e3:,.0f} kpps steady ({RINGBUF_AIM:.0f}x the seed) "
         f"{delivered:.4%} delivered, every loss counted; a full ring empties at "
@@ -389,7 +391,7 @@ def _p50_us(link: MirrorVxlan, received_as: ProbeTemplate, count: int) -> float:
 
 
 @pytest.mark.parametrize("mode", [Mode.REDIRECT.value, Mode.RINGBUF.value])
-def test_latency_against_bare_redirect(benchmark, link, quick, mode):
+def test_latency_against_bare_redirect(benchmark, results, link, quick, mode):
     """One-way probe latency, mirror to collector: through the pipeline (the collector reads the
     decapsulated probe) against the bare redirect (the probe still encapsulated), same link."""
     count, repeats = (100, 2) if quick else (1000, 5)
@@ -403,7 +405,7 @@ def test_latency_against_bare_redirect(benchmark, link, quick, mode):
         )
     result = Comparison(f"vxlan {mode} probe latency p50", subject, baseline, "bare redirect")
     benchmark.extra_info.update(result.as_dict(), added_us=subject.median - baseline.median)
-    print(result.result_line())
+    results.record(result)
     print(
         f"vxlan {mode}: p50 {subject.median:.1f} us against {baseline.median:.1f} us bare "
         f"(the seed claimed 5 us)"
