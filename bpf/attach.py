@@ -316,7 +316,8 @@ def bpffs() -> Path:
         if _is_bpffs(BPFFS):
             _reached = BPFFS
         elif (outer := _outer_bpffs()) is not None:
-            _reached = Path(f"/proc/self/fd/{os.open(outer, os.O_PATH | os.O_DIRECTORY)}")
+            held = os.open(outer, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+            _reached = Path(f"/proc/self/fd/{held}")
         else:
             raise LibbpfError(
                 errno.ENOENT,
