@@ -6,6 +6,7 @@
     harness topo exec [-t NAME] NODE -- CMD...
     harness clean
     harness run demo [--packets N] [--json]
+    harness gate RESULTS [--history DIR] [--update-baseline]
 
 ``topo up`` leaves the network up after it exits, so it records it as a detached topology: its
 journal goes to ``/run/bpflab/topologies/NAME/`` rather than the per-process journal directory, and a
@@ -25,6 +26,7 @@ import json
 import os
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from bpf import netns as bpf_netns
 from harness import cleanup
@@ -101,6 +103,23 @@ def _cmd_run(args: argparse.Namespace) -> int:
     return demo.main(args.packets, args.json)
 
 
+def _cmd_gate(args: argparse.Namespace) -> int:
+    from harness import gate
+
+    path = Path(args.results)
+    results = json.loads(path.read_text())
+    history = gate.history_dir(Path(args.history), results)
+    verdicts = gate.gate(results, gate.load_history(history))
+    print(f"{path} against {history} (testbed {results['testbed']}):")
+    print(gate.table(verdicts))
+    if args.update_baseline:
+        print(f"recorded in the history as {gate.record(path, results, Path(args.history))}")
+    regressions = [v.name for v in verdicts if v.regression]
+    if regressions:
+        print(f"harness gate: {len(regressions)} regression(s): {', '.join(regressions)}")
+    return 1 if regressions and not args.update_baseline else 0
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="harness", description="bpflab test harness")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -136,6 +155,20 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--packets", type=int, default=2_000_000, help="packets of the rate check")
     run.add_argument("--json", action="store_true", help="print the checks as JSON")
     run.set_defaults(run=_cmd_run)
+
+    check = commands.add_parser(
+        "gate", help="a run's results against the history of its testbed and machine"
+    )
+    check.add_argument("results", metavar="RESULTS", help="a results file of `pytest tests/perf`")
+    check.add_argument(
+        "--history", default=".benchmarks/history", help="the runs accepted so far (a directory)"
+    )
+    check.add_argument(
+        "--update-baseline",
+        action="store_true",
+        help="accept the run: add it to the history (and exit 0)",
+    )
+    check.set_defaults(run=_cmd_gate)
     return parser
 
 

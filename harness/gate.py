@@ -1,0 +1,180 @@
+"""The regression gate: a run's figures against the stored history of the same testbed and machine.
+
+    harness gate RESULTS [--history DIR] [--update-baseline]
+
+History is plain files: ``DIR/TESTBED/MACHINE/TIME.json``, each a results file
+(``harness.results``) of an accepted run; MACHINE is a digest of the fingerprint, so figures of unlike
+machines are never compared. ``--update-baseline`` adds the run to its history (an accepted change).
+
+The method, and why. On shared machines a figure's level drifts from run to run (a slow neighbour, a
+different host of the same kind), so each figure is first divided by its same-run baseline's median:
+a slow day moves both. The evidence is then judged at two levels, and a regression needs both:
+
+- **Run level.** The history's runs give a center (the median of their normalized medians) and a
+  spread (1.4826 x their MAD, a standard deviation robust to one odd run). The new run is worse by
+  more than ``BAND`` spreads, and by at least ``FLOOR``. This is what separates a change from the
+  run-to-run noise that a fixed percentage (pytest-benchmark's ``--benchmark-compare-fail``) cannot
+  tell apart, and it needs only a few runs of history (Bencher's z-score wants ~30).
+- **Sample level.** A one-sided Mann-Whitney U test (what Google benchmark's compare.py uses) of the
+  new run's samples against the pooled samples of the history has p < ``ALPHA``: the shift is not
+  carried by one or two samples of a run whose median happened to land low.
+
+A figure needs ``MIN_RUNS`` runs of history and ``MIN_SAMPLES`` samples (U wants 9 or more to have
+power; fewer are reported as not judged, never as passed). Higher is better for rates, lower for
+times (by the unit).
+
+Measured on synthetic histories at this machine's spread (``tests/unit/test_gate.py``: 7% per
+sample, 1% run to run after normalizing, 8 runs of history, 200 seeded trials): with 15 samples a
+run, 0.5-1% false alarms on the same build and 3.5-6.5% misses of a 10% slowdown. With 9 samples
+the misses rise to ~12%, and a figure whose samples vary by 10% wants ~25: a gated run should take
+more repeats than the smoke run's 3.
+Not for: taking the figures (``harness.measure``), budgets of a testbed, reports.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import shutil
+import statistics
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+BAND = 2.0  # spreads of the history's run medians
+FLOOR = 0.02  # the smallest change called a regression, of the history's center
+ALPHA = 0.01
+MIN_RUNS = 3
+MIN_SAMPLES = 5
+LOWER_IS_BETTER = ("ns", "us", "ms", "s")  # the unit's first word: ns/packet, us/call, ms
+
+
+def machine_id(fingerprint: dict[str, Any]) -> str:
+    """A short, stable name for a fingerprint (its keys sorted, hashed)."""
+    return hashlib.sha256(json.dumps(fingerprint, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def history_dir(root: Path, results: dict[str, Any]) -> Path:
+    return root / results["testbed"] / machine_id(results["fingerprint"])
+
+
+def normalized(figure: dict[str, Any]) -> list[float]:
+    """The figure's samples, each divided by its same-run baseline's median."""
+    base = figure["baseline"]["median"]
+    return [v / base for v in figure["subject"]["values"]] if base else []
+
+
+def mann_whitney_greater(x: list[float], y: list[float]) -> float:
+    """One-sided p-value that ``x`` tends to be greater than ``y`` (normal approximation with tie
+    and continuity corrections; adequate from about 5 samples each)."""
+    n1, n2 = len(x), len(y)
+    ranked = sorted([(v, 0) for v in x] + [(v, 1) for v in y])
+    ranks, ties, i = [0.0] * len(ranked), 0.0, 0
+    while i < len(ranked):
+        j = i
+        while j + 1 < len(ranked) and ranked[j + 1][0] == ranked[i][0]:
+            j += 1
+        for k in range(i, j + 1):
+            ranks[k] = (i + j) / 2 + 1
+        ties += (j - i + 1) ** 3 - (j - i + 1)
+        i = j + 1
+    u = (
+        sum(r for r, (_, group) in zip(ranks, ranked, strict=True) if group == 0)
+        - n1 * (n1 + 1) / 2
+    )
+    n = n1 + n2
+    sigma = math.sqrt(n1 * n2 / 12 * ((n + 1) - ties / (n * (n - 1))))
+    if sigma == 0:
+        return 1.0
+    z = (u - n1 * n2 / 2 - 0.5) / sigma
+    return 0.5 * math.erfc(z / math.sqrt(2))
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """One figure of the run against its history; ``change`` is signed so that positive is worse."""
+
+    name: str
+    unit: str
+    history: float | None  # center of the history's normalized run medians
+    now: float
+    change: float | None
+    band: float | None
+    p_value: float | None
+    verdict: str  # regression, improvement, no change, not judged: <why>
+
+    @property
+    def regression(self) -> bool:
+        return self.verdict == "regression"
+
+
+def judge(figure: dict[str, Any], past: list[dict[str, Any]]) -> Verdict:
+    """``figure`` of the new run against the same figure in ``past`` runs."""
+    samples = normalized(figure)
+    now = statistics.median(samples) if samples else math.nan
+    worse_sign = -1.0 if figure["unit"].split("/")[0] in LOWER_IS_BETTER else 1.0
+    runs = [s for s in (normalized(f) for f in past) if len(s) >= MIN_SAMPLES]
+
+    def verdict(history=None, change=None, band=None, p=None, why="") -> Verdict:
+        return Verdict(figure["name"], figure["unit"], history, now, change, band, p, why)
+
+    if len(samples) < MIN_SAMPLES:
+        return verdict(why=f"not judged: {len(samples)} samples, {MIN_SAMPLES} needed")
+    if len(runs) < MIN_RUNS:
+        return verdict(why=f"not judged: {len(runs)} runs of history, {MIN_RUNS} needed")
+    medians = [statistics.median(r) for r in runs]
+    center = statistics.median(medians)
+    spread = 1.4826 * statistics.median(abs(m - center) for m in medians)
+    band = max(BAND * spread / center, FLOOR)
+    # positive change: worse (a lower rate, a longer time)
+    change = (center - now) / center if worse_sign > 0 else (now - center) / center
+    pooled = [v for r in runs for v in r]
+    worse, better = (pooled, samples) if worse_sign > 0 else (samples, pooled)
+    p_worse = mann_whitney_greater(worse, better)
+    p_better = mann_whitney_greater(better, worse)
+    if change > band and p_worse < ALPHA:
+        return verdict(center, change, band, p_worse, "regression")
+    if -change > band and p_better < ALPHA:
+        return verdict(center, change, band, p_better, "improvement")
+    return verdict(center, change, band, min(p_worse, p_better), "no change")
+
+
+def load_history(directory: Path) -> list[dict[str, Any]]:
+    return [json.loads(p.read_text()) for p in sorted(directory.glob("*.json"))]
+
+
+def gate(results: dict[str, Any], history: list[dict[str, Any]]) -> list[Verdict]:
+    """A verdict for every figure of ``results``, against the runs of ``history``."""
+    verdicts = []
+    for figure in results["figures"]:
+        past = [f for run in history for f in run["figures"] if f["name"] == figure["name"]]
+        verdicts.append(judge(figure, past))
+    return verdicts
+
+
+def table(verdicts: list[Verdict]) -> str:
+    """The verdicts as a plain-text table: metric, history, now, change, band, p, verdict."""
+    rows = [("metric", "history", "now", "worse by", "band", "p", "verdict")]
+    for v in verdicts:
+        rows.append(
+            (
+                f"{v.name} ({v.unit}, / baseline)",
+                "-" if v.history is None else f"{v.history:.4g}",
+                f"{v.now:.4g}",
+                "-" if v.change is None else f"{v.change:+.1%}",
+                "-" if v.band is None else f"{v.band:.1%}",
+                "-" if v.p_value is None else f"{v.p_value:.2g}",
+                v.verdict,
+            )
+        )
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in rows)
+
+
+def record(results_path: Path, results: dict[str, Any], root: Path) -> Path:
+    """Add a run to its history (``--update-baseline``)."""
+    target = history_dir(root, results) / f"{results['time'].replace(':', '')}.json"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(results_path, target)
+    return target
