@@ -113,7 +113,7 @@ def judge(figure: dict[str, Any], past: list[dict[str, Any]]) -> Verdict:
     """``figure`` of the new run against the same figure in ``past`` runs."""
     samples = normalized(figure)
     now = statistics.median(samples) if samples else math.nan
-    worse_sign = -1.0 if figure["unit"].split("/")[0] in LOWER_IS_BETTER else 1.0
+    higher_is_better = figure["unit"].split("/")[0] not in LOWER_IS_BETTER
     runs = [s for s in (normalized(f) for f in past) if len(s) >= MIN_SAMPLES]
 
     def verdict(history=None, change=None, band=None, p=None, why="") -> Verdict:
@@ -128,11 +128,11 @@ def judge(figure: dict[str, Any], past: list[dict[str, Any]]) -> Verdict:
     spread = 1.4826 * statistics.median(abs(m - center) for m in medians)
     band = max(BAND * spread / center, FLOOR)
     # positive change: worse (a lower rate, a longer time)
-    change = (center - now) / center if worse_sign > 0 else (now - center) / center
+    change = (center - now if higher_is_better else now - center) / center
     pooled = [v for r in runs for v in r]
-    worse, better = (pooled, samples) if worse_sign > 0 else (samples, pooled)
-    p_worse = mann_whitney_greater(worse, better)
-    p_better = mann_whitney_greater(better, worse)
+    larger_when_worse, smaller = (pooled, samples) if higher_is_better else (samples, pooled)
+    p_worse = mann_whitney_greater(larger_when_worse, smaller)
+    p_better = mann_whitney_greater(smaller, larger_when_worse)
     if change > band and p_worse < ALPHA:
         return verdict(center, change, band, p_worse, "regression")
     if -change > band and p_better < ALPHA:
