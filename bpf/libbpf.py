@@ -237,6 +237,7 @@ _PROTOTYPES: dict[str, tuple[object, list[object]]] = {
     "bpf_map__value_size": (c_uint32, [_P]),
     "bpf_map__max_entries": (c_uint32, [_P]),
     "bpf_map__set_max_entries": (c_int, [_P, c_uint32]),
+    "bpf_map__set_type": (c_int, [_P, c_int]),
     "bpf_map__btf_key_type_id": (c_uint32, [_P]),
     "bpf_map__btf_value_type_id": (c_uint32, [_P]),
     "bpf_map__initial_value": (c_void_p, [_P, POINTER(c_size_t)]),

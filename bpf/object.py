@@ -257,6 +257,15 @@ class Map:
             raise RuntimeError(f"map {self.name!r}: max_entries can only change before load()")
         call(lib.bpf_map__set_max_entries, self._handle, n, what=f"map {self.name}: max_entries")
 
+    def set_type(self, map_type: MapType) -> None:
+        """Before load: create the map as ``map_type``, with the same key and value (a HASH declared
+        in C created as an LRU_PERCPU_HASH, say: one program source for every kind of table)."""
+        if self.object.loaded:
+            raise RuntimeError(f"map {self.name!r}: the type can only change before load()")
+        call(lib.bpf_map__set_type, self._handle, int(map_type), what=f"map {self.name}: type")
+        self.type = map_type
+        self.percpu = map_type in _PERCPU
+
     def reuse_pinned(self, path: Path) -> None:
         """Before load: make this map the one pinned at ``path`` (another process's, say), so this
         object reads and writes the same map (libbpf's ``bpf_map__reuse_fd``)."""

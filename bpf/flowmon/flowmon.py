@@ -1,0 +1,431 @@
+"""The flow-metrics control plane: load ``flowmon.bpf.c`` with a storage, attach it, read the flows.
+
+```python
+from bpf.flowmon import Config, FlowMon, Hook, Storage
+
+with FlowMon(Config(storage=Storage.PERCPU_HASH, entries=4096)) as fm:
+    fm.attach("veth0", [Hook.TC_INGRESS, Hook.TC_EGRESS], netns="bl-3fa2c1-dut")
+    fm.pin("veth0")                   # maps under bpf.pin_dir("flowmon")/veth0/
+    ...
+    fm.flows()                        # the flow table: per-CPU values summed, ring records added
+    fm.misses(), fm.unparsed()        # packets not counted by reason, frames not parsed by status
+with FlowMon.reopen("veth0") as again: ...   # another process: the same maps, the same counts
+```
+
+``FlowTable`` is the storage layer alone (flowtable.h's maps in any object that includes it):
+configured before load, read after, pinned and reopened. Data planes that count flows share it.
+Every struct comes from the object's BTF. Times are CLOCK_MONOTONIC_COARSE nanoseconds; ``wall_time``
+turns them into the epoch.
+
+Not for: the command line (``bpf.flowmon.cli``) or the model (``bpf.flowmon.model``).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ipaddress
+import os
+import struct
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from bpf import BpfObject, LibbpfError, MapType, XdpMode
+from bpf.attach import TcDirection, pin_dir, pin_object, unpin_object
+from bpf.btf import fields_of
+from bpf.flowmon.model import (
+    TCP_FLAG_FIN,
+    TCP_FLAG_SYN,
+    Config,
+    Direction,
+    FlowKey,
+    Full,
+    Hook,
+    Storage,
+)
+from bpf.libbpf import call, lib
+from bpf.ringbuf import RingReader
+
+SOURCE = Path(__file__).with_name("flowmon.bpf.c")
+PIN_OWNER = "flowmon"
+CLOCK_MONOTONIC_COARSE = 6  # <linux/time.h>; Python's time module does not name it
+MIN_RING_BYTES = 4096  # the ring of a storage that never writes to it: one page
+
+_HASH_TYPES = {
+    Storage.HASH: MapType.HASH,
+    Storage.PERCPU_HASH: MapType.PERCPU_HASH,
+    Storage.LRU_HASH: MapType.LRU_HASH,
+    Storage.LRU_PERCPU_HASH: MapType.LRU_PERCPU_HASH,
+}
+_ARRAY_TYPES = {Storage.ARRAY: MapType.ARRAY, Storage.PERCPU_ARRAY: MapType.PERCPU_ARRAY}
+_PROGRAMS = {
+    Hook.XDP: "flowmon_xdp",
+    Hook.TC_INGRESS: "flowmon_tc_ingress",
+    Hook.TC_EGRESS: "flowmon_tc_egress",
+}
+_TABLES = {4: ("flows4", "slots4"), 6: ("flows6", "slots6")}
+
+
+@dataclass(frozen=True)
+class Flow:
+    key: FlowKey
+    packets: int
+    bytes: int
+    first_seen_ns: int
+    last_seen_ns: int
+    tcp_flags: int  # OR of every packet's
+    syn_ns: int  # the first SYN, 0 if none
+    fin_ns: int  # the first FIN, 0 if none
+
+
+def now_coarse_ns() -> int:
+    return time.clock_gettime_ns(CLOCK_MONOTONIC_COARSE)
+
+
+def wall_time(coarse_ns: int) -> float:
+    """A CLOCK_MONOTONIC_COARSE time of this boot as seconds since the epoch."""
+    return time.time() - (now_coarse_ns() - coarse_ns) / 1e9
+
+
+class _Stats:
+    """A flow's counters as they are merged: per CPU, or table entry with ring records."""
+
+    __slots__ = ("bytes", "fin", "first", "flags", "last", "packets", "syn")
+
+    def __init__(self) -> None:
+        self.packets = self.bytes = self.flags = 0
+        self.first = self.last = self.syn = self.fin = 0
+
+    def add(
+        self, packets: int, octets: int, first: int, last: int, flags: int, syn: int, fin: int
+    ) -> None:
+        if not packets:
+            return  # a CPU that never saw the flow: its value is zero
+        self.packets += packets
+        self.bytes += octets
+        self.flags |= flags
+        self.first = min(self.first, first) if self.first else first
+        self.last = max(self.last, last)
+        self.syn = min(self.syn, syn) if self.syn and syn else self.syn or syn
+        self.fin = min(self.fin, fin) if self.fin and fin else self.fin or fin
+
+    def add_value(self, v: Any) -> None:
+        """Add a struct flow_stats."""
+        self.add(
+            v.packets, v.bytes, v.first_seen_ns, v.last_seen_ns, v.tcp_flags, v.syn_ns, v.fin_ns
+        )
+
+
+class FlowTable:
+    """The maps of ``flowtable.h`` in ``obj``: configure before load, read after."""
+
+    MAPS = ("flows4", "flows6", "slots4", "slots6", "slot_locks", "records", "misses", "activity")
+
+    def __init__(self, obj: BpfObject, config: Config) -> None:
+        self.obj, self.config = obj, config
+        self._ring: RingReader | None = None
+        # Ring records read so far, by (IP version, raw key bytes): the reader's part of the table.
+        self._from_ring: dict[tuple[int, bytes], _Stats] = {}
+        record = obj.struct("flow_record")
+        self._record = _layout(record, ("ts_ns", "packets", "bytes", "ip_version", "tcp_flags"))
+        self._record_key = record.key.offset
+        self._key_size = {4: obj.struct("flow_key4"), 6: obj.struct("flow_key6")}
+
+    def configure(self) -> None:
+        """Before load: the storage's map types and sizes, the rest at one entry."""
+        c, maps, rodata = self.config, self.obj.maps, self.obj.rodata
+        rodata["flow_storage"] = self.obj.enum("flow_storage")[f"FLOW_STORAGE_{c.storage.name}"]
+        rodata["flow_full"] = self.obj.enum("flow_full")[f"FLOW_FULL_{c.full.name}"]
+        if c.storage in _HASH_TYPES:
+            for name in ("flows4", "flows6"):
+                maps[name].set_type(_HASH_TYPES[c.storage])
+                maps[name].max_entries = c.entries
+        if c.storage in _ARRAY_TYPES:
+            rodata["flow_slots"] = c.entries
+            for name in ("slots4", "slots6"):
+                maps[name].set_type(_ARRAY_TYPES[c.storage])
+                maps[name].max_entries = c.entries
+            if c.storage is Storage.ARRAY:
+                maps["slot_locks"].max_entries = c.entries
+        uses_ring = c.storage is Storage.RINGBUF or c.full is Full.SPILL
+        maps["records"].max_entries = c.ring_bytes if uses_ring else MIN_RING_BYTES
+
+    def opened(self) -> None:
+        """After load."""
+        if self.uses_ring:
+            self._ring = RingReader(self.obj.maps["records"])
+
+    @property
+    def uses_ring(self) -> bool:
+        return self.config.storage is Storage.RINGBUF or self.config.full is Full.SPILL
+
+    def close(self) -> None:
+        if self._ring is not None:
+            self._ring.close()
+            self._ring = None
+
+    # --- reading ---
+
+    def drain(self) -> int:
+        """Add the ring's records to the table; the number read."""
+        if self._ring is None:
+            return 0
+        unpack, key_off, sizes = self._record.unpack_from, self._record_key, self._key_size
+        found = self._from_ring
+        n = 0
+        for rec in self._ring.records():
+            ts, packets, octets, version, flags = unpack(rec)
+            raw = bytes(rec[key_off : key_off + ctypes.sizeof(sizes[version])])
+            stats = found.get((version, raw))
+            if stats is None:
+                stats = found[(version, raw)] = _Stats()
+            syn = ts if flags & TCP_FLAG_SYN else 0
+            fin = ts if flags & TCP_FLAG_FIN else 0
+            stats.add(packets, octets, ts, ts, flags, syn, fin)
+            n += 1
+        return n
+
+    def flows(self) -> list[Flow]:
+        """The flow table, most packets first: the kernel's entries (per-CPU values merged: sums,
+        earliest first seen, latest last seen) with the ring's records added (drained first)."""
+        self.drain()
+        merged: dict[tuple[int, bytes], _Stats] = {}
+        for (version, raw), stats in self._from_ring.items():
+            merged.setdefault((version, raw), _Stats()).add(
+                stats.packets,
+                stats.bytes,
+                stats.first,
+                stats.last,
+                stats.flags,
+                stats.syn,
+                stats.fin,
+            )
+        storage = self.config.storage
+        for version, (hash_name, slots_name) in _TABLES.items():
+            if storage in _HASH_TYPES:
+                for key, value in self.obj.maps[hash_name].items():
+                    stats = merged.setdefault((version, bytes(key)), _Stats())
+                    for v in value if isinstance(value, list) else [value]:
+                        stats.add_value(v)
+            elif storage in _ARRAY_TYPES:
+                for _, value in self.obj.maps[slots_name].items():
+                    for slot in value if isinstance(value, list) else [value]:
+                        if slot.claimed:
+                            stats = merged.setdefault((version, bytes(slot.key)), _Stats())
+                            stats.add_value(slot.stats)
+        flows = [self._flow(version, raw, s) for (version, raw), s in merged.items()]
+        return sorted(flows, key=lambda f: (-f.packets, f.key))
+
+    def _flow(self, version: int, raw: bytes, s: _Stats) -> Flow:
+        k = self._key_size[version].from_buffer_copy(raw)
+        size = 4 if version == 4 else 16
+        src = bytes(k.saddr.to_bytes(4, "little")) if version == 4 else bytes(k.saddr.bytes)
+        dst = bytes(k.daddr.to_bytes(4, "little")) if version == 4 else bytes(k.daddr.bytes)
+        key = FlowKey(
+            version,
+            k.ifindex,
+            Direction(k.direction),
+            ipaddress.ip_address(src[:size]),
+            ipaddress.ip_address(dst[:size]),
+            int.from_bytes(k.sport.to_bytes(2, "little"), "big"),
+            int.from_bytes(k.dport.to_bytes(2, "little"), "big"),
+            k.proto,
+        )
+        return Flow(key, s.packets, s.bytes, s.first, s.last, s.flags, s.syn, s.fin)
+
+    def misses(self) -> dict[str, int]:
+        """Packets not counted, by reason (struct flow_misses), summed over CPUs."""
+        return fields_of(self.obj.maps["misses"].lookup_sum(0))
+
+    def activity(self) -> dict[str, int]:
+        """Flows created and packets spilled (struct flow_activity), summed over CPUs."""
+        return fields_of(self.obj.maps["activity"].lookup_sum(0))
+
+    def forget(self) -> None:
+        """Empty the table, the ring and the counters."""
+        self.drain()
+        self._from_ring.clear()
+        for name in ("flows4", "flows6", "slots4", "slots6", "misses", "activity"):
+            self.obj.maps[name].clear()
+
+
+def _layout(ctype: type, names: tuple[str, ...]) -> struct.Struct:
+    """A struct.Struct reading fields ``names`` (integers, in offset order) of a ctypes struct: one
+    unpack a ring record instead of a ctypes copy."""
+    fmt, pos = "=", 0
+    codes = {1: "B", 2: "H", 4: "I", 8: "Q"}
+    for name in names:
+        f = getattr(ctype, name)
+        fmt += f"{f.offset - pos}x{codes[f.size]}" if f.offset > pos else codes[f.size]
+        pos = f.offset + f.size
+    return struct.Struct(fmt)
+
+
+def read_pinned_struct(path: Path, ctype: type, key: int = 0) -> Any:
+    """Element ``key`` of the pinned ARRAY map at ``path``, as ``ctype``: what a loader must read
+    before it can load (the configuration its object needs)."""
+    fd = call(lib.bpf_obj_get, str(path).encode(), what=f"open pinned map {path}")
+    try:
+        value, index = ctype(), ctypes.c_uint32(key)
+        call(
+            lib.bpf_map_lookup_elem,
+            fd,
+            ctypes.byref(index),
+            ctypes.byref(value),
+            what=f"read {path}[{key}]",
+        )
+        return value
+    finally:
+        os.close(fd)
+
+
+class FlowMon:
+    """The loaded data plane. Use as a context manager: leaving detaches and closes it (pins made by
+    ``pin`` stay: they are the counts a later process reopens, until ``unpin``)."""
+
+    PINNED = (*FlowTable.MAPS, "unparsed", "config")
+
+    def __init__(self, config: Config | None = None, reuse: Path | None = None) -> None:
+        self.config = config or Config()
+        self.obj = BpfObject.open(SOURCE)
+        self.table = FlowTable(self.obj, self.config)
+        self.attachments: list[Any] = []
+        self.pinned: Path | None = reuse
+        try:
+            self.table.configure()
+            if reuse is not None:
+                for name in self.PINNED:
+                    self.obj.maps[name].reuse_pinned(reuse / name)
+            self.obj.load()
+            self.table.opened()
+            if reuse is None:
+                self._write_config()
+        except BaseException:
+            self.close()
+            raise
+
+    def _write_config(self) -> None:
+        c = self.config
+        self.obj.maps["config"][0] = {
+            "storage": self.obj.enum("flow_storage")[f"FLOW_STORAGE_{c.storage.name}"],
+            "full": self.obj.enum("flow_full")[f"FLOW_FULL_{c.full.name}"],
+            "entries": c.entries,
+            "ring_bytes": c.ring_bytes,
+            "owner_pid": os.getpid(),
+        }
+
+    # --- pins ---
+
+    @staticmethod
+    def pin_path(ifname: str) -> Path:
+        return pin_dir(PIN_OWNER) / ifname
+
+    @classmethod
+    def pinned_config(cls, ifname: str) -> tuple[Config, int] | None:
+        """The configuration pinned for ``ifname`` and the pid that loaded it, or None."""
+        where = cls.pin_path(ifname) / "config"
+        if not where.exists():
+            return None
+        with BpfObject.open(SOURCE) as obj:
+            raw = read_pinned_struct(where, obj.struct("flowmon_config"))
+            storages = {v: k for k, v in obj.enum("flow_storage").items()}
+            fulls = {v: k for k, v in obj.enum("flow_full").items()}
+        config = Config(
+            storage=Storage[storages[raw.storage].removeprefix("FLOW_STORAGE_")],
+            full=Full[fulls[raw.full].removeprefix("FLOW_FULL_")],
+            entries=raw.entries,
+            ring_bytes=raw.ring_bytes,
+        )
+        return config, raw.owner_pid
+
+    @classmethod
+    def reopen(cls, ifname: str) -> FlowMon:
+        """The data plane whose maps are pinned for ``ifname`` (by this process or another): its
+        counts, its configuration. Attach it to go on counting where the other left off."""
+        found = cls.pinned_config(ifname)
+        if found is None:
+            raise LibbpfError(2, f"no flowmon maps pinned at {cls.pin_path(ifname)}")
+        fm = cls(found[0], reuse=cls.pin_path(ifname))
+        fm.obj.maps["config"][0] = {**fields_of(fm.obj.maps["config"][0]), "owner_pid": os.getpid()}
+        return fm
+
+    def pin(self, ifname: str) -> Path:
+        """Pin every map under ``pin_dir("flowmon")/IFNAME/`` (journaled; ``unpin`` removes them)."""
+        directory = self.pin_path(ifname)
+        for name in self.PINNED:
+            pin_object(self.obj.maps[name].fd, directory / name)
+        self.pinned = directory
+        return directory
+
+    @classmethod
+    def unpin(cls, ifname: str) -> list[Path]:
+        """Remove the pins of ``ifname``; the paths removed."""
+        directory = cls.pin_path(ifname)
+        removed = [directory / n for n in cls.PINNED if (directory / n).exists()]
+        for path in removed:
+            unpin_object(path)
+        return removed
+
+    # --- attach ---
+
+    def attach(
+        self,
+        ifname: str,
+        hooks: Iterable[Hook],
+        netns: str | None = None,
+        mode: XdpMode = XdpMode.NATIVE,
+    ) -> None:
+        """Count at each of ``hooks`` on ``ifname`` (in namespace ``netns``)."""
+        for hook in hooks:
+            program = self.obj.programs[_PROGRAMS[hook]]
+            if hook is Hook.XDP:
+                self.attachments.append(program.attach_xdp(ifname, mode, netns))
+            else:
+                direction = TcDirection.INGRESS if hook is Hook.TC_INGRESS else TcDirection.EGRESS
+                self.attachments.append(program.attach_tc(ifname, direction, netns))
+
+    def detach(self) -> None:
+        while self.attachments:
+            self.attachments.pop().detach()
+
+    def program(self, hook: Hook) -> Any:
+        return self.obj.programs[_PROGRAMS[hook]]
+
+    def close(self) -> None:
+        self.detach()
+        self.table.close()
+        if self.pinned is not None:
+            config = self.obj.maps["config"]
+            if config.lookup(0) is not None and config[0].owner_pid == os.getpid():
+                config[0] = {**fields_of(config[0]), "owner_pid": 0}
+        self.obj.close()
+
+    def __enter__(self) -> FlowMon:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # --- reading ---
+
+    def flows(self) -> list[Flow]:
+        return self.table.flows()
+
+    def misses(self) -> dict[str, int]:
+        return self.table.misses()
+
+    def activity(self) -> dict[str, int]:
+        return self.table.activity()
+
+    def unparsed(self) -> dict[str, int]:
+        """Frames not counted in a flow, by parse status (``PARSE_NOT_IP``, ``PARSE_TRUNC_UDP``...)."""
+        table = self.obj.maps["unparsed"]
+        counts = {}
+        for name, status in self.obj.enum("parse_status").items():
+            if name not in ("PARSE_OK", "PARSE_STATUS_MAX"):
+                n = table.lookup_sum(status)
+                if n:
+                    counts[name] = n
+        return counts
