@@ -35,7 +35,7 @@ from bpf import journal
 from bpf.netns import NETNS_RUN_DIR
 from harness.topology import remove_host_link, remove_netns
 
-UNDO_MODULES = ("bpf.attach", "bpf.softrss.argus", "harness.topology", "injector.xdp")
+UNDO_MODULES = ("bpf.attach", "bpf.daemon", "bpf.softrss.argus", "harness.topology", "injector.xdp")
 DETACHED_DIR = journal.STATE_DIR / "topologies"
 _RUN_NETNS = re.compile(r"bl-([0-9a-f]{6})-.+")
 _RUN_LINK = re.compile(r"bl([0-9a-f]{6})-.+")

@@ -19,6 +19,7 @@ This plugin does not build networks itself (``harness.topology``) nor send traff
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import re
 from collections.abc import Callable, Iterator
@@ -30,13 +31,25 @@ from pyroute2 import IPRoute
 from scapy.config import conf
 from scapy.packet import Packet
 
+import testbeds
 from bpf import journal
 from bpf.attach import PIN_ROOT
 from bpf.netns import NETNS_RUN_DIR
 from harness import cleanup
+from harness.bench import Bench
 from harness.counters import silence_ipv6_everywhere
+from harness.peer import SshPeer
 from harness.results import DEFAULT_PATH as DEFAULT_RESULTS
 from harness.results import Results
+from harness.testbed import (
+    DEFAULT_TESTBED,
+    SourceKind,
+    Testbed,
+    TestbedError,
+    bind,
+    find_testbed,
+    load_testbed,
+)
 from harness.topology import Topology
 
 _TC_INGRESS, _TC_EGRESS = 0xFFFFFFF2, 0xFFFFFFF3
@@ -50,6 +63,21 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         "--egress-nic", metavar="IF", help="a second real NIC, for topologies with an egress NIC"
     )
     group.addoption("--trex-server", metavar="HOST", help="a TRex server, for tests that drive one")
+    group.addoption(
+        "--testbed",
+        metavar="NAME|FILE",
+        help=f"the testbed benchmarks run on (shipped: {', '.join(testbeds.names())}; "
+        f"default {DEFAULT_TESTBED}, or with --nic the options alone)",
+    )
+    group.addoption(
+        "--peer", metavar="ssh://[USER@]HOST", help="a peer host sending the benchmarks' traffic"
+    )
+    group.addoption(
+        "--peer-bin", metavar="DIR", help="where the project's commands are on the peer (PATH)"
+    )
+    group.addoption(
+        "--ssh-config", metavar="FILE", help="an ssh_config(5) file for reaching the peer (ssh -F)"
+    )
     group.addoption(
         "--results",
         metavar="FILE",
@@ -79,9 +107,62 @@ def pytest_sessionstart(session: pytest.Session) -> None:
 
 
 @pytest.fixture(scope="session")
-def results(request: pytest.FixtureRequest) -> Iterator[Results]:
+def testbed(request: pytest.FixtureRequest) -> Testbed:
+    """The testbed of the run: ``--testbed`` with ``--nic``/``--egress-nic``/``--peer``/
+    ``--trex-server`` in place of its own (``harness.testbed.bind``)."""
+    option = request.config.getoption
+    try:
+        chosen = option("testbed") and load_testbed(find_testbed(option("testbed")))
+        bound = bind(
+            chosen or None,
+            nic=option("nic"),
+            egress_nic=option("egress_nic"),
+            peer=option("peer"),
+            trex_server=option("trex_server"),
+        )
+    except TestbedError as err:
+        raise pytest.UsageError(str(err)) from None
+    if option("peer_bin"):
+        bound = dataclasses.replace(
+            bound, source=dataclasses.replace(bound.source, bin=option("peer_bin"))
+        )
+    return bound
+
+
+@pytest.fixture(scope="session")
+def peer(request: pytest.FixtureRequest, testbed: Testbed) -> Iterator[SshPeer | None]:
+    """The testbed's peer host over one ssh connection for the whole run; None without one."""
+    if testbed.source.kind is not SourceKind.SSH:
+        yield None
+        return
+    config = request.config.getoption("ssh_config")
+    with SshPeer(
+        testbed.source.peer, testbed.source.bin, config=Path(config) if config else None
+    ) as host:
+        yield host
+
+
+@pytest.fixture
+def bench(testbed: Testbed, peer: SshPeer | None) -> Iterator[Callable[[str], Bench]]:
+    """``bench(topology_name)`` -> a ``harness.bench.Bench`` on the run's testbed, down after the
+    test: the DUT's ports and a traffic source, whether veths and the local injector or real NICs
+    and a peer."""
+    built: list[Bench] = []
+
+    def build(topology_name: str) -> Bench:
+        made = Bench.build(topology_name, testbed, peer)
+        built.append(made)
+        return made
+
+    yield build
+    for made in reversed(built):
+        made.topology.down()
+
+
+@pytest.fixture(scope="session")
+def results(request: pytest.FixtureRequest, testbed: Testbed) -> Iterator[Results]:
     """The run's benchmark figures (``Results.record``), written to ``--results`` at its end."""
-    run = Results(tree=request.config.rootpath)
+    run = Results(testbed=testbed.name, tree=request.config.rootpath)
     yield run
     if run.figures:
         run.write(Path(request.config.getoption("results")))

@@ -402,7 +402,7 @@ class Topology:
                 end = marked[role]
                 bound[end.node, end.ifname] = ifname
                 far_nodes |= {link.peer_of(end).node for link in spec.links if end in link.ends}
-        host_nodes = {node for node, _ in bound}
+        host_nodes = {node for node, _ in bound} | {n.name for n in spec.nodes.values() if n.host}
         nodes = {}
         for name in spec.nodes:
             if name in far_nodes:

@@ -18,7 +18,8 @@ prefix length), ``offloads`` (``gro``/``gso``/``tso``/``tx_checksum``: true or f
 default, which for veth is GRO off). Link ends also take ``queues`` (rx and tx queues of that veth
 end) and ``real_nic: nic | egress-nic``: at run time ``--nic IF`` (or ``--egress-nic IF``) puts the
 real NIC in place of this end (see ``harness.topology``).
-Node fields: ``vxlans`` (``ifname``, ``vni``, ``port`` = 4789, ``local``, ``remote``, ``underlay``),
+Node fields: ``host: true`` (the node is the host's own namespace, not a new one: its interfaces
+are created there with the run's prefix, ``bl3fa2c1-nic0``, to stand in for real NICs), ``vxlans`` (``ifname``, ``vni``, ``port`` = 4789, ``local``, ``remote``, ``underlay``),
 ``bridges`` (``ifname``, ``ports``), ``routes`` (``dst`` = prefix or ``default``, ``via``, ``dev``),
 ``neighbours`` (``dev``, ``address``, ``mac``), ``sysctls`` (``net.*`` keys, per namespace).
 
@@ -33,41 +34,26 @@ from __future__ import annotations
 import enum
 import ipaddress
 import re
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
-import yaml
+from harness import schema
+from harness.schema import Expected, IPAddress, Reader, SchemaError, load_yaml
 
-T = TypeVar("T")
-IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPInterface = ipaddress.IPv4Interface | ipaddress.IPv6Interface
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 _NODE_NAME = re.compile(r"[a-z][a-z0-9_]{0,31}")
-_IFNAME = re.compile(r"[A-Za-z0-9_.-]{1,15}")
-_MAC = re.compile(r"([0-9a-f]{2}:){5}[0-9a-f]{2}")
 _SYSCTL = re.compile(r"net(\.[A-Za-z0-9_-]+)+")
-_YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml when built with it
 
 
-class TopologyError(ValueError):
+class TopologyError(SchemaError):
     """A topology file (or its binding to real NICs) is wrong; says where and what was expected."""
 
-    def __init__(self, file: Path | str, field: str, expected: str, got: object = None) -> None:
-        self.file, self.field, self.expected = str(file), field, expected
-        message = f"{file}: {field}: expected {expected}"
-        if got is not None:
-            message += f", got {got!r}"
-        super().__init__(message)
 
-
-class _Expected(Exception):
-    """Raised by a field converter; the reader adds the file and the field path."""
-
-    def __init__(self, expected: str) -> None:
-        self.expected = expected
+class _Reader(Reader):
+    error = TopologyError
 
 
 class NicRole(enum.Enum):
@@ -149,6 +135,7 @@ class NeighbourSpec:
 @dataclass(frozen=True)
 class NodeSpec:
     name: str
+    host: bool  # lives in the host's namespace, its interfaces named with the run's prefix
     sysctls: tuple[tuple[str, str], ...]
     vxlans: tuple[VxlanSpec, ...]
     bridges: tuple[BridgeSpec, ...]
@@ -177,58 +164,13 @@ class TopologySpec:
         ]
 
 
-# Field converters: value -> converted value, or raise _Expected(what was expected).
-
-
-def _str(value: Any) -> str:
-    if not isinstance(value, str) or not value:
-        raise _Expected("a non-empty string")
-    return value
-
-
-def _ifname(value: Any) -> str:
-    if not isinstance(value, str) or not _IFNAME.fullmatch(value) or value in (".", ".."):
-        raise _Expected("an interface name of 1 to 15 letters, digits, '_', '.' or '-'")
-    return value
-
-
-def _int_range(low: int, high: int) -> Callable[[Any], int]:
-    def convert(value: Any) -> int:
-        if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-            raise _Expected(f"an integer from {low} to {high}")
-        return value
-
-    return convert
-
-
-def _bool(value: Any) -> bool:
-    if not isinstance(value, bool):
-        raise _Expected("true or false")
-    return value
-
-
-def _mac(value: Any) -> str:
-    if not isinstance(value, str) or not _MAC.fullmatch(value.lower()):
-        raise _Expected("a MAC address like 02:00:00:00:00:01")
-    if int(value[:2], 16) & 1:
-        raise _Expected("a unicast MAC address (first octet even)")
-    return value.lower()
-
-
-def _ip(value: Any) -> IPAddress:
-    try:
-        return ipaddress.ip_address(value)
-    except ValueError:
-        raise _Expected("an IPv4 or IPv6 address") from None
-
-
 def _ip_interface(value: Any) -> IPInterface:
     if not isinstance(value, str) or "/" not in value:
-        raise _Expected("an address with its prefix length, like 10.0.0.1/24 or fd00::1/64")
+        raise Expected("an address with its prefix length, like 10.0.0.1/24 or fd00::1/64")
     try:
         return ipaddress.ip_interface(value)
     except ValueError:
-        raise _Expected(
+        raise Expected(
             "an address with its prefix length, like 10.0.0.1/24 or fd00::1/64"
         ) from None
 
@@ -239,94 +181,35 @@ def _destination(value: Any) -> IPNetwork | None:
     try:
         return ipaddress.ip_network(value)
     except (ValueError, TypeError):
-        raise _Expected("'default' or a prefix like 10.1.0.0/16 (host bits zero)") from None
+        raise Expected("'default' or a prefix like 10.1.0.0/16 (host bits zero)") from None
 
 
 def _nic_role(value: Any) -> NicRole:
     try:
         return NicRole(value)
     except ValueError:
-        raise _Expected("'nic' or 'egress-nic'") from None
+        raise Expected("'nic' or 'egress-nic'") from None
 
 
 def _sysctl_value(value: Any) -> str:
     if isinstance(value, bool) or not isinstance(value, int | str):
-        raise _Expected("an integer or a string")
+        raise Expected("an integer or a string")
     return str(value)
 
 
-class _Reader:
-    """The fields of one YAML mapping at ``where`` in ``file``; ``done()`` rejects unknown keys."""
-
-    def __init__(self, file: Path, where: str, data: Any, *, null_is_empty: bool = False) -> None:
-        if data is None and null_is_empty:
-            data = {}
-        if not isinstance(data, dict):
-            raise TopologyError(file, where or "(top level)", "a mapping", data)
-        self.file, self.where, self.data = file, where, data
-        self._seen: set[str] = set()
-
-    def path(self, key: str | int) -> str:
-        if isinstance(key, int):
-            return f"{self.where}[{key}]"
-        return f"{self.where}.{key}" if self.where else key
-
-    def fail(self, key: str | int, expected: str, got: object = None) -> TopologyError:
-        return TopologyError(self.file, self.path(key), expected, got)
-
-    def _convert(self, key: str, value: Any, convert: Callable[[Any], T]) -> T:
-        try:
-            return convert(value)
-        except _Expected as err:
-            raise self.fail(key, err.expected, value) from None
-
-    def required(self, key: str, convert: Callable[[Any], T]) -> T:
-        self._seen.add(key)
-        if key not in self.data:
-            raise self.fail(key, "this field (it is required)")
-        return self._convert(key, self.data[key], convert)
-
-    def optional(self, key: str, convert: Callable[[Any], T], default: T = None) -> T:
-        self._seen.add(key)
-        if key not in self.data or self.data[key] is None:
-            return default
-        return self._convert(key, self.data[key], convert)
-
-    def items(self, key: str, *, required: bool = False) -> list[tuple[str, Any]]:
-        """The elements of the list at ``key``, each with its field path."""
-        self._seen.add(key)
-        value = self.data.get(key)
-        if value is None and not required:
-            return []
-        if not isinstance(value, list) or (required and not value):
-            raise self.fail(key, "a non-empty list" if required else "a list", value)
-        return [(f"{self.path(key)}[{i}]", item) for i, item in enumerate(value)]
-
-    def sub(self, key: str) -> _Reader:
-        self._seen.add(key)
-        return _Reader(self.file, self.path(key), self.data.get(key), null_is_empty=True)
-
-    def done(self) -> None:
-        for key in self.data:
-            if key not in self._seen:
-                known = ", ".join(sorted(self._seen))
-                raise self.fail(str(key), f"no such field here (known fields: {known})")
-
-
 def _addresses(reader: _Reader) -> tuple[IPInterface, ...]:
-    out = []
-    for where, item in reader.items("addresses"):
-        try:
-            out.append(_ip_interface(item))
-        except _Expected as err:
-            raise TopologyError(reader.file, where, err.expected, item) from None
-    return tuple(out)
+    return tuple(
+        reader.convert_item(where, item, _ip_interface) for where, item in reader.items("addresses")
+    )
 
 
 def _offloads(reader: _Reader) -> Offloads:
     sub = reader.sub("offloads")
     offloads = Offloads(
-        **{name: sub.optional(name, _bool) for name in ("gro", "gso", "tso", "tx_checksum")}
+        **{
+            name: sub.optional(name, schema.boolean)
+            for name in ("gro", "gso", "tso", "tx_checksum")
+        }
     )
     sub.done()
     return offloads
@@ -334,9 +217,9 @@ def _offloads(reader: _Reader) -> Offloads:
 
 def _interface(reader: _Reader) -> dict[str, Any]:
     return {
-        "ifname": reader.required("ifname", _ifname),
-        "mac": reader.optional("mac", _mac),
-        "mtu": reader.optional("mtu", _int_range(68, 65535)),
+        "ifname": reader.required("ifname", schema.ifname),
+        "mac": reader.optional("mac", schema.mac),
+        "mtu": reader.optional("mtu", schema.int_range(68, 65535)),
         "addresses": _addresses(reader),
         "offloads": _offloads(reader),
     }
@@ -345,9 +228,9 @@ def _interface(reader: _Reader) -> dict[str, Any]:
 def _end(file: Path, where: str, data: Any) -> EndSpec:
     r = _Reader(file, where, data)
     end = EndSpec(
-        node=r.required("node", _str),
+        node=r.required("node", schema.text),
         **_interface(r),
-        queues=r.optional("queues", _int_range(1, 64)),
+        queues=r.optional("queues", schema.int_range(1, 64)),
         real_nic=r.optional("real_nic", _nic_role),
     )
     r.done()
@@ -367,11 +250,11 @@ def _vxlan(file: Path, where: str, data: Any) -> VxlanSpec:
     r = _Reader(file, where, data)
     vxlan = VxlanSpec(
         **_interface(r),
-        vni=r.required("vni", _int_range(0, 2**24 - 1)),
-        port=r.optional("port", _int_range(1, 65535), 4789),
-        local=r.optional("local", _ip),
-        remote=r.required("remote", _ip),
-        underlay=r.required("underlay", _ifname),
+        vni=r.required("vni", schema.int_range(0, 2**24 - 1)),
+        port=r.optional("port", schema.int_range(1, 65535), 4789),
+        local=r.optional("local", schema.ip),
+        remote=r.required("remote", schema.ip),
+        underlay=r.required("underlay", schema.ifname),
     )
     r.done()
     if vxlan.local is not None and vxlan.local.version != vxlan.remote.version:
@@ -381,13 +264,8 @@ def _vxlan(file: Path, where: str, data: Any) -> VxlanSpec:
 
 def _bridge(file: Path, where: str, data: Any) -> BridgeSpec:
     r = _Reader(file, where, data)
-    ports = []
-    for port_where, item in r.items("ports"):
-        try:
-            ports.append(_ifname(item))
-        except _Expected as err:
-            raise TopologyError(file, port_where, err.expected, item) from None
-    bridge = BridgeSpec(**_interface(r), ports=tuple(ports))
+    ports = tuple(r.convert_item(at, item, schema.ifname) for at, item in r.items("ports"))
+    bridge = BridgeSpec(**_interface(r), ports=ports)
     r.done()
     return bridge
 
@@ -396,8 +274,8 @@ def _route(file: Path, where: str, data: Any) -> RouteSpec:
     r = _Reader(file, where, data)
     route = RouteSpec(
         dst=r.required("dst", _destination),
-        via=r.optional("via", _ip),
-        dev=r.optional("dev", _ifname),
+        via=r.optional("via", schema.ip),
+        dev=r.optional("dev", schema.ifname),
     )
     r.done()
     if route.via is None and route.dev is None:
@@ -410,9 +288,9 @@ def _route(file: Path, where: str, data: Any) -> RouteSpec:
 def _neighbour(file: Path, where: str, data: Any) -> NeighbourSpec:
     r = _Reader(file, where, data)
     neighbour = NeighbourSpec(
-        dev=r.required("dev", _ifname),
-        address=r.required("address", _ip),
-        mac=r.required("mac", _mac),
+        dev=r.required("dev", schema.ifname),
+        address=r.required("address", schema.ip),
+        mac=r.required("mac", schema.mac),
     )
     r.done()
     return neighbour
@@ -430,6 +308,7 @@ def _node(file: Path, where: str, name: str, data: Any) -> NodeSpec:
         sysctls.append((key, sysctls_reader.required(key, _sysctl_value)))
     node = NodeSpec(
         name=name,
+        host=r.optional("host", schema.boolean, False),
         sysctls=tuple(sysctls),
         vxlans=tuple(_vxlan(file, w, item) for w, item in r.items("vxlans")),
         bridges=tuple(_bridge(file, w, item) for w, item in r.items("bridges")),
@@ -530,15 +409,9 @@ def _check_real_nics(spec: TopologySpec) -> None:
 
 def load_spec(path: Path) -> TopologySpec:
     """Read and check a topology file; raises TopologyError (or OSError if it cannot be read)."""
-    text = path.read_text()
-    try:
-        data = yaml.load(text, Loader=_YAML_LOADER)
-    except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        where = f"line {mark.line + 1}" if mark is not None else "(YAML)"
-        raise TopologyError(path, where, "valid YAML", str(getattr(err, "problem", err))) from None
+    data = load_yaml(path, TopologyError)
     r = _Reader(path, "", data)
-    description = r.required("description", _str)
+    description = r.required("description", schema.text)
     nodes_reader = r.sub("nodes")
     if not nodes_reader.data:
         raise r.fail("nodes", "a mapping of at least one node name to its settings")

@@ -24,6 +24,14 @@ def _progress(sent: int, total: int | None, elapsed: float) -> None:
     sys.stderr.flush()
 
 
+def _batch(text: str) -> int:
+    from injector.xdp import MAX_BATCH
+
+    if not text.isdigit() or not 1 <= int(text) <= MAX_BATCH:
+        raise argparse.ArgumentTypeError(f"{text!r}: a batch is 1 to {MAX_BATCH} frames")
+    return int(text)
+
+
 def _send(args: argparse.Namespace) -> dict:
     if args.backend == "pcap":
         from injector.pcap_backend import replay_pcap
@@ -54,6 +62,7 @@ def _send(args: argparse.Namespace) -> dict:
             rate_pps=spec.rate_pps,
             duration=spec.duration,
             workers=args.workers,
+            batch=args.batch,
             progress=progress,
         )
     if progress:
@@ -81,6 +90,9 @@ def main(argv: list[str] | None = None) -> int:
     send.add_argument("-r", "--rate", type=float, help="packets per second (overrides the spec)")
     send.add_argument("-d", "--duration", type=float, help="seconds to send for (overrides count)")
     send.add_argument("-w", "--workers", type=int, default=1, help="xdp: one sender per CPU")
+    send.add_argument(
+        "--batch", type=_batch, help="xdp: frames handed to the kernel at a time (1-256)"
+    )
     send.add_argument("--speed", type=float, default=1.0, help="pcap: replay this much faster")
     send.add_argument("--trex-server", help="trex: address of the TRex server")
     send.add_argument("--trex-ports", type=int, nargs="+", default=[0], help="trex: ports to use")

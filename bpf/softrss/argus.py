@@ -31,10 +31,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
-import signal
-import subprocess
 import sys
 import time
 from collections.abc import Sequence
@@ -56,6 +53,7 @@ from bpf.cli import (
     seconds_arg,
     stop_event,
 )
+from bpf.daemon import Daemon
 from bpf.softrss import cli
 from bpf.softrss.model import Action, Config, HashKind
 from bpf.softrss.softrss import SoftRss
@@ -63,7 +61,6 @@ from bpf.toeplitz import MICROSOFT_KEY
 
 HEALTH_INTERVAL = 0.5  # seconds between checks that every argus is alive
 READY_TIMEOUT = 10.0  # seconds for a new argus to open its capture
-STOP_TIMEOUT = 10.0  # seconds for an argus to write out its flows after SIGTERM, then SIGKILL
 CONFIG_NAME, STATE_NAME = "softrss-argus.json", "softrss-state.json"
 
 
@@ -191,23 +188,6 @@ def remove_bucket_link(namespace: str | None, ifname: str) -> None:
             ipr.link("del", index=found[0])
 
 
-@journal.undoes("process")
-def stop_process(pid: int, start_time: int, command: str) -> None:
-    """SIGTERM the process if it is still the one recorded (not a recycled pid), SIGKILL if it stays.
-
-    Also the undo of a dead supervisor's children: they are no longer ours to wait for, so poll.
-    """
-    owner = journal.Owner(pid, start_time)
-    if not owner.alive():
-        return
-    os.kill(pid, signal.SIGTERM)
-    deadline = time.monotonic() + STOP_TIMEOUT
-    while owner.alive() and time.monotonic() < deadline:
-        time.sleep(0.05)
-    if owner.alive():
-        os.kill(pid, signal.SIGKILL)
-
-
 @dataclass
 class Instance:
     """One bucket's argus: the interface it listens on, the files it wrote, the process now."""
@@ -215,8 +195,7 @@ class Instance:
     bucket: int
     ifname: str
     files: list[Path] = field(default_factory=list)
-    process: subprocess.Popen | None = None
-    entry: int | None = None  # its journal entry
+    process: Daemon | None = None
     restarts: int = 0
 
     def describe(self) -> dict[str, Any]:
@@ -298,24 +277,8 @@ class ArgusFanout:
             name = f"bucket-{instance.bucket}.{generation}.argus"
         path = s.output_dir / name
         command = ["argus", "-X", "-i", instance.ifname, "-w", str(path), "-S", "1"]
-        if s.netns is not None:
-            # nsenter execs argus in the namespace: the pid stays the one recorded.
-            command = ["nsenter", f"--net={bpf_netns.NETNS_RUN_DIR / s.netns}", *command]
-        log = (s.output_dir / f"bucket-{instance.bucket}.log").open("ab")
-        with log:
-            instance.process = subprocess.Popen(
-                # Its own session: a Ctrl-C at the terminal reaches the supervisor only, which
-                # then stops every instance in order.
-                command,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=log,
-                start_new_session=True,
-            )
-        owner = journal.Owner.of(instance.process.pid)
-        instance.entry = self.journal.record(
-            "process", pid=owner.pid, start_time=owner.start_time, command="argus"
-        )
+        log = s.output_dir / f"bucket-{instance.bucket}.log"
+        instance.process = Daemon.start(command, netns=s.netns, output=log)
         instance.files.append(path)
 
     def _wait_ready(self, instance: Instance) -> None:
@@ -325,7 +288,7 @@ class ArgusFanout:
         while time.monotonic() < deadline:
             if instance.process.poll() is not None:
                 raise RuntimeError(
-                    f"argus of bucket {instance.bucket} exited ({instance.process.returncode}) "
+                    f"argus of bucket {instance.bucket} exited ({instance.process.poll()}) "
                     f"on start: see {self.settings.output_dir}/bucket-{instance.bucket}.log"
                 )
             try:
@@ -347,7 +310,7 @@ class ArgusFanout:
             code = instance.process.poll()
             if code is None:
                 continue
-            self.journal.strike(instance.entry)
+            instance.process.stop()
             dead = instance.process.pid
             instance.restarts += 1
             self._spawn(instance)
@@ -383,15 +346,9 @@ class ArgusFanout:
         """SIGTERM every argus (they write out their flows), then detach and delete the links."""
         running = [i for i in self.instances if i.process is not None]
         for instance in running:
-            if instance.process.poll() is None:
-                instance.process.terminate()
+            instance.process.terminate()
         for instance in running:
-            try:
-                instance.process.wait(STOP_TIMEOUT)
-            except subprocess.TimeoutExpired:
-                instance.process.kill()
-                instance.process.wait()
-            self.journal.strike(instance.entry)
+            instance.process.stop()
             instance.process = None
         if self.rss is not None:
             self.rss.detach()

@@ -75,8 +75,9 @@ def test_built_as_declared(topology, name):
     for link in topo.spec.links:
         for end in link.ends:
             node = topo.node(end.node)
+            actual = node.ifname(end.ifname)  # a host node's carry the run's prefix
             with node.ipr() as ipr:
-                (found,) = ipr.link("get", ifname=end.ifname)
+                (found,) = ipr.link("get", ifname=actual)
                 addresses = {
                     f"{a.get('address')}/{a['prefixlen']}"
                     for a in ipr.addr("dump", index=found["index"])
@@ -88,7 +89,7 @@ def test_built_as_declared(topology, name):
             assert end.queues is None or found.get("num_rx_queues") == end.queues, where
             assert {str(a) for a in end.addresses} <= addresses, f"{where}: has {addresses}"
             for offload_name, on in end.offloads.items():
-                assert offload(end.ifname, offload_name, namespace=node.netns) == on, where
+                assert offload(actual, offload_name, namespace=node.netns) == on, where
 
 
 def test_two_host_answers_icmp_echo(topology):

@@ -11,28 +11,29 @@ CPU, so the test fails only beyond REGRESSION_RATIO, which no machine should sho
 
 Zero-loss throughput puts soft RSS (``ifaces``: each bucket redirected to its own interface, a sink
 behind each) against bare XDP_DROP on the same link, with 1000 flows sent round-robin, the cache's
-worst case: a flow comes back only after 999 others, and its slot has gone cold in between.
+worst case: a flow comes back only after 999 others, and its slot has gone cold in between. It and
+the latency benchmark run on the testbed's DUT (``bench``): two_host's veths here, or ``--nic``.
 """
 
 import contextlib
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from pyroute2 import IPRoute
 
 import bpf
-from bpf import XdpMode
+from bpf import XdpMode, journal
 from bpf.attach import ifindex
 from bpf.netns import entered
 from bpf.softrss import Action, Config, HashKind, SoftRss
-from harness.counters import delta, interface_stats
+from harness.bench import LocalSource, Port
 from harness.latency import ProbeTemplate, measure_latency
 from harness.measure import Comparison, sample
 from harness.sink import FrameClass, Sink
+from harness.topology import host_ifname
 from injector import templates
-from injector.spec import Fixed, Range, TrafficSpec, Vary
-from injector.xdp import PACED_BATCH, XdpSender
 
 SELFTEST = Path(bpf.__file__).parent / "selftest"
 TARGET_RATIO = 3.0
@@ -40,7 +41,6 @@ REGRESSION_RATIO = 8.0
 FRAMES = {"udp4": bytes(templates.udp4()), "tcp6": bytes(templates.tcp6())}
 THROUGHPUT_AIM = 0.6
 BUCKETS = 4
-ADDRESSED = {"eth_src": "02:00:00:00:01:01", "eth_dst": "02:00:00:00:01:02"}
 
 
 @pytest.fixture(scope="module")
@@ -84,85 +84,78 @@ def test_established_flow_ns_per_packet(benchmark, results, trivial, quick, kind
     )
 
 
-def _bucket_veths(dut: str) -> list[str]:
-    """One veth pair per bucket in the dut namespace (deleted with it), both ends up."""
-    names = [f"rss{b}" for b in range(BUCKETS)]
-    with entered(dut), IPRoute() as ipr:
-        for name in names:
-            ipr.link("add", ifname=name, kind="veth", peer=f"{name}p")
-            for end in (name, f"{name}p"):
-                ipr.link("set", index=ipr.link_lookup(ifname=end)[0], state="up")
-    return names
-
-
-def _zero_loss_mpps(sender: XdpSender, injector: str, packets: int, totals: Counter) -> float:
-    """The highest rate found with no loss, RFC 2544 style: flat out first; after a loss (counted in
-    veth0's tx_dropped), offer 90% of the rate achieved, until an attempt loses nothing. ``totals``
-    accumulates what every attempt sent and dropped, for the caller's exact accounting."""
-    rate = None
-    for _ in range(10):
-        before = interface_stats("veth0", injector)
-        report = sender.send(count=packets, rate_pps=rate, batch=PACED_BATCH)
-        dropped = delta(before, interface_stats("veth0", injector))["tx_dropped"]
-        assert report.aborted == 0
-        totals.update(sent=report.packets, dropped=dropped)
-        if dropped == 0:
-            return report.pps / 1e6
-        rate = report.pps * 0.9
-    raise AssertionError(f"no zero-loss rate down to {rate:,.0f} pps: the receiver is stalled")
+@contextlib.contextmanager
+def _bucket_veths(netns: str | None) -> Iterator[list[str]]:
+    """One veth pair per bucket beside the DUT's ingress, both ends up, deleted after. In the
+    host's namespace (a real NIC) their names carry the run's prefix, as the harness's own do."""
+    prefix = host_ifname(journal.current().run_id, "") if netns is None else ""
+    names = [f"{prefix}rss{b}" for b in range(BUCKETS)]
+    with entered(netns), IPRoute() as ipr:
+        try:
+            for name in names:
+                ipr.link("add", ifname=name, kind="veth", peer=f"{name}p")
+                for end in (name, f"{name}p"):
+                    ipr.link("set", index=ipr.link_lookup(ifname=end)[0], state="up")
+            yield names
+        finally:
+            for name in names:
+                for index in ipr.link_lookup(ifname=name):
+                    ipr.link("del", index=index)
 
 
 @contextlib.contextmanager
-def _bare_fanout(names: list[str], dut: str, mode: XdpMode):
-    """``xdp_fanout_devmap`` on ens5 spreading frames over ``names`` (sinks behind them): the
-    redirect and the second interface the ``ifaces`` action pays, without soft RSS's own work."""
+def _bare_fanout(names: list[str], dut: Port, mode: XdpMode):
+    """``xdp_fanout_devmap`` on the ingress spreading frames over ``names`` (sinks behind them):
+    the redirect and the second interface the ``ifaces`` action pays, without soft RSS's own work."""
     with contextlib.ExitStack() as stack:
         for name in names:
-            stack.enter_context(Sink(f"{name}p", dut))
+            stack.enter_context(Sink(f"{name}p", dut.netns))
         obj = stack.enter_context(bpf.BpfObject.open(SELFTEST / "redirect.bpf.c"))
         obj.rodata["fanout_ports"] = len(names)
         obj.load()
-        with entered(dut):  # a DEVMAP resolves the ifindex in the writer's netns
+        with entered(dut.netns):  # a DEVMAP resolves the ifindex in the writer's netns
             for port, name in enumerate(names):
                 obj.maps["fanout_devs"][port] = ifindex(name)
-        stack.enter_context(obj.programs["xdp_fanout_devmap"].attach_xdp("ens5", mode, dut))
+        stack.enter_context(
+            obj.programs["xdp_fanout_devmap"].attach_xdp(dut.ifname, mode, dut.netns)
+        )
         yield
 
 
 @pytest.mark.parametrize("mode", [XdpMode.NATIVE, XdpMode.GENERIC], ids=lambda m: m.name.lower())
-def test_zero_loss_throughput(benchmark, results, two_host, trivial, quick, mode):
-    injector, dut = two_host
+def test_zero_loss_throughput(benchmark, results, bench, trivial, quick, mode):
+    link = bench("two_host")
+    dut = link.ingress
     packets = 50_000 if quick else 2_000_000
     repeats = 2 if quick else 5
-    spec = TrafficSpec(
-        templates.udp4(**ADDRESSED),
-        vary=(
-            Vary("IP.src", Range("10.0.1.1", "10.0.4.232")),
-            Vary("UDP.sport", Range(1024, 2023)),
-        ),
-        flows=1000,
-        sizes=Fixed(60),
+    spec = link.addressed(
+        {
+            "template": {"kind": "udp4"},
+            "vary": [
+                {"field": "IP.src", "range": {"start": "10.0.1.1", "end": "10.0.4.232"}},
+                {"field": "UDP.sport", "range": {"start": 1024, "end": 2023}},
+            ],
+            "flows": 1000,
+            "sizes": 60,
+        }
     )
-    names = _bucket_veths(dut)
-    with XdpSender(spec.resolve(), "veth0", injector) as sender:
-        with trivial.object.programs["xdp_drop"].attach_xdp("ens5", mode, dut):
-            baseline = sample(
-                lambda: _zero_loss_mpps(sender, injector, packets, Counter()), "Mpps", repeats
-            )
+
+    def zero_loss(totals: Counter | None = None) -> float:
+        return link.zero_loss_mpps(sender, packets, totals)
+
+    with link.source.sender(spec) as sender, _bucket_veths(dut.netns) as names:
+        with trivial.object.programs["xdp_drop"].attach_xdp(dut.ifname, mode, dut.netns):
+            baseline = sample(zero_loss, "Mpps", repeats)
         with _bare_fanout(names, dut, mode):
-            fanout = sample(
-                lambda: _zero_loss_mpps(sender, injector, packets, Counter()), "Mpps", repeats
-            )
+            fanout = sample(zero_loss, "Mpps", repeats)
         with contextlib.ExitStack() as stack:
-            sinks = [stack.enter_context(Sink(f"{name}p", dut)) for name in names]
+            sinks = [stack.enter_context(Sink(f"{name}p", dut.netns)) for name in names]
             rss = stack.enter_context(SoftRss(Config(buckets=BUCKETS, action=Action.IFACES)))
-            rss.set_ifaces(names, dut)
-            rss.attach("ens5", dut, mode)
+            rss.set_ifaces(names, dut.netns)
+            rss.attach(dut.ifname, dut.netns, mode)
             totals: Counter = Counter()
             subject = benchmark.pedantic(
-                lambda: sample(
-                    lambda: _zero_loss_mpps(sender, injector, packets, totals), "Mpps", repeats
-                ),
+                lambda: sample(lambda: zero_loss(totals), "Mpps", repeats),
                 rounds=1,
                 iterations=1,
             )
@@ -180,8 +173,10 @@ def test_zero_loss_throughput(benchmark, results, two_host, trivial, quick, mode
         added_ns_per_frame=added_ns,
         fanout_mpps=fanout.median,
         of_fanout=of_fanout,
+        sent=totals["sent"],
+        lost=totals["lost"],
     )
-    results.record(result)
+    results.record(result, sent=totals["sent"], lost=totals["lost"])
     print(
         f"{name}: {subject.median:.2f} Mpps against {baseline.median:.2f} Mpps bare "
         f"({result.ratio:.0%}, aim {THROUGHPUT_AIM:.0%}); the receiver adds {added_ns:.0f} ns/frame. "
@@ -195,22 +190,30 @@ def test_zero_loss_throughput(benchmark, results, two_host, trivial, quick, mode
         )
 
 
-def test_added_latency(benchmark, results, two_host, quick):
-    """One-way probe latency into the dut's ens5 with soft RSS attached (native, `count`: frames go
-    on to the stack, where the probe socket reads them) against the same link without it, same run.
-    The difference of medians is what soft RSS adds; the seed promised under 100 us."""
-    injector, dut = two_host
-    probes = ProbeTemplate.udp4(eth_src="02:00:00:00:01:01", eth_dst="02:00:00:00:01:02")
+def test_added_latency(benchmark, results, bench, quick):
+    """One-way probe latency into the DUT's ingress with soft RSS attached (native, `count`: frames
+    go on to the stack, where the probe socket reads them) against the same link without it, same
+    run. The difference of medians is what soft RSS adds; the seed promised under 100 us."""
+    link = bench("two_host")
+    source, dut = link.source.port, link.ingress
+    if not isinstance(link.source, LocalSource):
+        pytest.skip(
+            "one-way latency needs the probes' sender and receiver on one clock: this testbed's "
+            "source is another host (TRex's latency streams measure it there)"
+        )
+    probes = ProbeTemplate.udp4(eth_src=source.mac, eth_dst=dut.mac)
     count, repeats = (100, 2) if quick else (1000, 5)
 
     def p50_us() -> float:
-        report = measure_latency("veth0", injector, "ens5", dut, count, 2000.0, probes)
+        report = measure_latency(
+            source.ifname, source.netns, dut.ifname, dut.netns, count, 2000.0, probes
+        )
         assert report.lost == 0, f"{report.lost} of {count} probes lost"
         return report.p50_us
 
     baseline = sample(p50_us, "us", repeats)
     with SoftRss(Config(buckets=8)) as rss:
-        rss.attach("ens5", dut, XdpMode.NATIVE)
+        rss.attach(dut.ifname, dut.netns, XdpMode.NATIVE)
         subject = benchmark.pedantic(lambda: sample(p50_us, "us", repeats), rounds=1, iterations=1)
     result = Comparison(
         "probe latency p50 through soft RSS", subject, baseline, "same link, no XDP"

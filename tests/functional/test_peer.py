@@ -1,0 +1,156 @@
+"""A peer host over OpenSSH, for real: Debian's sshd in a namespace behind host veths that stand in
+for the DUT's NICs (``topologies/nic_standin.yaml``), reached with a generated key.
+
+The peer is what ``pytest tests/perf --nic IF --peer ssh://...`` sends traffic from: one control
+connection for the whole run, the peer's interface found from the DUT NIC's network, the project's
+injector run there, and the same frames arriving as from a local namespace. The last test runs the
+benchmarks themselves that way, in a child pytest, as a user would on two hosts.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from harness.bench import LocalSource, PeerSource, Port
+from harness.peer import PeerError, SshPeer
+from harness.sink import FrameClass, Sink
+from harness.sshd import Sshd
+from harness.testbed import PeerAddress
+from harness.topology import Topology
+
+MGMT_ADDRESS = "192.168.77.2"  # the peer's sshd, on the management link of nic_standin
+BIN = str(Path(sys.executable).parent)  # the project's commands: the peer shares this filesystem
+FRAMES = 20_000
+
+
+@dataclass
+class StandIn:
+    topology: Topology
+    sshd: Sshd
+
+    @property
+    def peer_netns(self) -> str:
+        return self.topology.node("peer").netns
+
+    def nic(self, declared: str) -> str:
+        return self.topology.node("host").ifname(declared)
+
+    def connect(self) -> SshPeer:
+        address = PeerAddress(MGMT_ADDRESS, "root")
+        return SshPeer(address, BIN, config=self.sshd.client_config)
+
+
+@pytest.fixture
+def standin(topology, tmp_path: Path):
+    # IPv6 stays on, as on a real NIC (a benchmark's topology may give it an IPv6 address): the
+    # counts below are of IPv4 frames, the test's own, whatever neighbour discovery goes on beside.
+    topo = topology("nic_standin")
+    sshd = Sshd.start(topo.node("peer").netns, MGMT_ADDRESS, tmp_path / "sshd")
+    yield StandIn(topo, sshd)
+    sshd.stop()
+
+
+def _udp_spec(source: Port, dut: Port) -> dict:
+    return {
+        "template": {"kind": "udp4", "args": {"eth_src": source.mac, "eth_dst": dut.mac}},
+        "vary": [{"field": "UDP.sport", "range": {"start": 1024, "end": 1123}}],
+        "flows": 100,
+        "sizes": 60,
+    }
+
+
+def test_one_connection_carries_every_command(standin):
+    with standin.connect() as peer:
+        outputs = [peer.run(["cat", "/proc/sys/kernel/hostname"]) for _ in range(5)]
+    assert len(set(outputs)) == 1
+    log = (standin.sshd.client_config.parent / "sshd.log").read_text()
+    accepted = log.count("Accepted publickey for root")
+    assert accepted == 1, f"{accepted} ssh logins for 5 commands: the control master was not used"
+
+
+def test_peer_interface_is_found_from_the_dut_network(standin):
+    dut = Port.of(standin.nic("nic0"), None)
+    with standin.connect() as peer:
+        found = peer.interface_toward(dut.network)
+        with pytest.raises(PeerError, match=r"10\.9\.9\.0/24"):
+            peer.interface_toward(ipaddress.ip_network("10.9.9.0/24"))
+    expected = Port.of("eth0", standin.peer_netns)
+    assert (found.ifname, found.mac) == (expected.ifname, expected.mac)
+    assert found.address == ipaddress.ip_interface("10.0.5.1/24")
+
+
+def test_a_failed_command_says_where_and_why(standin):
+    with standin.connect() as peer, pytest.raises(PeerError, match="no-such-command"):
+        peer.run(["no-such-command"])
+
+
+def test_peer_and_local_namespace_deliver_the_same_frames(standin):
+    """The same spec from the peer over ssh and from the peer's namespace on this host: every frame
+    arrives at the stand-in NIC, counted by an XDP sink, and neither source drops any."""
+    dut = Port.of(standin.nic("nic0"), None)
+    local = LocalSource(Port.of("eth0", standin.peer_netns))
+    arrived = {}
+    with standin.connect() as peer:
+        remote = PeerSource.toward(peer, dut)
+        for name, source in (("local", local), ("peer", remote)):
+            with Sink(dut.ifname) as sink, source.sender(_udp_spec(source.port, dut)) as sender:
+                offered = sender.send(FRAMES, rate_pps=200_000)
+                arrived[name] = (
+                    offered.packets,
+                    offered.dropped,
+                    sink.settled(FrameClass.IPV4, FRAMES),
+                )
+    assert arrived == {"local": (FRAMES, 0, FRAMES), "peer": (FRAMES, 0, FRAMES)}
+
+
+def test_benchmarks_run_against_the_peer(standin, tmp_path: Path):
+    """``pytest tests/perf --nic --egress-nic --peer`` as a user runs it: soft RSS's zero-loss
+    benchmark on the stand-in NIC, fed by the peer's injector; the latency benchmark skips with its
+    reason (the probes' ends would be on two clocks)."""
+    results = tmp_path / "results.json"
+    root = Path(__file__).resolve().parents[2]
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-p",
+            "no:cacheprovider",
+            str(root / "tests/perf/test_softrss_perf.py"),
+            "-k",
+            "zero_loss_throughput and native or added_latency",
+            "--benchmark-disable",
+            "--nic",
+            standin.nic("nic0"),
+            "--egress-nic",
+            standin.nic("nic1"),
+            "--peer",
+            f"ssh://root@{MGMT_ADDRESS}",
+            "--peer-bin",
+            BIN,
+            "--ssh-config",
+            str(standin.sshd.client_config),
+            "--results",
+            str(results),
+            "-rs",
+        ],
+        cwd=root,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-2000:]
+    assert "1 passed, 1 skipped" in done.stdout, done.stdout[-2000:]
+    assert "one-way latency needs" in done.stdout
+    recorded = json.loads(results.read_text())
+    assert recorded["testbed"] == "nic"
+    (figure,) = recorded["figures"]
+    assert figure["name"] == "softrss ifaces native zero-loss"
+    assert figure["extra"]["sent"] > 0
