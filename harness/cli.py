@@ -7,6 +7,7 @@
     harness clean
     harness run demo [--packets N] [--json]
     harness gate RESULTS [--history DIR] [--update-baseline]
+    harness preflight IF [--netns NS] [--testbed NAME|FILE] [--json]
 
 ``topo up`` leaves the network up after it exits, so it records it as a detached topology: its
 journal goes to ``/run/bpflab/topologies/NAME/`` rather than the per-process journal directory, and a
@@ -30,8 +31,8 @@ from pathlib import Path
 
 from bpf import netns as bpf_netns
 from harness import cleanup
+from harness.schema import SchemaError
 from harness.topology import Topology
-from harness.topology_schema import TopologyError
 
 
 def _cmd_topo_up(args: argparse.Namespace) -> int:
@@ -120,6 +121,16 @@ def _cmd_gate(args: argparse.Namespace) -> int:
     return 1 if regressions and not args.update_baseline else 0
 
 
+def _cmd_preflight(args: argparse.Namespace) -> int:
+    from harness.preflight import preflight  # loads a BPF object: only when asked for
+    from harness.testbed import find_testbed, load_testbed
+
+    driver = load_testbed(find_testbed(args.testbed)).driver if args.testbed else None
+    report = preflight(args.interface, args.netns, driver=driver)
+    print(json.dumps(report.as_dict()) if args.json else report.text())
+    return 1 if report.failed else 0
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="harness", description="bpflab test harness")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -169,6 +180,15 @@ def _parser() -> argparse.ArgumentParser:
         help="accept the run: add it to the history (and exit 0)",
     )
     check.set_defaults(run=_cmd_gate)
+
+    pre = commands.add_parser(
+        "preflight", help="what a NIC can do, checked before benchmarks run on it"
+    )
+    pre.add_argument("interface", metavar="IF")
+    pre.add_argument("--netns", metavar="NS", help="the interface's network namespace")
+    pre.add_argument("--testbed", metavar="NAME|FILE", help="check the driver it expects")
+    pre.add_argument("--json", action="store_true", help="print the checks as JSON")
+    pre.set_defaults(run=_cmd_preflight)
     return parser
 
 
@@ -176,7 +196,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         return args.run(args)
-    except (TopologyError, FileNotFoundError, FileExistsError, RuntimeError) as err:
+    except (SchemaError, OSError, RuntimeError) as err:
         print(f"harness: {err}", file=sys.stderr)
         return 1
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import re
+import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,10 +40,13 @@ from harness import cleanup
 from harness.bench import Bench
 from harness.counters import silence_ipv6_everywhere
 from harness.peer import SshPeer
+from harness.preflight import preflight
 from harness.results import DEFAULT_PATH as DEFAULT_RESULTS
 from harness.results import Results
+from harness.sshd import Sshd
 from harness.testbed import (
     DEFAULT_TESTBED,
+    PeerAddress,
     SourceKind,
     Testbed,
     TestbedError,
@@ -143,15 +147,23 @@ def peer(request: pytest.FixtureRequest, testbed: Testbed) -> Iterator[SshPeer |
 
 
 @pytest.fixture
-def bench(testbed: Testbed, peer: SshPeer | None) -> Iterator[Callable[[str], Bench]]:
+def bench(
+    testbed: Testbed, peer: SshPeer | None, results: Results
+) -> Iterator[Callable[[str], Bench]]:
     """``bench(topology_name)`` -> a ``harness.bench.Bench`` on the run's testbed, down after the
     test: the DUT's ports and a traffic source, whether veths and the local injector or real NICs
-    and a peer."""
+    and a peer. The DUT's ingress passes preflight first (``harness.preflight``), recorded with the
+    results; a failed check fails the benchmark with its reason and fix."""
     built: list[Bench] = []
 
     def build(topology_name: str) -> Bench:
         made = Bench.build(topology_name, testbed, peer)
         built.append(made)
+        port = made.ingress
+        report = preflight(port.ifname, port.netns, driver=testbed.driver)
+        results.record_preflight(port.ifname, report.as_dict())
+        if report.failed:
+            pytest.fail(f"preflight refused testbed {testbed.name}:\n{report.text()}")
         return made
 
     yield build
@@ -209,6 +221,42 @@ def mirror_vxlan(topology, tmp_path: Path) -> MirrorVxlan:
     silence_ipv6_everywhere(topo)
     netns = (topo.node(n).netns for n in ("mirror", "dut", "collector"))
     return MirrorVxlan(*netns, tmp_path / "allowlist.json")
+
+
+STANDIN_PEER = "ssh://root@192.168.77.2"  # nic_standin's peer: its sshd on the management link
+STANDIN_BIN = str(Path(sys.executable).parent)  # the project's commands (one filesystem)
+
+
+@dataclass
+class NicStandIn:
+    """``nic_standin`` up: host veths for the DUT's NICs, and a peer host (a namespace running sshd)."""
+
+    topology: Topology
+    sshd: Sshd
+
+    @property
+    def peer_netns(self) -> str:
+        return self.topology.node("peer").netns
+
+    def nic(self, declared: str) -> str:
+        """The host's name of ``nic0`` / ``nic1`` (they carry the run's prefix)."""
+        return self.topology.node("host").ifname(declared)
+
+    def connect(self) -> SshPeer:
+        address = PeerAddress.parse(STANDIN_PEER)
+        return SshPeer(address, STANDIN_BIN, config=self.sshd.client_config)
+
+
+@pytest.fixture
+def nic_standin(topology, tmp_path: Path) -> Iterator[NicStandIn]:
+    """``nic_standin`` up with Debian's sshd started in its peer namespace, a key generated for
+    it (``harness.sshd``): what ``--nic``/``--peer`` runs are tested with here. IPv6 stays on, as
+    on a real NIC; tests count their own IPv4 frames."""
+    topo = topology("nic_standin")
+    address = PeerAddress.parse(STANDIN_PEER).host
+    sshd = Sshd.start(topo.node("peer").netns, address, tmp_path / "sshd")
+    yield NicStandIn(topo, sshd)
+    sshd.stop()
 
 
 def _option_or_skip(request: pytest.FixtureRequest, option: str, reason: str) -> str:

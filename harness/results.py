@@ -77,6 +77,7 @@ class Results:
     def __init__(self, testbed: str = "veth", tree: Path | None = None) -> None:
         self.testbed, self.tree = testbed, tree or Path.cwd()
         self.figures: list[dict[str, Any]] = []
+        self.preflight: dict[str, dict[str, Any]] = {}  # interface -> its preflight record
 
     def record(self, result: Comparison, **extra: Any) -> Comparison:
         """Keep ``result`` (and ``extra`` facts of its run) and print its ``RESULT`` line."""
@@ -94,12 +95,16 @@ class Results:
         )
         return result
 
+    def record_preflight(self, ifname: str, record: dict[str, Any]) -> None:
+        """Keep the first preflight record of each DUT interface (``harness.preflight``)."""
+        self.preflight.setdefault(ifname, record)
+
     def document(self) -> dict[str, Any]:
         return {
             "testbed": self.testbed,
             "time": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
             "git_revision": git_revision(self.tree),
-            "fingerprint": fingerprint(),
+            "fingerprint": {**fingerprint(), "preflight": self.preflight},
             "figures": self.figures,
         }
 

@@ -33,10 +33,8 @@ from __future__ import annotations
 
 import ctypes
 import errno
-import fcntl
 import os
 import socket
-import struct
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -49,6 +47,7 @@ from pyroute2.netlink.exceptions import NetlinkError
 import topologies
 from bpf import journal as bpf_journal
 from bpf import netns as bpf_netns
+from harness.ethtool import offload
 from harness.topology_schema import (
     EndSpec,
     InterfaceSpec,
@@ -66,15 +65,6 @@ _MNT_DETACH = 0x2
 _CARRIER_TIMEOUT = 5.0  # seconds for the kernel's linkwatch to see every veth end up
 _IFA_F_NODAD = 0x02
 _NUD_PERMANENT = 0x80
-_SIOCETHTOOL = 0x8946
-# Legacy ethtool ioctl commands (get, set) per offload; the kernel maps them onto netdev features.
-# ethtool's per-feature get/set commands (ETHTOOL_G*/S*): GRO, GSO, TSO, TX checksum.
-_ETHTOOL_CMDS = {
-    "gro": (0x2B, 0x2C),
-    "gso": (0x23, 0x24),
-    "tso": (0x1E, 0x1F),
-    "tx_checksum": (0x16, 0x17),
-}
 _libc = ctypes.CDLL(None, use_errno=True)
 
 
@@ -133,29 +123,6 @@ def _index(ipr: IPRoute, ifname: str) -> int:
     if not found:
         raise LookupError(f"no interface {ifname!r}")
     return found[0]
-
-
-def _ethtool(sock: socket.socket, ifname: str, cmd: int, data: int) -> int:
-    """One ethtool_value ioctl (struct { u32 cmd; u32 data; }); returns data as the kernel left it."""
-    value = ctypes.create_string_buffer(struct.pack("II", cmd, data), 8)
-    ifreq = struct.pack("16sP", ifname.encode(), ctypes.addressof(value)).ljust(40, b"\0")
-    fcntl.ioctl(sock.fileno(), _SIOCETHTOOL, ifreq)
-    return struct.unpack("II", value.raw)[1]
-
-
-def offload(ifname: str, name: str, on: bool | None = None, namespace: str | None = None) -> bool:
-    """Read (``on=None``) or switch offload ``name`` (gro, gso, tso, tx_checksum) of an interface;
-    returns its state."""
-    get_cmd, set_cmd = _ETHTOOL_CMDS[name]
-    with bpf_netns.entered(namespace):
-        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    with sock:
-        try:
-            if on is not None:
-                _ethtool(sock, ifname, set_cmd, int(on))
-            return bool(_ethtool(sock, ifname, get_cmd, 0))
-        except OSError as err:
-            raise OSError(err.errno, f"ethtool {name} on {ifname}: {err.strerror}") from None
 
 
 # Undo functions for what is changed in the host namespace (a namespace's contents go with it).

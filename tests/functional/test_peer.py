@@ -11,50 +11,20 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import re
 import subprocess
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from pyroute2 import IPRoute
 
 from harness.bench import LocalSource, PeerSource, Port
-from harness.peer import PeerError, SshPeer
+from harness.peer import PeerError
+from harness.pytest_plugin import STANDIN_BIN, STANDIN_PEER
 from harness.sink import FrameClass, Sink
-from harness.sshd import Sshd
-from harness.testbed import PeerAddress
-from harness.topology import Topology
 
-MGMT_ADDRESS = "192.168.77.2"  # the peer's sshd, on the management link of nic_standin
-BIN = str(Path(sys.executable).parent)  # the project's commands: the peer shares this filesystem
 FRAMES = 20_000
-
-
-@dataclass
-class StandIn:
-    topology: Topology
-    sshd: Sshd
-
-    @property
-    def peer_netns(self) -> str:
-        return self.topology.node("peer").netns
-
-    def nic(self, declared: str) -> str:
-        return self.topology.node("host").ifname(declared)
-
-    def connect(self) -> SshPeer:
-        address = PeerAddress(MGMT_ADDRESS, "root")
-        return SshPeer(address, BIN, config=self.sshd.client_config)
-
-
-@pytest.fixture
-def standin(topology, tmp_path: Path):
-    # IPv6 stays on, as on a real NIC (a benchmark's topology may give it an IPv6 address): the
-    # counts below are of IPv4 frames, the test's own, whatever neighbour discovery goes on beside.
-    topo = topology("nic_standin")
-    sshd = Sshd.start(topo.node("peer").netns, MGMT_ADDRESS, tmp_path / "sshd")
-    yield StandIn(topo, sshd)
-    sshd.stop()
 
 
 def _udp_spec(source: Port, dut: Port) -> dict:
@@ -66,38 +36,38 @@ def _udp_spec(source: Port, dut: Port) -> dict:
     }
 
 
-def test_one_connection_carries_every_command(standin):
-    with standin.connect() as peer:
+def test_one_connection_carries_every_command(nic_standin):
+    with nic_standin.connect() as peer:
         outputs = [peer.run(["cat", "/proc/sys/kernel/hostname"]) for _ in range(5)]
     assert len(set(outputs)) == 1
-    log = (standin.sshd.client_config.parent / "sshd.log").read_text()
+    log = (nic_standin.sshd.client_config.parent / "sshd.log").read_text()
     accepted = log.count("Accepted publickey for root")
     assert accepted == 1, f"{accepted} ssh logins for 5 commands: the control master was not used"
 
 
-def test_peer_interface_is_found_from_the_dut_network(standin):
-    dut = Port.of(standin.nic("nic0"), None)
-    with standin.connect() as peer:
+def test_peer_interface_is_found_from_the_dut_network(nic_standin):
+    dut = Port.of(nic_standin.nic("nic0"), None)
+    with nic_standin.connect() as peer:
         found = peer.interface_toward(dut.network)
         with pytest.raises(PeerError, match=r"10\.9\.9\.0/24"):
             peer.interface_toward(ipaddress.ip_network("10.9.9.0/24"))
-    expected = Port.of("eth0", standin.peer_netns)
+    expected = Port.of("eth0", nic_standin.peer_netns)
     assert (found.ifname, found.mac) == (expected.ifname, expected.mac)
     assert found.address == ipaddress.ip_interface("10.0.5.1/24")
 
 
-def test_a_failed_command_says_where_and_why(standin):
-    with standin.connect() as peer, pytest.raises(PeerError, match="no-such-command"):
+def test_a_failed_command_says_where_and_why(nic_standin):
+    with nic_standin.connect() as peer, pytest.raises(PeerError, match="no-such-command"):
         peer.run(["no-such-command"])
 
 
-def test_peer_and_local_namespace_deliver_the_same_frames(standin):
+def test_peer_and_local_namespace_deliver_the_same_frames(nic_standin):
     """The same spec from the peer over ssh and from the peer's namespace on this host: every frame
     arrives at the stand-in NIC, counted by an XDP sink, and neither source drops any."""
-    dut = Port.of(standin.nic("nic0"), None)
-    local = LocalSource(Port.of("eth0", standin.peer_netns))
+    dut = Port.of(nic_standin.nic("nic0"), None)
+    local = LocalSource(Port.of("eth0", nic_standin.peer_netns))
     arrived = {}
-    with standin.connect() as peer:
+    with nic_standin.connect() as peer:
         remote = PeerSource.toward(peer, dut)
         for name, source in (("local", local), ("peer", remote)):
             with Sink(dut.ifname) as sink, source.sender(_udp_spec(source.port, dut)) as sender:
@@ -110,13 +80,10 @@ def test_peer_and_local_namespace_deliver_the_same_frames(standin):
     assert arrived == {"local": (FRAMES, 0, FRAMES), "peer": (FRAMES, 0, FRAMES)}
 
 
-def test_benchmarks_run_against_the_peer(standin, tmp_path: Path):
-    """``pytest tests/perf --nic --egress-nic --peer`` as a user runs it: soft RSS's zero-loss
-    benchmark on the stand-in NIC, fed by the peer's injector; the latency benchmark skips with its
-    reason (the probes' ends would be on two clocks)."""
-    results = tmp_path / "results.json"
+def _perf_run(nic_standin, results: Path) -> subprocess.CompletedProcess:
+    """Soft RSS's live benchmarks, smoke-sized, with the stand-in's NICs and its peer."""
     root = Path(__file__).resolve().parents[2]
-    done = subprocess.run(
+    return subprocess.run(
         [
             sys.executable,
             "-m",
@@ -128,15 +95,15 @@ def test_benchmarks_run_against_the_peer(standin, tmp_path: Path):
             "zero_loss_throughput and native or added_latency",
             "--benchmark-disable",
             "--nic",
-            standin.nic("nic0"),
+            nic_standin.nic("nic0"),
             "--egress-nic",
-            standin.nic("nic1"),
+            nic_standin.nic("nic1"),
             "--peer",
-            f"ssh://root@{MGMT_ADDRESS}",
+            STANDIN_PEER,
             "--peer-bin",
-            BIN,
+            STANDIN_BIN,
             "--ssh-config",
-            str(standin.sshd.client_config),
+            str(nic_standin.sshd.client_config),
             "--results",
             str(results),
             "-rs",
@@ -146,6 +113,14 @@ def test_benchmarks_run_against_the_peer(standin, tmp_path: Path):
         text=True,
         timeout=600,
     )
+
+
+def test_benchmarks_run_against_the_peer(nic_standin, tmp_path: Path):
+    """``pytest tests/perf --nic --egress-nic --peer`` as a user runs it: soft RSS's zero-loss
+    benchmark on the stand-in NIC, fed by the peer's injector; the latency benchmark skips with its
+    reason (the probes' ends would be on two clocks). The NIC's preflight is in the results."""
+    results = tmp_path / "results.json"
+    done = _perf_run(nic_standin, results)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-2000:]
     assert "1 passed, 1 skipped" in done.stdout, done.stdout[-2000:]
     assert "one-way latency needs" in done.stdout
@@ -154,3 +129,16 @@ def test_benchmarks_run_against_the_peer(standin, tmp_path: Path):
     (figure,) = recorded["figures"]
     assert figure["name"] == "softrss ifaces native zero-loss"
     assert figure["extra"]["sent"] > 0
+    (nic,) = recorded["fingerprint"]["preflight"]
+    assert nic == nic_standin.nic("nic0")
+
+
+def test_benchmarks_refuse_a_nic_that_fails_preflight(nic_standin, tmp_path: Path):
+    """The peer's end of the link at MTU 9000: no single-buffer XDP program attaches to the
+    stand-in NIC, so the benchmark fails before sending, with the reason and the fix."""
+    with IPRoute(netns=nic_standin.peer_netns) as ipr:
+        ipr.link("set", index=ipr.link_lookup(ifname="eth0")[0], mtu=9000)
+    done = _perf_run(nic_standin, tmp_path / "results.json")
+    assert done.returncode != 0
+    assert "preflight refused testbed nic" in done.stdout, done.stdout[-3000:]
+    assert re.search(r"fail  native-xdp .* -> ip link set eth0 mtu \d+", done.stdout)

@@ -26,7 +26,8 @@ from bpf import journal
 from bpf.netns import NETNS_RUN_DIR
 from harness import cleanup
 from harness.capture import Capture
-from harness.topology import Topology, create_netns, host_ifname, netns_name, offload
+from harness.ethtool import offload
+from harness.topology import Topology, create_netns, host_ifname, netns_name
 from harness.topology_schema import NicRole
 from injector.scapy_backend import send_packets
 

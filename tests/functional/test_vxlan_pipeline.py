@@ -36,9 +36,9 @@ from bpf.vxlan import Allowlist, Config, Egress, Mode, Model, NatTarget, Verdict
 from harness.capture import Capture, write_pcap
 from harness.compare import assert_same
 from harness.counters import delta, interface_stats
+from harness.ethtool import offload
 from harness.pytest_plugin import MirrorVxlan
 from harness.sink import FrameClass, Sink
-from harness.topology import offload
 from injector import templates
 from injector.scapy_backend import send_packets
 from injector.spec import TrafficSpec
