@@ -52,6 +52,7 @@ SOURCE = Path(__file__).with_name("flowmon.bpf.c")
 PIN_OWNER = "flowmon"
 CLOCK_MONOTONIC_COARSE = 6  # <linux/time.h>; Python's time module does not name it
 MIN_RING_BYTES = 4096  # the ring of a storage that never writes to it: one page
+DRAIN_BATCH = 1 << 16  # records read before the ring's space is handed back to the producer
 
 _HASH_TYPES = {
     Storage.HASH: MapType.HASH,
@@ -131,7 +132,8 @@ class FlowTable:
         record = obj.struct("flow_record")
         self._record = _layout(record, ("ts_ns", "packets", "bytes", "ip_version", "tcp_flags"))
         self._record_key = record.key.offset
-        self._key_size = {4: obj.struct("flow_key4"), 6: obj.struct("flow_key6")}
+        self._key_type = {4: obj.struct("flow_key4"), 6: obj.struct("flow_key6")}
+        self._key_size = {v: ctypes.sizeof(t) for v, t in self._key_type.items()}
 
     def configure(self) -> None:
         """Before load: the storage's map types and sizes, the rest at one entry."""
@@ -172,12 +174,20 @@ class FlowTable:
         """Add the ring's records to the table; the number read."""
         if self._ring is None:
             return 0
+        total = 0
+        while True:
+            n = self._drain_batch(DRAIN_BATCH)
+            total += n
+            if n < DRAIN_BATCH:
+                return total
+
+    def _drain_batch(self, budget: int) -> int:
         unpack, key_off, sizes = self._record.unpack_from, self._record_key, self._key_size
         found = self._from_ring
         n = 0
-        for rec in self._ring.records():
+        for rec in self._ring.records(budget):
             ts, packets, octets, version, flags = unpack(rec)
-            raw = bytes(rec[key_off : key_off + ctypes.sizeof(sizes[version])])
+            raw = bytes(rec[key_off : key_off + sizes[version]])
             stats = found.get((version, raw))
             if stats is None:
                 stats = found[(version, raw)] = _Stats()
@@ -219,7 +229,7 @@ class FlowTable:
         return sorted(flows, key=lambda f: (-f.packets, f.key))
 
     def _flow(self, version: int, raw: bytes, s: _Stats) -> Flow:
-        k = self._key_size[version].from_buffer_copy(raw)
+        k = self._key_type[version].from_buffer_copy(raw)
         size = 4 if version == 4 else 16
         src = bytes(k.saddr.to_bytes(4, "little")) if version == 4 else bytes(k.saddr.bytes)
         dst = bytes(k.daddr.to_bytes(4, "little")) if version == 4 else bytes(k.daddr.bytes)

@@ -1,0 +1,499 @@
+"""Flow metrics (``bpf/flowmon``) in the kernel through BPF_PROG_TEST_RUN, held to its Python model.
+
+For every storage and every hook the kernel's flow table (packets, bytes, TCP flags, SYN and FIN
+seen), its misses by reason, its frames not parsed by status and its flows created must be what
+``bpf.flowmon.model`` predicts: on crafted corner cases, ``injector.malformed`` variants and
+hypothesis-generated frames. Full tables under each policy, array collisions, ring-buffer overflow,
+GSO packets at TC, timestamps, two CPUs counting the same flow at once, pins reopened.
+
+The model runs on one CPU: the tests pin the process to CPU 0 (per-CPU storage would otherwise
+split a flow over CPUs in a way no model predicts), except the one that runs two CPUs on purpose.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import threading
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from scapy.layers.inet import ICMP, IP, TCP, UDP
+from scapy.layers.inet6 import IPv6, IPv6ExtHdrFragment
+from scapy.layers.l2 import ARP, Dot1AD, Dot1Q, Ether
+from scapy.layers.ppp import PPP, PPPoE
+from scapy.packet import Raw
+
+import bpf
+from bpf.flowmon import Config, FlowMon, Full, Hook, Model, Storage
+from bpf.flowmon.flowmon import now_coarse_ns
+from bpf.flowmon.model import RING_RECORD_BYTES, slot_of
+from bpf.libbpf import TestRunOpts, lib
+from injector import malformed, templates
+
+MACS = {"src": "02:00:00:00:00:01", "dst": "02:00:00:00:00:02"}
+V4 = {"src": "192.0.2.1", "dst": "198.51.100.2"}
+V6 = {"src": "2001:db8::1", "dst": "2001:db8:0:1::2"}
+LOOPBACK = 1  # test_run's device, when no ifindex is given: the namespace's loopback
+PASS = {
+    Hook.XDP: bpf.XdpAction.PASS,
+    Hook.TC_INGRESS: bpf.TcAction.OK,
+    Hook.TC_EGRESS: bpf.TcAction.OK,
+}
+
+
+@pytest.fixture(autouse=True)
+def one_cpu():
+    before = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, {min(before)})
+    yield
+    os.sched_setaffinity(0, before)
+
+
+def tcp4(sport: int, flags: str = "A", payload: bytes = b"") -> bytes:
+    return bytes(Ether(**MACS) / IP(**V4) / TCP(sport=sport, dport=443, flags=flags) / payload)
+
+
+def udp4(sport: int, payload: bytes = b"") -> bytes:
+    return bytes(Ether(**MACS) / IP(**V4) / UDP(sport=sport, dport=53) / payload)
+
+
+def udp6(sport: int, payload: bytes = b"") -> bytes:
+    return bytes(Ether(**MACS) / IPv6(**V6) / UDP(sport=sport, dport=53) / payload)
+
+
+CRAFTED = {
+    "tcp4 syn": tcp4(40000, "S"),
+    "tcp4 data": tcp4(40000, "PA", b"x" * 100),
+    "tcp4 fin": tcp4(40000, "FA"),
+    "tcp6 syn with options": bytes(
+        Ether(**MACS) / IPv6(**V6) / TCP(sport=1, dport=2, flags="S", options=[("MSS", 1460)])
+    ),
+    "udp4": udp4(1234, b"q" * 30),
+    "udp6": udp6(1234, b"q" * 3),
+    "padded to 60 bytes": bytes(Ether(**MACS) / IP(**V4) / UDP(sport=7, dport=8)) + bytes(18),
+    "vlan": bytes(Ether(**MACS) / Dot1Q(vlan=100) / IP(**V4) / UDP(sport=1, dport=2)),
+    "qinq": bytes(
+        Ether(**MACS) / Dot1AD(vlan=10) / Dot1Q(vlan=20) / IPv6(**V6) / TCP(sport=3, dport=4)
+    ),
+    "pppoe": bytes(Ether(**MACS) / PPPoE(sessionid=7) / PPP(proto=0x21) / IP(**V4) / UDP()),
+    "icmp4: no ports": bytes(Ether(**MACS) / IP(**V4) / ICMP()),
+    "icmp6: no ports": bytes(Ether(**MACS) / IPv6(**V6, nh=58) / Raw(bytes(8))),
+    "gre: no ports": bytes(Ether(**MACS) / IP(**V4, proto=47) / Raw(bytes(8))),
+    "first fragment": bytes(
+        Ether(**MACS) / IP(**V4, flags="MF") / UDP(sport=9, dport=10) / Raw(b"x" * 16)
+    ),
+    "later fragment": bytes(Ether(**MACS) / IP(**V4, frag=3, proto=17) / Raw(b"x" * 16)),
+    "ipv6 first fragment": bytes(
+        Ether(**MACS) / IPv6(**V6) / IPv6ExtHdrFragment(m=1) / UDP(sport=9, dport=10)
+    ),
+    "ipv6 later fragment": bytes(
+        Ether(**MACS) / IPv6(**V6) / IPv6ExtHdrFragment(offset=5, nh=17) / Raw(b"x" * 8)
+    ),
+    "arp: not IP": bytes(Ether(**MACS) / ARP()),
+    "three tags": bytes(
+        Ether(**MACS) / Dot1AD(vlan=1) / Dot1Q(vlan=2) / Dot1Q(vlan=3) / IP(**V4) / UDP()
+    ),
+    "truncated tag": bytes(Ether(**MACS) / Dot1Q(vlan=5) / IP(**V4))[:16],
+    "truncated tcp": tcp4(5)[:40],
+}
+
+
+def kernel_table(fm: FlowMon) -> dict:
+    return {
+        f.key: (f.packets, f.bytes, f.tcp_flags, bool(f.syn_ns), bool(f.fin_ns)) for f in fm.flows()
+    }
+
+
+def model_table(model: Model) -> dict:
+    model.drain()
+    return {k: (c.packets, c.bytes, c.tcp_flags, c.syn, c.fin) for k, c in model.flows.items()}
+
+
+def tc_test_run_refuses(frame: bytes) -> bool:
+    """test_run of a TC program refuses (EINVAL) a frame whose ethertype is IPv4 or IPv6 and whose
+    IP header is cut short: it builds the skb as the stack would and pulls that header."""
+    ethertype = frame[12:14]
+    return (ethertype == b"\x08\x00" and len(frame) < 14 + 20) or (
+        ethertype == b"\x86\xdd" and len(frame) < 14 + 40
+    )
+
+
+def feed(fm: FlowMon, model: Model, frame: bytes, hook: Hook, ctx: bytes | None = None) -> bool:
+    """Run ``frame`` through the kernel and the model; False if TC cannot be given it."""
+    if not hook.xdp and tc_test_run_refuses(frame):
+        return False  # no skb reaches TC with less than the IP header its ethertype announces
+    verdict = fm.program(hook).test_run(frame, ctx=ctx).verdict
+    assert verdict == PASS[hook], (
+        f"{hook.value} must pass every frame, got {verdict!r}: {frame.hex()}"
+    )
+    model.feed(frame, hook, LOOPBACK)
+    return True
+
+
+def check(fm: FlowMon, model: Model, what: str) -> None:
+    """The kernel's table, misses, parse errors and flows created against the model's."""
+    got, want = kernel_table(fm), model_table(model)
+    missing = {k: want[k] for k in want.keys() - got.keys()}
+    extra = {k: got[k] for k in got.keys() - want.keys()}
+    differ = {k: (got[k], want[k]) for k in got.keys() & want.keys() if got[k] != want[k]}
+    assert not (missing or extra or differ), (
+        f"{what}: flow tables differ (packets, bytes, flags, syn, fin); only in the model: "
+        f"{missing}; only in the kernel: {extra}; kernel vs model: {differ}"
+    )
+    misses = {k: v for k, v in fm.misses().items() if v}
+    assert misses == dict(model.misses), f"{what}: misses: kernel {misses}, model {model.misses}"
+    assert fm.unparsed() == dict(model.unparsed), f"{what}: unparsed by status"
+    activity = fm.activity()
+    assert (activity["created"], activity["spilled"]) == (model.created, model.spilled), (
+        f"{what}: flows created, packets spilled: kernel {activity}, "
+        f"model {(model.created, model.spilled)}"
+    )
+
+
+@pytest.fixture(params=list(Storage), ids=lambda s: s.value)
+def storage(request) -> Storage:
+    return request.param
+
+
+@pytest.mark.parametrize("hook", list(Hook), ids=lambda h: h.value)
+def test_crafted_frames_counted_as_the_model_says(storage, hook):
+    config = Config(storage=storage)
+    with FlowMon(config) as fm:
+        model = Model(config)
+        for _ in range(3):
+            for frame in CRAFTED.values():
+                feed(fm, model, frame, hook)
+        check(fm, model, f"{storage.value} at {hook.value}")
+        # The set holds four frames that do not parse (ARP, three tags and two truncated).
+        assert sum(model.unparsed.values()) == 3 * 4, model.unparsed
+
+
+def test_ports_zero_for_fragments_and_portless_protocols():
+    config = Config()
+    with FlowMon(config) as fm:
+        model = Model(config)
+        for name in ("icmp4: no ports", "first fragment", "later fragment", "gre: no ports"):
+            feed(fm, model, CRAFTED[name], Hook.XDP)
+        check(fm, model, "portless")
+        keys = {(f.key.sport, f.key.dport, f.key.proto, f.packets) for f in fm.flows()}
+        assert keys == {(0, 0, 1, 1), (0, 0, 17, 2), (0, 0, 47, 1)}, (
+            "both fragments of a datagram are one flow without ports; ICMP and GRE have no ports"
+        )
+
+
+TEMPLATES = {
+    "udp4": templates.udp4(),
+    "tcp4": templates.tcp4(),
+    "udp6": templates.udp6(),
+    "tcp6": templates.tcp6(),
+    "udp4 vlan": templates.udp4(vlan=7),
+}
+
+
+@pytest.mark.parametrize("template", TEMPLATES)
+@pytest.mark.parametrize("hook", [Hook.XDP, Hook.TC_EGRESS], ids=lambda h: h.value)
+def test_malformed_variants_counted_by_reason(template, hook):
+    config = Config(storage=Storage.PERCPU_HASH)
+    variants = malformed.variants(TEMPLATES[template])
+    with FlowMon(config) as fm:
+        model = Model(config)
+        fed = [v for v in variants if feed(fm, model, bytes(v.packet), hook)]
+        check(fm, model, f"malformed {template}")
+    truncated = sum(v.name.startswith("truncated:") for v in fed)
+    assert sum(model.unparsed.values()) >= truncated, "every truncated header is a parse error"
+
+
+# --- hypothesis ----------------------------------------------------------------------------------
+
+
+@st.composite
+def frames(draw) -> bytes:
+    """IPv4/IPv6 frames: TCP (any flags)/UDP/ICMP/other, tags, fragments, truncation and damage."""
+    v6 = draw(st.booleans())
+    # Few addresses and ports: flows repeat, so counts add up in entries, slots collide.
+    host = st.integers(1, 4)
+    src, dst = draw(host), draw(host)
+    ports = {"sport": draw(st.integers(1, 3)), "dport": draw(st.sampled_from([53, 80, 443]))}
+    kind = draw(st.sampled_from(["tcp", "udp", "icmp", "other"]))
+    l4 = {
+        "tcp": lambda: TCP(**ports, flags=draw(st.integers(0, 255))),
+        "udp": lambda: UDP(**ports),
+        "icmp": lambda: Raw(bytes(8)),
+        "other": lambda: Raw(draw(st.binary(max_size=12))),
+    }[kind]()
+    proto = {"tcp": 6, "udp": 17, "icmp": 58 if v6 else 1, "other": 47}[kind]
+    frag = draw(st.sampled_from([None, None, "first", "later"]))
+    if v6:
+        ip = IPv6(src=f"2001:db8::{src}", dst=f"2001:db8::{dst}", nh=proto)
+        if frag:
+            ip = ip / IPv6ExtHdrFragment(nh=proto, m=1, offset=0 if frag == "first" else 9)
+    else:
+        ip = IP(src=f"10.0.0.{src}", dst=f"10.0.1.{dst}", proto=proto)
+        if frag:
+            ip.flags, ip.frag = "MF", 0 if frag == "first" else 9
+    l2 = Ether(**MACS)
+    for tag in draw(st.lists(st.sampled_from([Dot1Q, Dot1AD]), max_size=3)):
+        l2 = l2 / tag(vlan=draw(st.integers(0, 4095)))
+    frame = bytes(l2 / ip / l4 / Raw(draw(st.binary(max_size=64))))
+    frame += bytes(draw(st.integers(0, 20)))  # Ethernet padding: on the wire, so counted
+    if draw(st.integers(0, 9)) == 0:
+        frame = frame[: draw(st.integers(14, len(frame)))]  # test_run refuses under 14 bytes
+    if draw(st.integers(0, 9)) == 0:
+        pos = draw(st.integers(0, len(frame) - 1))
+        frame = frame[:pos] + bytes([draw(st.integers(0, 255))]) + frame[pos + 1 :]
+    return frame
+
+
+HYPOTHESIS_CONFIGS = {
+    "hash": Config(storage=Storage.HASH, entries=24),
+    "percpu_hash spill": Config(storage=Storage.PERCPU_HASH, entries=24, full=Full.SPILL),
+    "array": Config(storage=Storage.ARRAY, entries=16),
+    "percpu_array spill": Config(storage=Storage.PERCPU_ARRAY, entries=16, full=Full.SPILL),
+    "ringbuf": Config(storage=Storage.RINGBUF, ring_bytes=8192),
+}
+
+
+@pytest.mark.parametrize("name", HYPOTHESIS_CONFIGS)
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(batch=st.lists(st.tuples(frames(), st.sampled_from(list(Hook))), min_size=1, max_size=60))
+def test_hypothesis_batches(name, batch):
+    """Small tables: the batches fill them, collide in them and overflow the ring."""
+    config = HYPOTHESIS_CONFIGS[name]
+    with FlowMon(config) as fm:
+        model = Model(config)
+        for frame, hook in batch:
+            feed(fm, model, frame, hook)
+        check(fm, model, name)
+
+
+# --- wire length at TC ---------------------------------------------------------------------------
+
+
+def skb_ctx(fm: FlowMon, gso_segs: int, gso_size: int) -> bytes:
+    skb = fm.obj.struct("__sk_buff")()
+    skb.gso_segs, skb.gso_size = gso_segs, gso_size
+    return bytes(skb)
+
+
+@pytest.mark.parametrize("hook", [Hook.TC_INGRESS, Hook.TC_EGRESS], ids=lambda h: h.value)
+@pytest.mark.parametrize("segs", [1, 2, 3])  # test_run takes frames up to about a page
+def test_gso_packet_counts_its_segments_with_their_headers(storage, hook, segs):
+    config = Config(storage=storage)
+    frames = {
+        "tcp4": tcp4(1, "PA", b"x" * 1000 * segs),
+        "tcp6 options": bytes(
+            Ether(**MACS)
+            / IPv6(**V6)
+            / TCP(sport=2, dport=3, options=[("Timestamp", (1, 2))])
+            / Raw(b"y" * 1000 * segs)
+        ),
+        "udp4 (UDP GSO)": udp4(5, b"z" * 1000 * segs),
+    }
+    with FlowMon(config) as fm:
+        model = Model(config)
+        for frame in frames.values():
+            ctx = skb_ctx(fm, segs, 1000)
+            fm.program(hook).test_run(frame, ctx=ctx)
+            model.feed(frame, hook, LOOPBACK, gso_segs=segs)
+        check(fm, model, f"GSO of {segs} segments")
+    headers = {"tcp4": 14 + 20 + 20, "tcp6 options": 14 + 40 + 32, "udp4 (UDP GSO)": 14 + 20 + 8}
+    for name, frame in frames.items():
+        packet = model.feed(frame, hook, LOOPBACK, gso_segs=segs)
+        assert (packet.packets, packet.bytes) == (segs, len(frame) + (segs - 1) * headers[name])
+
+
+def test_xdp_ignores_gso_fields_the_frame_is_one_packet():
+    config = Config()
+    with FlowMon(config) as fm:
+        frame = tcp4(1, "PA", b"x" * 3000)
+        fm.program(Hook.XDP).test_run(frame)
+        (flow,) = fm.flows()
+        assert (flow.packets, flow.bytes) == (1, len(frame))
+
+
+# --- full tables ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("full", [Full.DROP, Full.SPILL], ids=lambda f: f.value)
+@pytest.mark.parametrize("kind", [Storage.HASH, Storage.PERCPU_HASH], ids=lambda s: s.value)
+def test_full_hash_table(kind, full):
+    entries = 32
+    config = Config(storage=kind, entries=entries, full=full)
+    with FlowMon(config) as fm:
+        model = Model(config)
+        for round_ in range(2):
+            for sport in range(entries + 10):
+                feed(fm, model, udp4(sport, bytes(round_)), Hook.XDP)
+            feed(fm, model, udp6(1), Hook.XDP)  # the IPv6 table has room of its own
+        check(fm, model, f"{kind.value} full, {full.value}")
+        if full is Full.DROP:
+            assert model.misses == {"table_full": 20}, "10 flows beyond the table, twice"
+            assert len(fm.flows()) == entries + 1
+        else:
+            assert model.spilled == 20 and not model.misses
+            assert len(fm.flows()) == entries + 11, "spilled flows are in the reader's table"
+
+
+@pytest.mark.parametrize("kind", [Storage.LRU_HASH, Storage.LRU_PERCPU_HASH], ids=lambda s: s.value)
+def test_full_lru_table_evicts(kind):
+    """Which flows an LRU evicts is the kernel's choice; what it keeps must be exact and recent."""
+    entries = 256
+    config = Config(storage=kind, entries=entries)
+    with FlowMon(config) as fm:
+        model = Model(config)
+        n_flows = 4 * entries
+        for sport in range(n_flows):
+            for _ in range(2):
+                feed(fm, model, udp4(sport, b"p" * (sport % 50)), Hook.XDP)
+        kept = kernel_table(fm)
+        want = model_table(model)
+        assert 0 < len(kept) <= entries, f"an LRU of {entries} holds {len(kept)} flows"
+        assert all(kept[k] == want[k] for k in kept), "every kept flow has all its packets"
+        last = max(want)  # the highest port: the flow sent last
+        assert last in kept, "the most recently used flow is kept"
+        assert fm.activity()["created"] == n_flows, "every flow entered the table once"
+        assert not any(fm.misses().values()), "an LRU never refuses a packet"
+
+
+@pytest.mark.parametrize("full", [Full.DROP, Full.SPILL], ids=lambda f: f.value)
+@pytest.mark.parametrize("kind", [Storage.ARRAY, Storage.PERCPU_ARRAY], ids=lambda s: s.value)
+def test_array_collisions_counted_never_merged(kind, full):
+    slots = 8
+    config = Config(storage=kind, entries=slots, full=full)
+    with FlowMon(config) as fm:
+        model = Model(config)
+        for sport in range(40):
+            feed(fm, model, udp4(sport), Hook.TC_INGRESS)
+        check(fm, model, f"{kind.value} of {slots} slots, {full.value}")
+        occupied = {slot_of(k, slots) for k in model._slots.values()}
+        assert len(occupied) <= slots and model.created == len(occupied)
+        collided = 40 - model.created
+        assert collided > 0, "40 flows in 8 slots collide"
+        if full is Full.DROP:
+            assert fm.misses()["collision"] == collided
+            assert len(fm.flows()) == model.created
+        else:
+            assert fm.activity()["spilled"] == collided and len(fm.flows()) == 40
+
+
+def test_ring_overflow_counted_and_the_rest_aggregated():
+    ring_bytes = 4096
+    config = Config(storage=Storage.RINGBUF, ring_bytes=ring_bytes)
+    with FlowMon(config) as fm:
+        record = fm.obj.struct("flow_record")
+        assert ctypes.sizeof(record) + 8 == RING_RECORD_BYTES, "the model's record size"
+        model = Model(config)
+        frame = udp4(1, b"r" * 10)
+        fm.program(Hook.XDP).test_run(frame, repeat=100)
+        for _ in range(100):
+            model.feed(frame, Hook.XDP, LOOPBACK)
+        check(fm, model, "a 4 KiB ring, 100 records")
+        fits = ring_bytes // RING_RECORD_BYTES
+        assert model.misses == {"ring_full": 100 - fits}
+        # The reader drained the ring: it has room again.
+        fm.program(Hook.XDP).test_run(frame, repeat=10)
+        for _ in range(10):
+            model.feed(frame, Hook.XDP, LOOPBACK)
+        check(fm, model, "after the drain")
+
+
+# --- timestamps ----------------------------------------------------------------------------------
+
+
+def test_times_are_the_coarse_clock_and_syn_fin_their_packets():
+    with FlowMon(Config()) as fm:
+        before = now_coarse_ns()
+        fm.program(Hook.XDP).test_run(tcp4(9, "S"))
+        fm.program(Hook.XDP).test_run(tcp4(9, "A"))
+        fm.program(Hook.XDP).test_run(udp4(9))
+        after = now_coarse_ns()
+        tcp, udp = sorted(fm.flows(), key=lambda f: f.key.proto)
+        for flow in (tcp, udp):
+            assert before <= flow.first_seen_ns <= flow.last_seen_ns <= after, flow
+        assert before <= tcp.syn_ns <= after and tcp.fin_ns == 0
+        assert udp.syn_ns == udp.fin_ns == 0 and udp.tcp_flags == 0
+        assert tcp.tcp_flags == 0x12, "SYN | ACK"
+
+
+# --- two CPUs at once ----------------------------------------------------------------------------
+
+
+def test_two_cpus_count_the_same_flows_exactly(storage):
+    """Both CPUs run the same frames at once; shared entries must lose no add, per-CPU ones sum,
+    the ring must carry every record (it is large enough for all of them)."""
+    cpus = sorted(set(range(os.cpu_count() or 1)))
+    if len(cpus) < 2:
+        pytest.skip("one CPU: nothing runs at once")
+    repeat, rounds = 50_000, 2
+    frames = [udp4(1, b"a" * 10), udp6(2, b"b" * 20)]
+    config = Config(storage=storage, ring_bytes=1 << 25)  # 2 * 2 * 2 * 50k records of 72 bytes
+    with FlowMon(config) as fm:
+        fd = fm.program(Hook.XDP).fd
+        start = threading.Barrier(2)
+        results: list[int] = []
+
+        def worker(cpu: int) -> None:
+            os.sched_setaffinity(0, {cpu})  # this thread only
+            buffers = [ctypes.create_string_buffer(f, len(f)) for f in frames]
+            start.wait()
+            for _ in range(rounds):
+                for data in buffers:
+                    # Program.test_run reuses one options struct: each thread needs its own.
+                    opts = TestRunOpts(
+                        data_in=ctypes.addressof(data), data_size_in=len(data), repeat=repeat
+                    )
+                    results.append(lib.bpf_prog_test_run_opts(fd, ctypes.byref(opts)))
+
+        threads = [threading.Thread(target=worker, args=(cpu,)) for cpu in cpus[:2]]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert results == [0] * 2 * rounds * len(frames), "every test_run ran"
+        got = {f.key.sport: (f.packets, f.bytes) for f in fm.flows()}
+        n = 2 * rounds * repeat
+        assert got == {1: (n, n * len(frames[0])), 2: (n, n * len(frames[1]))}, (
+            f"{storage.value}: {n} packets of each flow sent from two CPUs at once"
+        )
+        assert not any(fm.misses().values()), fm.misses()
+
+
+# --- pins ----------------------------------------------------------------------------------------
+
+
+def test_pinned_maps_reopen_with_their_counts_and_configuration():
+    name = f"fmunit{os.getpid() % 100000}"
+    config = Config(storage=Storage.LRU_PERCPU_HASH, entries=1000)
+    with FlowMon(config) as fm:
+        fm.program(Hook.XDP).test_run(udp4(1), repeat=5)
+        fm.pin(name)
+        try:
+            with FlowMon.reopen(name) as again:
+                assert again.config == config
+                again.program(Hook.XDP).test_run(udp4(1), repeat=3)
+                assert [f.packets for f in again.flows()] == [8]
+            assert [f.packets for f in fm.flows()] == [8], "one table, two loaders"
+        finally:
+            removed = FlowMon.unpin(name)
+    assert {p.name for p in removed} == set(FlowMon.PINNED)
+    assert not FlowMon.pin_path(name).exists()
+
+
+# --- configuration -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "kwargs,named",
+    [
+        ({"storage": Storage.LRU_HASH, "full": Full.DROP}, "--full drop"),
+        ({"storage": Storage.HASH, "full": Full.EVICT}, "--full evict"),
+        ({"storage": Storage.RINGBUF, "full": Full.SPILL}, "--full spill"),
+        ({"entries": 0}, "--entries 0"),
+        ({"ring_bytes": 5000}, "ring size 5000"),
+    ],
+)
+def test_bad_configuration_named(kwargs, named):
+    with pytest.raises(ValueError, match=named):
+        Config(**kwargs)
