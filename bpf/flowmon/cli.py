@@ -1,0 +1,312 @@
+"""The ``flowmon`` command: count flows on an interface and print the flow table, or unload.
+
+    flowmon -i IF -a xdp|tc [--netns NS] [--direction ingress|egress|both] [--storage KIND]
+            [--entries N] [--full drop|evict|spill] [--ring-bytes N] [--mode native|generic]
+            [-s SECONDS] [--top N] [--sort packets|bytes] [--json]
+    flowmon -i IF -u
+
+The first form loads the data plane (or reopens the maps pinned for IF by an earlier run: the counts
+go on), pins its maps under ``bpf.pin_dir("flowmon")/IF/``, attaches at the hooks asked for (XDP:
+ingress; TC: ingress, egress or both, egress by default as the seed's ``-a tc``), and prints the flow
+table every ``-s`` seconds with the seed's columns (flow start, flow end, protocol, source ip:port,
+destination ip:port, packets, bytes), or one JSON object a line with ``--json``, until SIGINT or
+SIGTERM; then it prints the table a last time and detaches. The maps stay pinned for the next run
+or for ``bpftool map dump pinned``. ``-u`` stops the flowmon counting on IF, if one runs, and removes
+the pins: nothing of flowmon is left on IF.
+
+Every argument is checked before anything is loaded or attached. This module parses and prints; the
+work is in ``bpf.flowmon.flowmon``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from bpf import LibbpfError, XdpMode
+from bpf.cli import UsageError, add_stats_interval, check_interface, stop_event
+from bpf.flowmon.flowmon import Flow, FlowMon, wall_time
+from bpf.flowmon.model import DEFAULT_ENTRIES, RING_BYTES, Config, Full, Hook, Storage
+
+PROTOCOL_NAMES = {1: "icmp", 6: "tcp", 17: "udp", 47: "gre", 58: "ipv6-icmp", 132: "sctp"}
+HOOKS = {
+    ("xdp", "ingress"): [Hook.XDP],
+    ("tc", "ingress"): [Hook.TC_INGRESS],
+    ("tc", "egress"): [Hook.TC_EGRESS],
+    ("tc", "both"): [Hook.TC_INGRESS, Hook.TC_EGRESS],
+}
+STOP_WAIT_S = 5.0  # how long -u waits for the running flowmon to detach and exit
+
+
+def positive_int(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"{n}: must be at least 1")
+    return n
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="flowmon",
+        description="Flow metrics (5-tuple packets and bytes) at XDP or TC, in the map you choose.",
+    )
+    parser.add_argument("-i", "--interface", required=True, help="the interface to count on")
+    parser.add_argument("--netns", help="the interface's network namespace")
+    parser.add_argument("-a", "--attach", choices=["xdp", "tc"], help="the hook (not with -u)")
+    parser.add_argument(
+        "--direction",
+        choices=["ingress", "egress", "both"],
+        help="TC: which way (default egress, as the seed's tc); XDP sees ingress only",
+    )
+    parser.add_argument(
+        "--storage",
+        choices=[s.value for s in Storage],
+        help=f"the flow table's map (default {Storage.HASH.value})",
+    )
+    parser.add_argument(
+        "--entries",
+        type=positive_int,
+        help=f"flows per IP version, or array slots (default {DEFAULT_ENTRIES})",
+    )
+    parser.add_argument(
+        "--full",
+        choices=[f.value for f in Full],
+        help="what a full table does: drop (counted), evict (LRU kinds, their default), spill "
+        "(to the ring buffer)",
+    )
+    parser.add_argument(
+        "--ring-bytes",
+        type=positive_int,
+        help=f"the ring buffer (ringbuf storage, spill): a power of 2 (default {RING_BYTES})",
+    )
+    parser.add_argument("--mode", choices=["native", "generic"], default="native", help="XDP mode")
+    add_stats_interval(parser)
+    parser.add_argument("--top", type=positive_int, help="print only the N biggest flows")
+    parser.add_argument("--sort", choices=["packets", "bytes"], default="packets")
+    parser.add_argument("--json", action="store_true", help="one JSON object a line")
+    parser.add_argument(
+        "-u", "--unload", action="store_true", help="stop the flowmon on IF and remove its pins"
+    )
+    return parser
+
+
+# --- output ---
+
+
+def endpoint(address: Any, port: int, proto: int) -> str:
+    host = f"[{address}]" if address.version == 6 else str(address)
+    return f"{host}:{port}" if proto in (6, 17, 132) else host
+
+
+def protocol_name(proto: int) -> str:
+    return PROTOCOL_NAMES.get(proto, str(proto))
+
+
+def ordered(flows: list[Flow], sort: str, top: int | None) -> list[Flow]:
+    flows = sorted(flows, key=lambda f: (-getattr(f, sort), f.key))
+    return flows[:top] if top else flows
+
+
+def flow_dict(f: Flow) -> dict[str, Any]:
+    k = f.key
+    return {
+        "flow_start": round(wall_time(f.first_seen_ns), 3),
+        "flow_end": round(wall_time(f.last_seen_ns), 3),
+        "protocol": protocol_name(k.proto),
+        "src": str(k.src),
+        "sport": k.sport,
+        "dst": str(k.dst),
+        "dport": k.dport,
+        "ifindex": k.ifindex,
+        "direction": k.direction.name.lower(),
+        "packets": f.packets,
+        "bytes": f.bytes,
+        "tcp_flags": f.tcp_flags,
+        "first_seen_ns": f.first_seen_ns,
+        "last_seen_ns": f.last_seen_ns,
+        "syn_ns": f.syn_ns,
+        "fin_ns": f.fin_ns,
+    }
+
+
+def _clock(coarse_ns: int) -> str:
+    seconds = wall_time(coarse_ns)
+    return time.strftime("%H:%M:%S", time.localtime(seconds)) + f".{int(seconds * 1000) % 1000:03d}"
+
+
+def flow_table(flows: list[Flow], misses: dict[str, int], unparsed: dict[str, int]) -> str:
+    lines = [
+        f"{'flow start':<12} {'flow end':<12} {'dir':<3} {'protocol':<9} {'source':<41} "
+        f"{'destination':<41} {'packets':>12} {'bytes':>15}"
+    ]
+    for f in flows:
+        k = f.key
+        lines.append(
+            f"{_clock(f.first_seen_ns):<12} {_clock(f.last_seen_ns):<12} "
+            f"{'in' if k.direction == 0 else 'out':<3} {protocol_name(k.proto):<9} "
+            f"{endpoint(k.src, k.sport, k.proto):<41} {endpoint(k.dst, k.dport, k.proto):<41} "
+            f"{f.packets:>12,} {f.bytes:>15,}"
+        )
+    not_counted = {k: v for k, v in misses.items() if v}
+    lines.append(
+        f"{len(flows)} flows; not counted: "
+        + (", ".join(f"{k} {v}" for k, v in not_counted.items()) or "none")
+        + "; not parsed: "
+        + (", ".join(f"{k} {v}" for k, v in unparsed.items()) or "none")
+    )
+    return "\n".join(lines)
+
+
+# --- commands ---
+
+
+def _config(args: argparse.Namespace) -> Config:
+    try:
+        return Config(
+            storage=Storage(args.storage or Storage.HASH.value),
+            full=Full(args.full) if args.full else None,
+            entries=args.entries or DEFAULT_ENTRIES,
+            ring_bytes=args.ring_bytes or RING_BYTES,
+        )
+    except ValueError as err:
+        raise UsageError(str(err)) from None
+
+
+def _hooks(args: argparse.Namespace) -> list[Hook]:
+    if args.attach is None:
+        raise UsageError("-a/--attach: required (xdp or tc), unless -u")
+    direction = args.direction or ("ingress" if args.attach == "xdp" else "egress")
+    if (args.attach, direction) not in HOOKS:
+        raise UsageError(
+            f"--direction {direction}: XDP sees ingress only; use -a tc for egress or both"
+        )
+    return HOOKS[(args.attach, direction)]
+
+
+def _alive(pid: int) -> bool:
+    """True if ``pid`` runs (a zombie, dead but not yet reaped by its parent, does not)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text() if pid > 0 else ""
+    except OSError:
+        return False
+    return bool(stat) and stat.rpartition(")")[2].split()[0] != "Z"
+
+
+def _reuse(args: argparse.Namespace) -> bool:
+    """True if IF's pinned maps are to be reopened; UsageError if they clash with the options."""
+    found = FlowMon.pinned_config(args.interface)
+    if found is None:
+        return False
+    pinned, owner = found
+    if _alive(owner) and owner != os.getpid():
+        raise UsageError(
+            f"-i {args.interface}: flowmon (pid {owner}) already counts there; "
+            f"`flowmon -i {args.interface} -u` stops it"
+        )
+    given = {
+        "--storage": (args.storage, pinned.storage.value),
+        "--full": (args.full, pinned.full.value),
+        "--entries": (args.entries, pinned.entries),
+        "--ring-bytes": (args.ring_bytes, pinned.ring_bytes),
+    }
+    for option, (asked, have) in given.items():
+        if asked is not None and asked != have:
+            raise UsageError(
+                f"{option} {asked}: the table pinned for {args.interface} has {have}; keep it, "
+                f"or `flowmon -i {args.interface} -u` to start over"
+            )
+    return True
+
+
+def _run(args: argparse.Namespace) -> int:
+    hooks = _hooks(args)
+    config = _config(args)
+    check_interface(args.interface, args.netns)
+    reuse = _reuse(args)
+    stop = stop_event()
+    fm = FlowMon.reopen(args.interface) if reuse else FlowMon(config)
+    with fm:
+        if not reuse:
+            fm.pin(args.interface)
+        fm.attach(args.interface, hooks, args.netns, XdpMode[args.mode.upper()])
+        where = f"{args.interface}@{args.netns}" if args.netns else args.interface
+        print(
+            f"flowmon: counting on {where} at {', '.join(h.value for h in hooks)} in "
+            f"{fm.config.storage.value} ({fm.config.entries} entries, full: "
+            f"{fm.config.full.value}); maps {'reopened' if reuse else 'pinned'} at "
+            f"{FlowMon.pin_path(args.interface)}",
+            file=sys.stderr,
+            flush=True,
+        )
+        while True:
+            stopping = stop.wait(args.stats_interval)
+            flows = ordered(fm.flows(), args.sort, args.top)
+            misses, unparsed = fm.misses(), fm.unparsed()
+            if args.json:
+                line = {
+                    "time": round(time.time(), 3),
+                    "interface": args.interface,
+                    "storage": fm.config.storage.value,
+                    "flows": [flow_dict(f) for f in flows],
+                    "misses": misses,
+                    "unparsed": unparsed,
+                    "activity": fm.activity(),
+                }
+                print(json.dumps(line), flush=True)
+            else:
+                print(flow_table(flows, misses, unparsed) + "\n", flush=True)
+            if stopping:
+                break
+    print(
+        f"flowmon: detached from {where}; the counts stay pinned "
+        f"(`flowmon -i {args.interface} -u` removes them)",
+        file=sys.stderr,
+    )
+    return 0
+
+
+def _unload(args: argparse.Namespace) -> int:
+    if args.attach or args.storage or args.entries or args.full or args.top or args.direction:
+        raise UsageError("-u: takes -i only (it stops whatever flowmon runs on the interface)")
+    found = FlowMon.pinned_config(args.interface)
+    if found is None:
+        print(f"flowmon: nothing pinned for {args.interface}", file=sys.stderr)
+        return 0
+    owner = found[1]
+    if _alive(owner):
+        os.kill(owner, signal.SIGTERM)  # it detaches, prints its last table and exits
+        deadline = time.monotonic() + STOP_WAIT_S
+        while _alive(owner) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if _alive(owner):
+            print(f"flowmon: pid {owner} did not stop in {STOP_WAIT_S:g} s", file=sys.stderr)
+            return 1
+    removed = FlowMon.unpin(args.interface)
+    print(f"flowmon: removed {len(removed)} pins of {args.interface}", file=sys.stderr)
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        return _unload(args) if args.unload else _run(args)
+    except UsageError as err:
+        print(f"flowmon: {err}", file=sys.stderr)
+        return 2
+    except (LibbpfError, OSError) as err:
+        print(f"flowmon: {err}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
