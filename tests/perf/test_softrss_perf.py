@@ -7,7 +7,7 @@ flushed into the shared LRU entry. Baseline: ``bpf/selftest/trivial.bpf.c`` ``xd
 same run. The target is 3x the baseline's ns/packet: 1.6-2.6x on a 2-vCPU AMD EPYC KVM guest (38-64
 ns against 21-28 ns), 2.9-5.1x on a 2-vCPU Intel Xeon Firecracker guest, whose bare program costs
 only 12-13 ns while soft RSS costs as much (38-66 ns). A ratio to a trivial program depends on the
-CPU, so the test fails only beyond REGRESSION_RATIO, which no machine should show: a regression.
+CPU, so the testbed's budget (``testbeds/veth.yaml``: 8x) is what no machine should show.
 
 Zero-loss throughput puts soft RSS (``ifaces``: each bucket redirected to its own interface, a sink
 behind each) against bare XDP_DROP on the same link, with 1000 flows sent round-robin, the cache's
@@ -37,7 +37,6 @@ from injector import templates
 
 SELFTEST = Path(bpf.__file__).parent / "selftest"
 TARGET_RATIO = 3.0
-REGRESSION_RATIO = 8.0
 FRAMES = {"udp4": bytes(templates.udp4()), "tcp6": bytes(templates.tcp6())}
 THROUGHPUT_AIM = 0.6
 BUCKETS = 4
@@ -78,10 +77,6 @@ def test_established_flow_ns_per_packet(benchmark, results, trivial, quick, kind
     benchmark.extra_info.update(result.as_dict(), target_ratio=TARGET_RATIO)
     results.record(result)
     print(f"softrss {kind.value} {frame}: {result.ratio:.2f}x xdp_pass, target {TARGET_RATIO}x")
-    assert quick or result.ratio <= REGRESSION_RATIO, (
-        f"{subject} is {result.ratio:.2f}x xdp_pass ({baseline}): past {REGRESSION_RATIO}x, a "
-        f"regression (the target is {TARGET_RATIO}x)"
-    )
 
 
 @contextlib.contextmanager
@@ -183,11 +178,6 @@ def test_zero_loss_throughput(benchmark, results, bench, trivial, quick, mode):
         f"A bare fan-out to the same {BUCKETS} interfaces: {fanout.median:.2f} Mpps "
         f"({fanout.median / baseline.median:.0%} of xdp_drop); soft RSS is {of_fanout:.0%} of it"
     )
-    if mode is XdpMode.NATIVE and not quick:  # smoke samples are too small to judge by
-        assert result.ratio >= THROUGHPUT_AIM / 2, (
-            f"{subject} is {result.ratio:.0%} of bare xdp_drop ({baseline}): under half the aim "
-            f"of {THROUGHPUT_AIM:.0%}, a regression"
-        )
 
 
 def test_added_latency(benchmark, results, bench, quick):

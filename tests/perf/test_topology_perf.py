@@ -2,7 +2,8 @@
 
 Baseline from the same run: the two_host network (two namespaces, a veth pair between them, an
 address on each end, links up) built and removed the scripted way, one ``ip`` command at a time, as
-shell-based harnesses do. The aim for two_host is well under 100 ms (Mininet takes seconds).
+shell-based harnesses do. The aim for two_host is well under 100 ms (Mininet takes seconds): the
+veth testbed's budget.
 """
 
 import subprocess
@@ -13,8 +14,6 @@ import pytest
 from bpf import journal
 from harness.measure import Comparison, sample
 from harness.topology import Topology
-
-AIM_SECONDS = 0.100
 
 
 def scripted_two_host() -> float:
@@ -57,7 +56,3 @@ def test_up_down(benchmark, results, quick, name):
     result = Comparison(f"{name} up+down", subject, baseline, "two_host scripted with ip(8)")
     benchmark.extra_info.update(result.as_dict())
     results.record(result)
-    if not quick:
-        assert subject.median < AIM_SECONDS * 1e3, (
-            f"{name} up+down takes {subject} (median), over the {AIM_SECONDS * 1e3:.0f} ms aim"
-        )

@@ -55,9 +55,3 @@ def test_tx_ring_against_a_send_per_frame(benchmark, results, quick, link):
     benchmark.extra_info.update(result.as_dict())
     results.record(result)
     print(f"tx ring: {result.ratio:.2f}x a send() per frame (aim: more than 1x)")
-    if not quick:  # smoke samples are too small to judge by
-        # The aim is not met on every machine of our kind (0.95x on one, where a system call is cheap
-        # and the kernel's per-frame cost dominates: bpf/txring.py); half is wrong anywhere.
-        assert result.ratio > 0.5, (
-            f"the TX ring ({subject}) is under half a send() per frame ({baseline})"
-        )
