@@ -8,7 +8,10 @@ ports are the NICs in the host's namespace and the source is the injector on a p
 (``PeerSource``), sending from the peer's interface toward the DUT, which is found from the DUT
 NIC's network. A body addresses its traffic with ``bench.addressed(spec)`` (the source's MAC to the
 DUT's) and never knows which source it has, as the kernel's ``drivers/net`` tests run one body
-over netns or ssh. TRex sources are driven through ``injector.trex_backend`` (``TrexSource``).
+over netns or ssh. A topology that forwards (an end marked ``real_nic: egress-nic``) also gives
+the DUT's egress port and a receiver counting what comes out of it: an XDP sink at the far end
+(``LocalReceiver``), or ``harness sink`` on the peer's interface toward it (``PeerReceiver``). A
+TRex source is not driven through a bench yet (docs/testbeds.md).
 
 Traffic specs are given as data (the shape of a spec file, ``injector/README.md``) since a peer's
 injector reads them from a file. Losses are counted at both ends, on every attempt: frames the
@@ -23,6 +26,8 @@ import contextlib
 import copy
 import ipaddress
 import json
+import subprocess
+import time
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -33,7 +38,8 @@ from pyroute2 import IPRoute
 
 from bpf import netns as bpf_netns
 from harness.counters import delta, interface_stats
-from harness.peer import SshPeer
+from harness.peer import PeerError, SshPeer
+from harness.sink import FrameClass, Sink
 from harness.testbed import SourceKind, Testbed
 from harness.topology import Topology
 from harness.topology_schema import NicRole
@@ -52,7 +58,7 @@ class Port:
     netns: str | None  # None: the host's namespace (a real NIC)
     ifname: str
     mac: str
-    network: ipaddress.IPv4Network | ipaddress.IPv6Network | None
+    networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]  # of its global addresses
 
     @classmethod
     def of(cls, ifname: str, netns: str | None) -> Port:
@@ -64,7 +70,7 @@ class Port:
             for a in addresses
             if a["scope"] == 0  # global: not a link-local fe80::
         ]
-        return cls(netns, ifname, link.get_attr("IFLA_ADDRESS"), networks[0] if networks else None)
+        return cls(netns, ifname, link.get_attr("IFLA_ADDRESS"), tuple(networks))
 
     def drops(self) -> int:
         stats = interface_stats(self.ifname, self.netns)
@@ -143,13 +149,7 @@ class PeerSource:
 
     @classmethod
     def toward(cls, peer: SshPeer, dut_port: Port) -> PeerSource:
-        if dut_port.network is None:
-            raise RuntimeError(
-                f"{dut_port.ifname} has no address: the peer's interface toward it is found from "
-                f"its network (give the NIC an address, or declare one in the topology)"
-            )
-        found = peer.interface_toward(dut_port.network)
-        return cls(peer, Port(None, found.ifname, found.mac, found.address.network))
+        return cls(peer, _peer_port(peer, dut_port))
 
     @contextlib.contextmanager
     def sender(self, spec: dict[str, Any]) -> Iterator[Sender]:
@@ -165,34 +165,145 @@ class PeerSource:
 Source = LocalSource | PeerSource
 
 
+class Counting(Protocol):
+    def frames(self) -> int: ...
+
+
+def settled(counting: Counting, still: float = 0.3, timeout: float = 10.0) -> int:
+    """The count once it has not moved for ``still`` seconds (a sender returns when frames are
+    queued, not arrived; a ring-buffer path forwards in bursts), or at ``timeout``."""
+    deadline = time.monotonic() + timeout
+    last = counting.frames()
+    while time.monotonic() < deadline:
+        time.sleep(still)
+        now = counting.frames()
+        if now == last:
+            return now
+        last = now
+    return last
+
+
+class _SinkCounting:
+    def __init__(self, sink: Sink) -> None:
+        self.sink = sink
+
+    def frames(self) -> int:
+        return self.sink.frames(FrameClass.IPV4)
+
+
+class LocalReceiver:
+    """An XDP sink at the far end of the DUT's egress link, in its namespace on this host."""
+
+    def __init__(self, port: Port) -> None:
+        self.port = port
+
+    @contextlib.contextmanager
+    def counting(self) -> Iterator[Counting]:
+        with Sink(self.port.ifname, self.port.netns) as sink:
+            yield _SinkCounting(sink)
+
+
+class _PeerCounting:
+    def __init__(self, process: subprocess.Popen, where: str) -> None:
+        self.process, self.where = process, where
+
+    def frames(self) -> int:
+        self.process.stdin.write("\n")
+        self.process.stdin.flush()
+        line = self.process.stdout.readline()
+        if not line:
+            raise RuntimeError(f"{self.where}: the sink ended: {self.process.stderr.read()}")
+        return json.loads(line)["ipv4"]
+
+
+class PeerReceiver:
+    """``harness sink`` on the peer's interface toward the DUT's egress, over ssh: the project's
+    XDP sink there, its IPv4 count read a line at a time (the test's frames only)."""
+
+    def __init__(self, peer: SshPeer, port: Port) -> None:
+        self.peer, self.port = peer, port
+
+    @contextlib.contextmanager
+    def counting(self) -> Iterator[Counting]:
+        where = f"{self.peer.address} {self.port.ifname}"
+        process = self.peer.start([self.peer.command("harness"), "sink", self.port.ifname])
+        try:
+            ready = process.stdout.readline()
+            if "ready" not in ready:
+                raise RuntimeError(f"{where}: harness sink did not start: {process.stderr.read()}")
+            yield _PeerCounting(process, where)
+        finally:
+            process.stdin.close()
+            process.wait(timeout=30)
+
+
+Receiver = LocalReceiver | PeerReceiver
+
+
+def _ends(topo: Topology, role: NicRole) -> tuple[Port, Port | None]:
+    """The DUT's port marked ``role`` and the port at the far end of its link (None when a real
+    NIC took its place: the wire leads to another host)."""
+    (link,) = [link for link in topo.spec.links if any(e.real_nic is role for e in link.ends)]
+    (end,) = [e for e in link.ends if e.real_nic is role]
+    node = topo.node(end.node)
+    far = link.peer_of(end)
+    far_node = topo.nodes.get(far.node)
+    far_port = Port.of(far_node.ifname(far.ifname), far_node.netns) if far_node else None
+    return Port.of(node.ifname(end.ifname), node.netns), far_port
+
+
+def _peer_port(peer: SshPeer, dut_port: Port) -> Port:
+    """The peer's interface toward ``dut_port``, found from the networks of the DUT's port."""
+    if not dut_port.networks:
+        raise RuntimeError(
+            f"{dut_port.ifname} has no address: the peer's interface toward it is found from "
+            f"its network (give the NIC an address, or declare one in the topology)"
+        )
+    errors = []
+    for network in dut_port.networks:
+        try:
+            found = peer.interface_toward(network)
+        except PeerError as err:
+            errors.append(str(err))
+            continue
+        return Port(None, found.ifname, found.mac, (found.address.network,))
+    raise PeerError("; ".join(errors))
+
+
 class Bench:
     """The DUT's ports and the traffic source of one benchmark, on one testbed."""
 
-    def __init__(self, testbed: Testbed, topology: Topology, ingress: Port, source: Source) -> None:
+    def __init__(
+        self,
+        testbed: Testbed,
+        topology: Topology,
+        ingress: Port,
+        source: Source,
+        egress: Port | None = None,
+        receiver: Receiver | None = None,
+    ) -> None:
         self.testbed, self.topology, self.ingress, self.source = testbed, topology, ingress, source
+        self.egress, self.receiver = egress, receiver
 
     @classmethod
     def build(cls, topology: str, testbed: Testbed, peer: SshPeer | None = None) -> Bench:
         """``topology`` up on ``testbed`` (the caller takes it down: ``bench.topology.down()``)."""
         topo = Topology.load(topology, nic=testbed.nic)
         # A testbed's egress NIC serves the topologies that forward (mirror_vxlan), not the others.
-        if any(end.real_nic is NicRole.EGRESS_NIC for link in topo.spec.links for end in link.ends):
+        ends = [end for link in topo.spec.links for end in link.ends]
+        egress_marked = any(end.real_nic is NicRole.EGRESS_NIC for end in ends)
+        if egress_marked:
             topo.egress_nic = testbed.egress_nic
         topo.up()
         try:
-            ends = [e for link in topo.spec.links for e in link.ends if e.real_nic is NicRole.NIC]
-            if not ends:
-                raise RuntimeError(f"topology {topology} marks no link end real_nic: nic")
-            (ingress_end,) = ends
-            node = topo.node(ingress_end.node)
-            ingress = Port.of(node.ifname(ingress_end.ifname), node.netns)
+            ingress, far_in = _ends(topo, NicRole.NIC)
+            egress, far_out = _ends(topo, NicRole.EGRESS_NIC) if egress_marked else (None, None)
             if testbed.source.kind is SourceKind.LOCAL:
-                (link,) = [link for link in topo.spec.links if ingress_end in link.ends]
-                far = link.peer_of(ingress_end)
-                far_node = topo.node(far.node)
-                source: Source = LocalSource(Port.of(far_node.ifname(far.ifname), far_node.netns))
+                source: Source = LocalSource(far_in)
+                receiver: Receiver | None = LocalReceiver(far_out) if far_out else None
             elif testbed.source.kind is SourceKind.SSH and peer is not None:
                 source = PeerSource.toward(peer, ingress)
+                receiver = PeerReceiver(peer, _peer_port(peer, egress)) if egress else None
             else:
                 raise RuntimeError(
                     f"testbed {testbed.name}: a {testbed.source.kind.value} source cannot feed "
@@ -201,7 +312,7 @@ class Bench:
         except BaseException:
             topo.down()
             raise
-        return cls(testbed, topo, ingress, source)
+        return cls(testbed, topo, ingress, source, egress, receiver)
 
     def addressed(self, spec: dict[str, Any]) -> dict[str, Any]:
         """``spec`` with its frames addressed from the source's MAC to the DUT's ingress MAC."""
@@ -210,24 +321,34 @@ class Bench:
         args.update(eth_src=self.source.port.mac, eth_dst=self.ingress.mac)
         return spec
 
-    def offer(
-        self, sender: Sender, count: int, rate_pps: float | None = None
-    ) -> tuple[Offered, int]:
-        """One send, and the frames lost to it at either end."""
-        before = self.ingress.drops()
-        offered = sender.send(count, rate_pps)
-        return offered, offered.dropped + self.ingress.drops() - before
+    def zero_loss_pps(
+        self,
+        sender: Sender,
+        count: int,
+        totals: Counter | None = None,
+        arrivals: Counting | None = None,
+    ) -> float:
+        """The highest rate found with no loss, RFC 2544 style: flat out first; after a loss,
+        ``BACKOFF`` of the rate that was delivered, until a trial of ``count`` frames loses none.
 
-    def zero_loss_mpps(self, sender: Sender, count: int, totals: Counter | None = None) -> float:
-        """The highest rate found with no loss, RFC 2544 style: flat out first; after a loss, offer
-        ``BACKOFF`` of the rate achieved, until an attempt loses nothing. ``totals`` accumulates
-        what every attempt sent and lost, for the caller's exact accounting."""
+        A loss is a frame the source's interface or the DUT's ingress dropped; with ``arrivals``
+        (a receiver's count, for a DUT that forwards) a frame sent that did not arrive. ``totals``
+        accumulates every trial's ``sent``, ``arrived`` and ``source_dropped``, for the caller's
+        exact accounting."""
         rate = None
         for _ in range(SEARCH_STEPS):
-            offered, lost = self.offer(sender, count, rate)
+            drops_before = self.ingress.drops()
+            arrived_before = arrivals.frames() if arrivals else 0
+            offered = sender.send(count, rate)
+            if arrivals is None:
+                lost = offered.dropped + self.ingress.drops() - drops_before
+                arrived = offered.packets - lost
+            else:
+                arrived = settled(arrivals) - arrived_before
+                lost = offered.packets - arrived
             if totals is not None:
-                totals.update(sent=offered.packets, lost=lost)
+                totals.update(sent=offered.packets, arrived=arrived, source_dropped=offered.dropped)
             if lost == 0:
-                return offered.pps / 1e6
-            rate = offered.pps * BACKOFF
+                return offered.pps
+            rate = offered.pps * arrived / offered.packets * BACKOFF
         raise AssertionError(f"no zero-loss rate down to {rate:,.0f} pps: the DUT is stalled")

@@ -8,6 +8,7 @@
     harness run demo [--packets N] [--json]
     harness gate RESULTS [--history DIR] [--update-baseline]
     harness preflight IF [--netns NS] [--testbed NAME|FILE] [--json]
+    harness sink IF [--netns NS]          # count arriving frames: one JSON line per line read
 
 ``topo up`` leaves the network up after it exits, so it records it as a detached topology: its
 journal goes to ``/run/bpflab/topologies/NAME/`` rather than the per-process journal directory, and a
@@ -131,6 +132,19 @@ def _cmd_preflight(args: argparse.Namespace) -> int:
     return 1 if report.failed else 0
 
 
+def _cmd_sink(args: argparse.Namespace) -> int:
+    from harness.sink import Sink  # loads a BPF object: only when asked for
+
+    # The counter a benchmark reads on a peer host over ssh (harness.bench.PeerReceiver): each
+    # line on stdin asks for the counts so far; end of input detaches.
+    with Sink(args.interface, args.netns) as sink:
+        print(json.dumps({"ready": args.interface}), flush=True)
+        for _ in sys.stdin:
+            counts = {cls.name.lower(): frames for cls, (frames, _) in sink.counts().items()}
+            print(json.dumps(counts), flush=True)
+    return 0
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="harness", description="bpflab test harness")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -189,6 +203,13 @@ def _parser() -> argparse.ArgumentParser:
     pre.add_argument("--testbed", metavar="NAME|FILE", help="check the driver it expects")
     pre.add_argument("--json", action="store_true", help="print the checks as JSON")
     pre.set_defaults(run=_cmd_preflight)
+
+    sink = commands.add_parser(
+        "sink", help="count frames arriving on an interface (XDP, dropped); a line in, counts out"
+    )
+    sink.add_argument("interface", metavar="IF")
+    sink.add_argument("--netns", metavar="NS", help="the interface's network namespace")
+    sink.set_defaults(run=_cmd_sink)
     return parser
 
 

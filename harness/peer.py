@@ -128,6 +128,17 @@ class SshPeer:
             )
         return done.stdout
 
+    def start(self, argv: list[str]) -> subprocess.Popen:
+        """Start ``argv`` on the peer with pipes to its stdin and stdout (text); the caller ends it
+        by closing stdin. A killed run closes the pipe too, so the command ends with it."""
+        return subprocess.Popen(
+            [*self._ssh(), "--", shlex.join(argv)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+
     def write_file(self, path: str, content: str) -> None:
         self.run(["sh", "-c", f"cat > {shlex.quote(path)}"], input=content)
 

@@ -140,9 +140,13 @@ def remove_host_link(ifname: str) -> None:
 def restore_nic(
     ifname: str, mtu: int, added: list[str], offloads: dict[str, bool], up: bool
 ) -> None:
-    """Put a real NIC back as it was: MTU, addresses, offloads, up/down."""
+    """Put a real NIC back as it was: MTU, addresses, offloads, up/down. A NIC gone since (unplugged,
+    or the veth standing in for one deleted) has nothing to put back."""
     with IPRoute() as ipr:
-        index = _index(ipr, ifname)
+        found = ipr.link_lookup(ifname=ifname)
+        if not found:
+            return
+        (index,) = found
         for address in added:
             addr, prefixlen = address.split("/")
             try:

@@ -48,7 +48,8 @@ def test_one_connection_carries_every_command(nic_standin):
 def test_peer_interface_is_found_from_the_dut_network(nic_standin):
     dut = Port.of(nic_standin.nic("nic0"), None)
     with nic_standin.connect() as peer:
-        found = peer.interface_toward(dut.network)
+        (network,) = dut.networks
+        found = peer.interface_toward(network)
         with pytest.raises(PeerError, match=r"10\.9\.9\.0/24"):
             peer.interface_toward(ipaddress.ip_network("10.9.9.0/24"))
     expected = Port.of("eth0", nic_standin.peer_netns)
@@ -108,7 +109,9 @@ def _perf_run(nic_standin, results: Path) -> subprocess.CompletedProcess:
             str(results),
             "-rs",
         ],
-        cwd=root,
+        # Not the checkout: `python -m` would put it first on sys.path, ahead of the installed
+        # package, and a fresh checkout holds no compiled BPF objects.
+        cwd=results.parent,
         capture_output=True,
         text=True,
         timeout=600,

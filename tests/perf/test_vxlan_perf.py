@@ -13,8 +13,9 @@ measures it directly, against xdp_pass with the same ``repeat``.
 Target: forwarding at most 4x xdp_pass (printed). The testbed's budget (``testbeds/veth.yaml``:
 8x) catches a regression without hiding a miss of the target.
 
-On ``mirror_vxlan`` (the mirror's eth0 -> the dut's ens5 -> ens6 -> the collector's eth0, all veth,
-native XDP), with a real ``vxlan-pipeline run`` process per mode and the xdp injector in this one:
+On the testbed's bench (``veth``: ``mirror_vxlan``, the mirror's eth0 -> the dut's ens5 -> ens6 ->
+the collector's eth0, native XDP; ``--nic``/``--egress-nic``: the DUT's real NICs, the traffic and
+the receiver on the peer host), with a real ``vxlan-pipeline run`` process per mode:
 
 - zero-loss throughput of each mode against a bare XDP_REDIRECT program (``bpf/selftest/
   redirect.bpf.c``) on the same link in the same run, RFC 2544 style: flat out first, then, after a
@@ -34,6 +35,7 @@ import sys
 import time
 from collections import Counter
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -44,14 +46,11 @@ from bpf import journal
 from bpf import netns as bpf_netns
 from bpf.attach import ifindex
 from bpf.vxlan import Allowlist, Config, Mode, VxlanPipeline
-from harness.counters import delta, interface_stats
+from harness.bench import Bench, LocalSource, Port, settled
+from harness.counters import interface_stats, silence_ipv6_everywhere
 from harness.latency import ProbeReceiver, ProbeSender, ProbeTemplate, analyze
 from harness.measure import Comparison, Summary, sample
-from harness.pytest_plugin import MirrorVxlan
-from harness.sink import FrameClass, Sink
 from injector import templates
-from injector.spec import TrafficSpec
-from injector.xdp import PACED_BATCH, XdpSender
 
 SELFTEST = Path(bpf.__file__).parent / "selftest"
 TARGET_RATIO = 4.0
@@ -128,63 +127,87 @@ def test_host_traffic_ns_per_packet(benchmark, results, trivial, quick):
     report(benchmark, results, "vxlan host traffic pass", subject, baseline)
 
 
-# --- on mirror_vxlan ------------------------------------------------------------------------------
+# --- on mirror_vxlan, or the testbed's NICs ---------------------------------------------------------
 
 VXLAN_PIPELINE = Path(sys.executable).with_name("vxlan-pipeline")
 SEED_RINGBUF_KPPS = 85.0  # the seed's ring-buffer path, with an 8-thread C injector
 RINGBUF_AIM = 3.0  # x the seed; on the way to 10x
 REDIRECT_AIM = 0.6  # of the bare XDP_REDIRECT rate
-MIRROR, DUT = "02:00:00:00:02:01", "02:00:00:00:02:02"
-COLLECTOR = "02:00:00:00:03:02"
 INNER_MACS = {"eth_src": "02:00:00:00:2a:01", "eth_dst": "02:00:00:00:2a:02"}
-OUTER = {"vni": 42, "outer_src": "10.1.0.1", "outer_dst": "10.1.0.2", "eth_src": MIRROR}
-LINK_FRAME = templates.vxlan(
-    templates.udp4(src="10.0.0.1", dst="10.0.0.2", **INNER_MACS), eth_dst=DUT, **OUTER
-)
+OUTER = {"vni": 42, "outer_src": "10.1.0.1", "outer_dst": "10.1.0.2"}
+MIRRORED_SPEC = {  # one allowlisted flow, mirrored: the spec's MACs are the bench's (addressed)
+    "template": {
+        "kind": "vxlan",
+        "args": OUTER,
+        "inner": {"kind": "udp4", "args": {"src": "10.0.0.1", "dst": "10.0.0.2", **INNER_MACS}},
+    }
+}
+
+
+@dataclass
+class Link:
+    """mirror -> DUT ingress -> pipeline -> DUT egress -> collector, and the pipeline's allowlist."""
+
+    bench: Bench
+    allowlist: Path
+
+    @property
+    def dut_in(self) -> Port:
+        return self.bench.ingress
+
+    @property
+    def dut_out(self) -> Port:
+        return self.bench.egress
+
+    def egress_dropped(self) -> int:
+        return interface_stats(self.dut_out.ifname, self.dut_out.netns)["tx_dropped"]
 
 
 @pytest.fixture
-def link(mirror_vxlan: MirrorVxlan) -> MirrorVxlan:
-    mirror_vxlan.allowlist.write_text(json.dumps(Allowlist.of(["10.0.0.1"]).document()))
-    return mirror_vxlan
+def link(bench, tmp_path: Path) -> Link:
+    made = bench("mirror_vxlan")
+    if not made.testbed.real:  # exact counts need no kernel chatter on the veths (harness.counters)
+        silence_ipv6_everywhere(made.topology)
+    allowlist = tmp_path / "allowlist.json"
+    allowlist.write_text(json.dumps(Allowlist.of(["10.0.0.1"]).document()))
+    return Link(made, allowlist)
+
+
+def _local_only(link: Link, why: str) -> None:
+    if not isinstance(link.bench.source, LocalSource):
+        pytest.skip(f"{why}: this testbed's traffic comes from another host")
 
 
 @contextlib.contextmanager
-def bare_redirect(link: MirrorVxlan) -> Iterator[None]:
+def bare_redirect(link: Link) -> Iterator[None]:
     with bpf.BpfObject.open(SELFTEST / "redirect.bpf.c") as obj:
         obj.load()
-        with bpf_netns.entered(link.dut):  # a DEVMAP resolves the ifindex in the writer's netns
-            obj.maps["redirect_dev"][0] = ifindex("ens6")
-        obj.programs["xdp_redirect_devmap"].attach_xdp("ens5", bpf.XdpMode.NATIVE, link.dut)
+        with bpf_netns.entered(link.dut_out.netns):  # a DEVMAP resolves the ifindex there
+            obj.maps["redirect_dev"][0] = ifindex(link.dut_out.ifname)
+        obj.programs["xdp_redirect_devmap"].attach_xdp(
+            link.dut_in.ifname, bpf.XdpMode.NATIVE, link.dut_in.netns
+        )
         yield
 
 
-def _cli_stats() -> dict:
-    done = subprocess.run(
-        [str(VXLAN_PIPELINE), "stats", "--json"], capture_output=True, text=True, timeout=30
-    )
-    assert done.returncode == 0, done.stderr
-    return json.loads(done.stdout)
-
-
 @contextlib.contextmanager
-def pipeline_run(link: MirrorVxlan, mode: str, final: list[dict]) -> Iterator[None]:
+def pipeline_run(link: Link, mode: str, final: list[dict]) -> Iterator[None]:
     """``vxlan-pipeline run`` in its own process (the re-injector gets a CPU of its own); its last
     JSON line (counters, re-injector) lands in ``final``."""
+    netns = ["--netns", link.dut_in.netns] if link.dut_in.netns else []
     process = subprocess.Popen(
         [
             str(VXLAN_PIPELINE),
             "run",
             "-i",
-            "ens5",
+            link.dut_in.ifname,
             "-t",
-            "ens6",
-            "--netns",
-            link.dut,
+            link.dut_out.ifname,
+            *netns,
             "--mode",
             mode,
             "--next-hop-mac",
-            COLLECTOR,
+            link.bench.receiver.port.mac,
             "--allowlist",
             str(link.allowlist),
             "--name",
@@ -208,62 +231,45 @@ def pipeline_run(link: MirrorVxlan, mode: str, final: list[dict]) -> Iterator[No
     final.append(json.loads(out.splitlines()[-1]))
 
 
-def _quiet_count(sink: Sink) -> int:
-    """The sink's count once it has not moved for 0.3 s: in ringbuf mode the ring may hold a
-    backlog after a trial, which must not spill into the next one."""
-    return sink.settled(FrameClass.IPV4, 0, timeout=10.0, still=0.3)
+def _throughput(link: Link, sender, counting, packets: int, repeats: int, totals: Counter):
+    def kpps() -> float:
+        return link.bench.zero_loss_pps(sender, packets, totals, counting) / 1e3
 
-
-def _zero_loss_kpps(sender: XdpSender, sink: Sink, packets: int, totals: Counter) -> float:
-    """The highest rate a trial of ``packets`` frames crossed without a loss (see the module)."""
-    rate = None
-    for _ in range(12):
-        before = sink.frames(FrameClass.IPV4)
-        report = sender.send(count=packets, rate_pps=rate, batch=PACED_BATCH)
-        arrived = _quiet_count(sink) - before
-        assert report.aborted == 0
-        totals.update(sent=report.packets, arrived=arrived)
-        if arrived == report.packets:
-            return report.pps / 1e3
-        rate = report.pps * arrived / report.packets * 0.9
-    raise AssertionError(f"no zero-loss rate down to {rate:,.0f} pps: the receiver is stalled")
-
-
-def _throughput(sender: XdpSender, sink: Sink, packets: int, repeats: int, totals: Counter):
-    return sample(lambda: _zero_loss_kpps(sender, sink, packets, totals), "kpps", repeats)
+    return sample(kpps, "kpps", repeats)
 
 
 @pytest.mark.parametrize("mode", [Mode.REDIRECT.value, Mode.TC.value])
 def test_zero_loss_throughput_against_bare_redirect(benchmark, results, link, quick, mode):
     packets = 20_000 if quick else 1_000_000
     repeats = 1 if quick else 3
+    spec = link.bench.addressed(MIRRORED_SPEC)
     with (
-        Sink("eth0", link.collector) as sink,
-        XdpSender(TrafficSpec(LINK_FRAME).resolve(), "eth0", link.mirror) as sender,
+        link.bench.receiver.counting() as counting,
+        link.bench.source.sender(spec) as sender,
     ):
         with bare_redirect(link):
-            baseline = _throughput(sender, sink, packets, repeats, Counter())
+            baseline = _throughput(link, sender, counting, packets, repeats, Counter())
         totals: Counter = Counter()
         final: list[dict] = []
-        before = interface_stats("eth0", link.mirror), interface_stats("ens6", link.dut)
+        egress_before = link.egress_dropped()
         with pipeline_run(link, mode, final):
             subject = benchmark.pedantic(
-                lambda: _throughput(sender, sink, packets, repeats, totals),
+                lambda: _throughput(link, sender, counting, packets, repeats, totals),
                 rounds=1,
                 iterations=1,
             )
-        lost_mirror = delta(before[0], interface_stats("eth0", link.mirror))["tx_dropped"]
-        lost_ens6 = delta(before[1], interface_stats("ens6", link.dut))["tx_dropped"]
+        lost_egress = link.egress_dropped() - egress_before
     (last,) = final
     c, drops = last["counters"], last["dropped"]
+    lost_source = totals["source_dropped"]
     assert last["balanced"], c
     # Every injected frame is VXLAN to us; the kernel's own frames on ens5 (ARP...) pass beside them.
-    assert c["vxlan"] == totals["sent"] - lost_mirror, (c, totals, lost_mirror)
+    assert c["vxlan"] == totals["sent"] - lost_source, (c, totals)
     failed = last.get("reinjector", {}).get("failed", 0)
     if "reinjector" in last:
         assert c.get("queued", 0) == last["reinjector"]["forwarded"] + failed, last
-    assert c["forwarded"] - failed == totals["arrived"] + lost_ens6, (c, totals, lost_ens6)
-    assert totals["sent"] == totals["arrived"] + lost_mirror + drops + failed + lost_ens6, (
+    assert c["forwarded"] - failed == totals["arrived"] + lost_egress, (c, totals, lost_egress)
+    assert totals["sent"] == totals["arrived"] + lost_source + drops + failed + lost_egress, (
         "frames lost uncounted"
     )
     _report_throughput(benchmark, results, mode, subject, baseline)
@@ -289,30 +295,32 @@ def test_ringbuf_against_the_seed(benchmark, results, link, quick):
     counted) with its delivery ratio; then a burst flat out, which fills the ring, for the rate at
     which the Python re-injector empties it. A zero-loss search does not fit this mode: the ring's
     backlog from one trial drains into the next, so trials are not independent."""
+    _local_only(link, "the drain is timed from the burst's start, which a remote start blurs")
     packets = 20_000 if quick else 1_000_000
     steady_pps = RINGBUF_AIM * SEED_RINGBUF_KPPS * 1e3
     final: list[dict] = []
+    spec = link.bench.addressed(MIRRORED_SPEC)
     with (
-        Sink("eth0", link.collector) as sink,
-        XdpSender(TrafficSpec(LINK_FRAME).resolve(), "eth0", link.mirror) as sender,
+        link.bench.receiver.counting() as counting,
+        link.bench.source.sender(spec) as sender,
     ):
-        before = interface_stats("eth0", link.mirror), interface_stats("ens6", link.dut)
+        egress_before = link.egress_dropped()
         with pipeline_run(link, Mode.RINGBUF.value, final):
-            start = sink.frames(FrameClass.IPV4)
-            steady = sender.send(count=packets, rate_pps=steady_pps, batch=PACED_BATCH)
-            sent = [steady.packets]
-            steady_arrived = _quiet_count(sink) - start
+            start = counting.frames()
+            steady = sender.send(packets, steady_pps)
+            offered = [steady]
+            steady_arrived = settled(counting) - start
 
             def drain_kpps() -> float:
                 """Frames forwarded per second from the start of a burst to the last arrival,
                 stalls included; done when the count has not moved for 0.3 s (5 s to start)."""
-                first = sink.frames(FrameClass.IPV4)
+                first = counting.frames()
                 began = time.perf_counter()
-                sent.append(sender.send(count=packets, batch=PACED_BATCH).packets)
+                offered.append(sender.send(packets))
                 last, last_moved = first, began
                 while time.perf_counter() - last_moved < (5.0 if last == first else 0.3):
                     time.sleep(0.01)
-                    now = sink.frames(FrameClass.IPV4)
+                    now = counting.frames()
                     if now != last:
                         last, last_moved = now, time.perf_counter()
                 assert last > first, "the re-injector forwarded nothing for 5 s"
@@ -321,15 +329,17 @@ def test_ringbuf_against_the_seed(benchmark, results, link, quick):
             drain = benchmark.pedantic(
                 lambda: sample(drain_kpps, "kpps", 1 if quick else 3), rounds=1, iterations=1
             )
-        lost_mirror = delta(before[0], interface_stats("eth0", link.mirror))["tx_dropped"]
-        lost_ens6 = delta(before[1], interface_stats("ens6", link.dut))["tx_dropped"]
-        arrived = sink.frames(FrameClass.IPV4) - start
+        lost_egress = link.egress_dropped() - egress_before
+        arrived = counting.frames() - start
     (last,) = final
     c, drops = last["counters"], last["dropped"]
     failed = last["reinjector"]["failed"]
+    lost_source = sum(o.dropped for o in offered)
     assert last["balanced"], c
     assert c["queued"] == last["reinjector"]["forwarded"] + failed, last
-    assert sum(sent) == arrived + lost_mirror + drops + failed + lost_ens6, "frames lost uncounted"
+    assert sum(o.packets for o in offered) == (
+        arrived + lost_source + drops + failed + lost_egress
+    ), "frames lost uncounted"
     delivered = steady_arrived / steady.packets
     baseline = Summary("kpps", SEED_RINGBUF_KPPS, SEED_RINGBUF_KPPS, 0, 0, 0, 0, 1, 0)
     result = Comparison("vxlan ringbuf, re-injector emptying a full ring", drain, baseline, "seed")
@@ -346,19 +356,21 @@ def test_ringbuf_against_the_seed(benchmark, results, link, quick):
     )
 
 
-def _probes(vxlan: bool) -> ProbeTemplate:
+def _probes(link: Link, vxlan: bool) -> ProbeTemplate:
     inner = ProbeTemplate.udp4(src="10.0.0.1", dst="10.0.0.2", **INNER_MACS)
     if not vxlan:
         return inner
-    outer = templates.vxlan(Ether(inner.frame), eth_dst=DUT, **OUTER)
+    macs = {"eth_src": link.bench.source.port.mac, "eth_dst": link.dut_in.mac}
+    outer = templates.vxlan(Ether(inner.frame), **macs, **OUTER)
     return ProbeTemplate(bytes(outer), inner.offset + len(outer) - len(inner.frame))
 
 
-def _p50_us(link: MirrorVxlan, received_as: ProbeTemplate, count: int) -> float:
-    sent_as = _probes(vxlan=True)
+def _p50_us(link: Link, received_as: ProbeTemplate, count: int) -> float:
+    sent_as = _probes(link, vxlan=True)
+    source, collector = link.bench.source.port, link.bench.receiver.port
     with (
-        ProbeReceiver(received_as, "eth0", link.collector) as receiver,
-        ProbeSender(sent_as, "eth0", link.mirror) as sender,
+        ProbeReceiver(received_as, collector.ifname, collector.netns) as receiver,
+        ProbeSender(sent_as, source.ifname, source.netns) as sender,
     ):
         receiver.wait_ready()
         arrivals = []
@@ -375,12 +387,13 @@ def _p50_us(link: MirrorVxlan, received_as: ProbeTemplate, count: int) -> float:
 def test_latency_against_bare_redirect(benchmark, results, link, quick, mode):
     """One-way probe latency, mirror to collector: through the pipeline (the collector reads the
     decapsulated probe) against the bare redirect (the probe still encapsulated), same link."""
+    _local_only(link, "one-way latency needs the probes' sender and receiver on one clock")
     count, repeats = (100, 2) if quick else (1000, 5)
     with bare_redirect(link):
-        baseline = sample(lambda: _p50_us(link, _probes(vxlan=True), count), "us", repeats)
+        baseline = sample(lambda: _p50_us(link, _probes(link, vxlan=True), count), "us", repeats)
     with pipeline_run(link, mode, []):
         subject = benchmark.pedantic(
-            lambda: sample(lambda: _p50_us(link, _probes(vxlan=False), count), "us", repeats),
+            lambda: sample(lambda: _p50_us(link, _probes(link, vxlan=False), count), "us", repeats),
             rounds=1,
             iterations=1,
         )
