@@ -1,7 +1,7 @@
 """The main job on the embedded default topology (``harness run demo``, ``tox -e demo``).
 
 It builds ``two_host`` (injector <-> dut over a veth pair), then ``mirror_vxlan`` (mirror -> dut's
-ens5, dut's ens6 -> collector), runs five checks end to end on the real kernel, prints a verdict
+ens5, dut's ens6 -> collector), runs six checks end to end on the real kernel, prints a verdict
 line for each with its figures, and tears everything down:
 
 1. crafted traffic: every template (UDP/TCP/ICMP over IPv4 and IPv6, 802.1Q, PPPoE session and
@@ -13,7 +13,9 @@ line for each with its figures, and tears everything down:
 4. soft RSS (``bpf/softrss``): attached natively to the dut's ens5 in ``count`` mode, fed one period
    of the 1000-flow spec by the xdp injector, puts every flow in the bucket the model predicts, with
    its packets; the balance over the buckets is reported;
-5. the VXLAN pipeline (``bpf/vxlan``), redirect mode on mirror_vxlan: of five mirrored frames (an
+5. flow metrics (``bpf/flowmon``): a per-CPU hash at the dut's ens5 XDP, fed one period of the same
+   spec, holds every flow with the packets and bytes the model predicts, nothing missed;
+6. the VXLAN pipeline (``bpf/vxlan``), redirect mode on mirror_vxlan: of five mirrored frames (an
    allowlisted TCP flow that NAT rewrites, allowlisted UDP, a flow off the allowlist, another
    session's VNI, the host's own UDP), the collector receives exactly what the model predicts, and
    the kernel's counters equal the model's and balance (every frame passed, forwarded or dropped).
@@ -30,6 +32,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
 from bpf import XdpMode, vxlan
+from bpf.flowmon.demo import check_flowmon
 from bpf.netns import silence_ipv6
 from bpf.softrss import Config, SoftRss
 from bpf.softrss.model import Model
@@ -242,6 +245,10 @@ def run(packets: int = 2_000_000) -> list[Check]:
             check_field_engine(spec),
             check_rate(injector, dut, spec, packets, macs),
             check_softrss(injector, dut, spec),
+            Check(
+                "flow metrics count each flow as the model says",
+                *check_flowmon(injector, dut, spec),
+            ),
         ]
     with Topology.load("mirror_vxlan") as topo:
         ends = [end for link in topo.spec.links for end in link.ends]

@@ -160,7 +160,9 @@ struct flow_misses {
 };
 
 struct flow_activity {
-	__u64 created;		/* flows that entered the table (an LRU may have evicted some since) */
+	__u64 created;		/* flows that entered the table (an LRU may have evicted some since;
+				 * a per-CPU array counts a flow once per CPU that claimed it a slot)
+				 */
 	__u64 spilled;		/* packets the SPILL policy sent to the ring */
 };
 

@@ -23,6 +23,7 @@ import pytest
 from bpf import POSSIBLE_CPUS, netns
 from bpf.attach import ifindex
 from bpf.flowmon import Config, FlowMon, Hook, Model, Storage
+from bpf.flowmon.demo import check_flowmon
 from harness.counters import delta, interface_stats
 from injector import templates
 from injector.spec import Range, TrafficSpec, Vary
@@ -208,3 +209,16 @@ def test_reopened_pins_keep_the_counts_and_go_on(two_host):
         "the same frames sent again doubled every flow's counts"
     )
     assert sum(after[k][0] for k in ours) == len(frames)
+
+
+def test_demo_check_passes_on_two_host(two_host):
+    injector, dut = two_host
+    spec = TrafficSpec(
+        templates.udp4(**ADDRESSED),
+        vary=(Vary("UDP.sport", Range(1000, 1999)),),
+        flows=1000,
+        count=1000,
+    )
+    passed, detail, figures = check_flowmon(injector, dut, spec)
+    assert passed, detail
+    assert figures["flows"] == 1000 and figures["packets"] == 1000

@@ -16,6 +16,7 @@ its misses or the ring do not account for. It prints each ratio; ``results`` rec
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -30,6 +31,15 @@ BENCH = Path(bpf.__file__).parent / "flowmon" / "flowmon_bench.bpf.c"
 FRAME = bytes(templates.udp4(payload=b"m" * 18))  # 60 bytes; UDP source port 1024 at offset 34
 RING_BYTES = 1 << 24  # 233k records: a sample of the ringbuf storage never fills it
 RING_REPEAT = 200_000
+
+
+@pytest.fixture(autouse=True)
+def one_cpu():
+    """Every run on one CPU: a per-CPU table stays one table, and the figures one CPU's."""
+    before = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, {min(before)})
+    yield
+    os.sched_setaffinity(0, before)
 
 
 @pytest.fixture(scope="module")
