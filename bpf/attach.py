@@ -259,18 +259,48 @@ class SocketFilter(_Attachment):
             self.socket = None
             self._unregister()
 
+    def replace(self, program: Program) -> SocketFilter:
+        """Put ``program`` on the socket in this one's place, in one step (``SO_ATTACH_BPF`` swaps
+        the filter atomically: no packet meets the socket unfiltered). This attachment is then over."""
+        sock = self.socket
+        if sock is None:
+            raise RuntimeError(f"{self.program.name} is detached: nothing to replace")
+        replacement = SocketFilter(program, sock)
+        self.socket = None
+        self._unregister()
+        return replacement
 
-def join_fanout(sock: socket.socket, group_id: int, program: Program) -> None:
-    """Join an AF_PACKET socket to fanout group ``group_id`` steered by ``program``.
+
+class FanoutKind(enum.IntEnum):
+    """How a ``PACKET_FANOUT`` group picks the member of each packet (``PACKET_FANOUT_*``)."""
+
+    HASH = 0  # the skb's flow hash (``skb_get_hash``: L3/L4 fields; not the MAC)
+    CPU = 2  # the CPU the packet is received on
+    EBPF = _PACKET_FANOUT_EBPF  # a SOCKET_FILTER program's return value, modulo the members
+
+
+def join_fanout(
+    sock: socket.socket,
+    group_id: int,
+    program: Program | None = None,
+    kind: FanoutKind = FanoutKind.EBPF,
+) -> None:
+    """Join a bound AF_PACKET socket to fanout group ``group_id`` of ``kind`` (EBPF: steered by
+    ``program``, set again by each member joining; the last one set steers the group).
 
     The program returns the index of the member socket that gets each packet; it sees ``skb->data``
     at the network header, not the Ethernet header (unlike a socket filter). The group lives as long
     as its sockets: nothing to detach.
     """
-    if program.type != ProgType.SOCKET_FILTER:
+    if (program is not None) != (kind == FanoutKind.EBPF):
+        raise ValueError(
+            f"a {kind.name} fanout group takes {'a' if kind == FanoutKind.EBPF else 'no'} program"
+        )
+    if program is not None and program.type != ProgType.SOCKET_FILTER:
         raise TypeError(f"{program.name} is a {program.type.name} program, not a socket filter")
-    sock.setsockopt(_SOL_PACKET, _PACKET_FANOUT, (group_id & 0xFFFF) | (_PACKET_FANOUT_EBPF << 16))
-    sock.setsockopt(_SOL_PACKET, _PACKET_FANOUT_DATA, program.fd)
+    sock.setsockopt(_SOL_PACKET, _PACKET_FANOUT, (group_id & 0xFFFF) | (int(kind) << 16))
+    if program is not None:
+        sock.setsockopt(_SOL_PACKET, _PACKET_FANOUT_DATA, program.fd)
 
 
 def _is_bpffs(path: Path) -> bool:
