@@ -92,6 +92,13 @@ def seed_worker_of(mac: bytes, workers: int, alg: HashAlg) -> int:
     return HASHES[alg](mac) & (workers - 1)
 
 
+def seed_frame(src: bytes, dst: bytes, ethertype: int = ETH_P_PPP_DISC) -> bytes:
+    """The seed injector's 148-byte frame: PPPoE ver/type 0x11, code 0, session 0xcafe, length 128,
+    then 128 bytes of 0xff."""
+    header = bytes([0x11, 0x00, 0xCA, 0xFE, 0x00, 0x80])
+    return dst + src + ethertype.to_bytes(2, "big") + header + b"\xff" * 128
+
+
 def frame_mac(frame: bytes, side: MacSide) -> bytes:
     start = 0 if side is MacSide.DST else ETH_ALEN
     return frame[start : start + ETH_ALEN]

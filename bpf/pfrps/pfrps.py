@@ -46,6 +46,7 @@ from bpf.pfrps.model import HashAlg, MacSide, Protocols
 SOURCE = Path(__file__).with_name("pfrps.bpf.c")
 MAX_WORKERS = 256  # PACKET_FANOUT_MAX members of a group
 _SOL_PACKET, _PACKET_STATISTICS = 263, 6
+_SO_RCVBUFFORCE = 33  # not in Python's socket module; root may exceed net.core.rmem_max
 _RECEIVE_BUFFER = 1 << 16  # larger than any frame on an interface of MTU <= 65535
 _IDLE_POLL = 0.1  # seconds a worker waits for a frame before it looks at the stop event
 
@@ -89,11 +90,13 @@ class Config:
 
 @dataclass(frozen=True)
 class WorkerCount:
-    """``frames``/``bytes``: what the worker read; ``dropped``: frames the kernel steered to its
-    socket and dropped because the queue was full (PACKET_STATISTICS tp_drops)."""
+    """``frames``/``bytes``: what the worker read; ``steered``: frames the kernel gave its socket
+    (PACKET_STATISTICS tp_packets, read or not); ``dropped``: of those, the frames dropped because
+    the queue was full (tp_drops)."""
 
     frames: int
     bytes: int
+    steered: int
     dropped: int
 
 
@@ -123,6 +126,7 @@ class Node:
         self.config = config
         self._context = multiprocessing.get_context("fork")  # a worker inherits its socket
         self._counters = self._context.RawArray(ctypes.c_uint64, 2 * config.workers)
+        self._steered = [0] * config.workers
         self._dropped = [0] * config.workers
         self._stop = self._context.Event()
         self._objects: list[BpfObject] = []
@@ -157,7 +161,7 @@ class Node:
         with bpf_netns.entered(self.config.netns):
             sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0)
         self._sockets.append(sock)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, self.config.queue_bytes)
+        sock.setsockopt(socket.SOL_SOCKET, _SO_RCVBUFFORCE, self.config.queue_bytes)
         return sock
 
     def _bind(self, sock: socket.socket) -> None:
@@ -233,10 +237,15 @@ class Node:
     def counts(self) -> list[WorkerCount]:
         counts = []
         for index, sock in enumerate(self._sockets):
-            self._dropped[index] += self._kernel_stats(sock)[1]
+            steered, dropped = self._kernel_stats(sock)
+            self._steered[index] += steered
+            self._dropped[index] += dropped
             counts.append(
                 WorkerCount(
-                    self._counters[2 * index], self._counters[2 * index + 1], self._dropped[index]
+                    self._counters[2 * index],
+                    self._counters[2 * index + 1],
+                    self._steered[index],
+                    self._dropped[index],
                 )
             )
         return counts
