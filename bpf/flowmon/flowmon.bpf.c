@@ -8,7 +8,8 @@
  * the skb's len at TC, never the linear part alone (data_end - data). A GSO packet at TC egress (or a
  * GRO one at TC ingress) is gso_segs packets on the wire, each with its own copy of the headers: it
  * counts as gso_segs packets and len + (gso_segs - 1) * headers bytes. At TC ingress the stack may
- * have taken the VLAN tag out of the frame into skb->vlan_tci: it was on the wire, so it counts.
+ * have taken the VLAN tag out of the frame into skb->vlan_tci: it was on the wire, so it counts
+ * (counter_wire_size(), counter.h, shared with the traffic counter).
  *
  * The control plane (bpf/flowmon/flowmon.py) sets the storage and sizes and reads every struct from
  * this object's BTF.
@@ -18,11 +19,10 @@
 #include <linux/pkt_cls.h>
 #include <bpf/bpf_helpers.h>
 #include <bpf/bpf_endian.h>
+#include "counter.h"
 #include "ctx.h"
 #include "flowtable.h"
 #include "parse.h"
-
-#define VLAN_TAG_LEN	4
 
 /* What the loader chose, pinned with the maps so that a later reader knows what it reads. */
 struct flowmon_config {
@@ -49,28 +49,6 @@ struct {
 
 enum parse_status unused_parse_status __attribute__((unused));
 enum flow_direction unused_flow_direction __attribute__((unused));
-
-/* Segments on the wire, and their bytes, of the packet in @c whose headers end at @hdr_len. */
-static __always_inline void wire_size(const struct pkt_ctx *c, __u32 hdr_len,
-				      const struct flow *f, struct flow_packet *p)
-{
-	struct __sk_buff *skb = c->raw;
-	__u32 segs;
-
-	p->packets = 1;
-	if (c->xdp) {
-		p->bytes = bpf_xdp_get_buff_len(c->raw);
-		return;
-	}
-	p->bytes = skb->len;
-	segs = skb->gso_segs;
-	if (segs > 1 && (f->flags & FLOW_F_PORTS)) {
-		p->packets = segs;
-		p->bytes += (segs - 1) * hdr_len;
-	}
-	if (skb->vlan_present)
-		p->bytes += p->packets * VLAN_TAG_LEN;
-}
 
 static __always_inline __u8 tcp_flags_of(const struct cursor *cur, const struct flow *f)
 {
@@ -99,7 +77,7 @@ static __always_inline int flowmon(const struct pkt_ctx *c, __u8 direction)
 			(*n)++;
 		return ctx_pass(c);
 	}
-	wire_size(c, cursor_off(&cur), &f, &p);
+	counter_wire_size(c, &f, cursor_off(&cur), &p.packets, &p.bytes);
 	p.tcp_flags = tcp_flags_of(&cur, &f);
 	if (c->xdp)
 		ifindex = ((struct xdp_md *)c->raw)->ingress_ifindex;

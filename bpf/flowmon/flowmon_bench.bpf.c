@@ -4,7 +4,8 @@
  * (the UDP source port at sport_off steps through base..base+n_flows-1) and tail-calls the program
  * measured (flowmon_xdp, or xdp_pass for the baseline) through `measured`. The subject and its
  * baseline both pay the rotation and the tail call: their ratio is the measured program's cost.
- * Not a data plane: only tests/perf/test_flowmon_perf.py loads it.
+ * With sport_off at the IPv4 source address's low half (28) it steps addresses instead: the traffic
+ * counter's tests use it so. Not a data plane: only tests load it.
  */
 #include <linux/bpf.h>
 #include <bpf/bpf_helpers.h>

@@ -4,7 +4,8 @@
  *
  * Include once per BPF object. Storage (const volatile flow_storage, set before load):
  *  - HASH, LRU_HASH: one entry per flow shared by all CPUs. A new entry is created with BPF_NOEXIST
- *    holding the packet's counts; on -EEXIST another CPU created it first, so look it up again and add.
+ *    holding the packet's counts; on -EEXIST another CPU created it first, so look it up again and add
+ *    (counter_insert(), counter.h).
  *    Counters grow with atomic adds: two CPUs counting one flow never lose each other's packets.
  *  - PERCPU_HASH, LRU_PERCPU_HASH: one entry per flow, a value per CPU, plain adds; userspace sums.
  *  - ARRAY, PERCPU_ARRAY: the flow is hashed (jhash) to a slot that holds its key. A packet whose
@@ -30,6 +31,7 @@
 #include <bpf/bpf_helpers.h>
 #include <bpf/bpf_endian.h>
 #include <linux/errno.h>
+#include "counter.h"
 #include "jhash.h"
 #include "parse.h"
 
@@ -309,7 +311,6 @@ static __always_inline enum flow_outcome flow_table_count(void *table, const voi
 	struct flow_stats *st, init = {};
 	struct flow_activity *act;
 	struct flow_misses *m;
-	long err;
 
 	st = bpf_map_lookup_elem(table, key);
 	if (st) {
@@ -317,25 +318,23 @@ static __always_inline enum flow_outcome flow_table_count(void *table, const voi
 		return FLOW_COUNTED;
 	}
 	flow_stats_init(&init, p, now);
-	err = bpf_map_update_elem(table, key, &init, BPF_NOEXIST);
-	if (!err) {
+	switch (counter_insert(table, key, &init, (void **)&st)) {
+	case COUNTER_CREATED:
 		act = flow_activity_here();
 		if (act)
 			act->created++;
 		return FLOW_COUNTED;
-	}
-	if (err != -EEXIST)
-		return FLOW_FULL;	/* -E2BIG; an LRU's -ENOMEM when no free entry could be taken */
-	/* Another CPU created the entry between our lookup and our update: add to its. */
-	st = bpf_map_lookup_elem(table, key);
-	if (st) {
+	case COUNTER_RACED:
 		flow_stats_add(st, p, now);
 		return FLOW_COUNTED;
+	case COUNTER_FULL:
+		return FLOW_FULL;
+	default:
+		m = flow_misses_here();
+		if (m)
+			m->entry_gone += p->packets;
+		return FLOW_MISSED;
 	}
-	m = flow_misses_here();
-	if (m)
-		m->entry_gone += p->packets;
-	return FLOW_MISSED;
 }
 
 /* The slot index of a key: the multiply-shift reduction of its jhash to 0..flow_slots-1 (no
