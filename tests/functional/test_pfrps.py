@@ -29,6 +29,7 @@ from pathlib import Path
 import pytest
 
 from bpf.pfrps import Config, HashAlg, MacSide, Mode, Node, Protocols
+from bpf.pfrps.demo import SEED, check_pfrps, send_each_once, settled
 from bpf.pfrps.model import seed_frame, seed_line, seed_macs, spread, worker_of
 from injector.cli import pppoe_frames
 from injector.scapy_backend import PacketSocket
@@ -37,7 +38,6 @@ PFRPS = Path(sys.executable).with_name("pfrps")
 INJECTOR = Path(sys.executable).with_name("injector")
 BNG_MAC = bytes.fromhex("020000000402")  # topologies/bng_l2.yaml
 FRAME_LEN = 148
-SEED = 1_733_184_000  # the seed's rand_r seed is time(NULL); any fixed one reproduces a run
 SETTLE_S = 15.0
 
 
@@ -49,24 +49,11 @@ def bng_l2(topology) -> tuple[str, str]:
 
 
 def send_all(frames, injector: str) -> int:
-    """Send every frame once from the injector's eth0; a refused send is tried again."""
-    sent = 0
-    with PacketSocket("eth0", injector) as out:
-        for frame in frames:
-            while not out.send(frame):
-                time.sleep(0.0005)  # the bng's queue is full: let it drain
-            sent += 1
-    return sent
+    return send_each_once(frames, "eth0", injector)
 
 
-def settle(node: Node, expected: int, timeout: float = SETTLE_S) -> list:
-    """The node's counts once every one of ``expected`` frames is read or dropped (or at timeout)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        counts = node.counts()
-        if sum(c.frames + c.dropped for c in counts) >= expected or time.monotonic() > deadline:
-            return counts
-        time.sleep(0.02)
+def settle(node: Node, expected: int) -> list:
+    return settled(node, expected, SETTLE_S)
 
 
 def dead(pid: int) -> bool:
@@ -197,6 +184,16 @@ def test_killed_worker_loses_only_its_own_frames_counted(bng_l2):
     assert counts[victim].frames + lost == total[victim], counts[victim]
     assert node.restarts == [0, 0, 1, 0]
     print(f"worker {victim} away for {expected[victim]} frames: read on restart, {lost} dropped")
+
+
+def test_demo_check_passes_on_bng_l2(bng_l2):
+    passed, detail, figures = check_pfrps(*bng_l2)
+    assert passed, detail
+    model = spread(seed_macs(25_000, SEED), 8, HashAlg.MAC_HASH)
+    assert figures["model"] == model
+    for mode in ("filters", "fanout-ebpf"):
+        assert figures[mode]["steered"] == figures[mode]["read"] == model, figures[mode]
+    print(detail)
 
 
 # --- the commands ---
