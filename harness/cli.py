@@ -122,6 +122,19 @@ def _cmd_gate(args: argparse.Namespace) -> int:
     return 1 if regressions and not args.update_baseline else 0
 
 
+def _cmd_report(args: argparse.Namespace) -> int:
+    from harness import report  # matplotlib: only when a report is asked for
+
+    history = Path(args.history) if args.history else None
+    try:
+        md, page = report.build([Path(r) for r in args.results], Path(args.output), history)
+    except ValueError as err:
+        print(f"harness report: {err}", file=sys.stderr)
+        return 2
+    print(f"wrote {md} and {page}")
+    return 0
+
+
 def _cmd_preflight(args: argparse.Namespace) -> int:
     from harness.preflight import preflight  # loads a BPF object: only when asked for
     from harness.testbed import find_testbed, load_testbed
@@ -194,6 +207,14 @@ def _parser() -> argparse.ArgumentParser:
         help="accept the run: add it to the history (and exit 0)",
     )
     check.set_defaults(run=_cmd_gate)
+
+    rep = commands.add_parser(
+        "report", help="Markdown and HTML report, with plots, of benchmark results files"
+    )
+    rep.add_argument("results", metavar="RESULTS", nargs="+", help="results files")
+    rep.add_argument("-o", "--output", metavar="DIR", required=True, help="where to write it")
+    rep.add_argument("--history", metavar="DIR", help="add each run's gate table against it")
+    rep.set_defaults(run=_cmd_report)
 
     pre = commands.add_parser(
         "preflight", help="what a NIC can do, checked before benchmarks run on it"

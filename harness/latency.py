@@ -231,6 +231,7 @@ class LatencyReport:
     max_us: float | None
     min_us: float | None
     refused: dict[str, int] = field(default_factory=dict)
+    latencies_us: tuple[float, ...] = field(default=(), repr=False)  # sorted, one per probe
 
     def __str__(self) -> str:
         why = ", ".join(f"{name} {n}" for name, n in sorted(self.refused.items()))
@@ -278,7 +279,14 @@ def analyze(
         else [None] * 4
     )
     return LatencyReport(
-        sent, received, sent - received, duplicated, reordered, *stats, dict(refused or {})
+        sent,
+        received,
+        sent - received,
+        duplicated,
+        reordered,
+        *stats,
+        dict(refused or {}),
+        tuple(ordered),
     )
 
 

@@ -155,7 +155,8 @@ def test_zero_loss_throughput(benchmark, results, bench, trivial, quick, mode):
                 iterations=1,
             )
             arrived = sum(s.settled(FrameClass.IPV4, 0) for s in sinks)
-            counted = rss.bucket_stats().total_packets
+            buckets = [b.packets for b in rss.bucket_stats().buckets]
+    counted = sum(buckets)
     assert arrived <= counted, (
         f"the bucket interfaces got {arrived:,} frames, soft RSS counted {counted:,}"
     )
@@ -171,7 +172,7 @@ def test_zero_loss_throughput(benchmark, results, bench, trivial, quick, mode):
         sent=totals["sent"],
         arrived=totals["arrived"],
     )
-    results.record(result, sent=totals["sent"], arrived=totals["arrived"])
+    results.record(result, sent=totals["sent"], arrived=totals["arrived"], buckets=buckets)
     print(
         f"{name}: {subject.median:.2f} Mpps against {baseline.median:.2f} Mpps bare "
         f"({result.ratio:.0%}, aim {THROUGHPUT_AIM:.0%}); the receiver adds {added_ns:.0f} ns/frame. "
@@ -194,14 +195,18 @@ def test_added_latency(benchmark, results, bench, quick):
     probes = ProbeTemplate.udp4(eth_src=source.mac, eth_dst=dut.mac)
     count, repeats = (100, 2) if quick else (1000, 5)
 
+    last: list[tuple[float, ...]] = []  # the probes of the last sample: the report's CDF
+
     def p50_us() -> float:
         report = measure_latency(
             source.ifname, source.netns, dut.ifname, dut.netns, count, 2000.0, probes
         )
         assert report.lost == 0, f"{report.lost} of {count} probes lost"
+        last[:] = [report.latencies_us]
         return report.p50_us
 
     baseline = sample(p50_us, "us", repeats)
+    baseline_probes = last[0]
     with SoftRss(Config(buckets=8)) as rss:
         rss.attach(dut.ifname, dut.netns, XdpMode.NATIVE)
         subject = benchmark.pedantic(lambda: sample(p50_us, "us", repeats), rounds=1, iterations=1)
@@ -210,5 +215,5 @@ def test_added_latency(benchmark, results, bench, quick):
     )
     added = subject.median - baseline.median
     benchmark.extra_info.update(result.as_dict(), added_us=added)
-    results.record(result)
+    results.record(result, latencies_us={"subject": last[0], "baseline": baseline_probes})
     print(f"RESULT softrss_added_latency_us={added:.2f}")
