@@ -1,8 +1,9 @@
 """The main job on the embedded default topology (``harness run demo``, ``tox -e demo``).
 
-It builds ``two_host`` (injector <-> dut over a veth pair), then ``mirror_vxlan`` (mirror -> dut's
-ens5, dut's ens6 -> collector), runs six checks end to end on the real kernel, prints a verdict
-line for each with its figures, and tears everything down:
+It builds ``two_host`` (injector <-> dut over a veth pair), then ``bng_l2`` (injector <-> an L2
+PPPoE node), then ``mirror_vxlan`` (mirror -> dut's ens5, dut's ens6 -> collector), runs seven
+checks end to end on the real kernel, prints a verdict line for each with its figures, and tears
+everything down:
 
 1. crafted traffic: every template (UDP/TCP/ICMP over IPv4 and IPv6, 802.1Q, PPPoE session and
    discovery, VXLAN) sent with scapy arrives at the dut intact, compared as multisets;
@@ -15,7 +16,10 @@ line for each with its figures, and tears everything down:
    its packets; the balance over the buckets is reported;
 5. flow metrics (``bpf/flowmon``): a per-CPU hash at the dut's ens5 XDP, fed one period of the same
    spec, holds every flow with the packets and bytes the model predicts, nothing missed;
-6. the VXLAN pipeline (``bpf/vxlan``), redirect mode on mirror_vxlan: of five mirrored frames (an
+6. PF_PACKET RPS (``bpf/pfrps``) on ``bng_l2``: the seed's 25,000 PPPoE discovery frames reach 8
+   worker sockets, through the seed's per-socket filters and through one PACKET_FANOUT_EBPF group,
+   each worker getting exactly the model's count, every frame whole;
+7. the VXLAN pipeline (``bpf/vxlan``), redirect mode on mirror_vxlan: of five mirrored frames (an
    allowlisted TCP flow that NAT rewrites, allowlisted UDP, a flow off the allowlist, another
    session's VNI, the host's own UDP), the collector receives exactly what the model predicts, and
    the kernel's counters equal the model's and balance (every frame passed, forwarded or dropped).
@@ -34,6 +38,7 @@ from dataclasses import asdict, dataclass
 from bpf import XdpMode, vxlan
 from bpf.flowmon.demo import check_flowmon
 from bpf.netns import silence_ipv6
+from bpf.pfrps.demo import check_pfrps
 from bpf.softrss import Config, SoftRss
 from bpf.softrss.model import Model
 from harness.capture import Capture
@@ -250,6 +255,11 @@ def run(packets: int = 2_000_000) -> list[Check]:
                 *check_flowmon(injector, dut, spec),
             ),
         ]
+    with Topology.load("bng_l2") as topo:
+        injector, bng = topo.node("injector").netns, topo.node("bng").netns
+        checks.append(
+            Check("PF_PACKET RPS puts each MAC on the model's worker", *check_pfrps(injector, bng))
+        )
     with Topology.load("mirror_vxlan") as topo:
         ends = [end for link in topo.spec.links for end in link.ends]
         macs = {end.node: end.mac for end in ends if end.node != "dut"}

@@ -174,7 +174,12 @@ def table(verdicts: list[Verdict]) -> str:
 
 def record(results_path: Path, results: dict[str, Any], root: Path) -> Path:
     """Add a run to its history (``--update-baseline``)."""
-    target = history_dir(root, results) / f"{results['time'].replace(':', '')}.json"
+    stem = results["time"].replace(":", "")
+    target = history_dir(root, results) / f"{stem}.json"
     target.parent.mkdir(parents=True, exist_ok=True)
+    n = 1
+    while target.exists():  # two runs in one second (the time has seconds): keep both
+        target = target.with_name(f"{stem}-{n}.json")
+        n += 1
     shutil.copyfile(results_path, target)
     return target
