@@ -1,4 +1,5 @@
-"""What every data plane's command shares: argument types, the interface check, the stop signal.
+"""What every data plane's command shares: argument types, the interface check, the stop signal,
+and stopping the process that counts on an interface (its pid is pinned with its maps).
 
 Each command validates all of its input before it loads or changes anything, and reports a bad value
 as a ``UsageError`` naming the option. Not for: a command's own options (they live with it).
@@ -7,8 +8,11 @@ as a ``UsageError`` naming the option. Not for: a command's own options (they li
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import threading
+import time
+from pathlib import Path
 
 from bpf import netns
 from bpf.attach import ifindex
@@ -17,6 +21,16 @@ from bpf.libbpf import LibbpfError
 
 class UsageError(ValueError):
     """An argument is wrong; the message names it. Raised before anything is loaded or changed."""
+
+
+def positive_int(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"{n}: must be at least 1")
+    return n
 
 
 def seconds_arg(text: str) -> float:
@@ -76,3 +90,24 @@ def stop_event() -> threading.Event:
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
     return stop
+
+
+def process_alive(pid: int) -> bool:
+    """True if ``pid`` runs (a zombie, dead but not yet reaped by its parent, does not)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text() if pid > 0 else ""
+    except OSError:
+        return False
+    return bool(stat) and stat.rpartition(")")[2].split()[0] != "Z"
+
+
+def stop_process(pid: int, wait_s: float) -> bool:
+    """SIGTERM ``pid`` (a command that detaches and exits on it) and wait up to ``wait_s`` for it to
+    be gone; False if it still runs."""
+    if not process_alive(pid):
+        return True
+    os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + wait_s
+    while process_alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return not process_alive(pid)

@@ -23,15 +23,21 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import signal
 import sys
 import time
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 from bpf import LibbpfError, XdpMode
-from bpf.cli import UsageError, add_stats_interval, check_interface, stop_event
+from bpf.cli import (
+    UsageError,
+    add_stats_interval,
+    check_interface,
+    positive_int,
+    process_alive,
+    stop_event,
+    stop_process,
+)
 from bpf.flowmon.flowmon import Flow, FlowMon, wall_time
 from bpf.flowmon.model import DEFAULT_ENTRIES, RING_BYTES, Config, Full, Hook, Storage
 
@@ -43,16 +49,6 @@ HOOKS = {
     ("tc", "both"): [Hook.TC_INGRESS, Hook.TC_EGRESS],
 }
 STOP_WAIT_S = 5.0  # how long -u waits for the running flowmon to detach and exit
-
-
-def positive_int(text: str) -> int:
-    try:
-        n = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if n < 1:
-        raise argparse.ArgumentTypeError(f"{n}: must be at least 1")
-    return n
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -193,22 +189,13 @@ def _hooks(args: argparse.Namespace) -> list[Hook]:
     return HOOKS[(args.attach, direction)]
 
 
-def _alive(pid: int) -> bool:
-    """True if ``pid`` runs (a zombie, dead but not yet reaped by its parent, does not)."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text() if pid > 0 else ""
-    except OSError:
-        return False
-    return bool(stat) and stat.rpartition(")")[2].split()[0] != "Z"
-
-
 def _reuse(args: argparse.Namespace) -> bool:
     """True if IF's pinned maps are to be reopened; UsageError if they clash with the options."""
     found = FlowMon.pinned_config(args.interface)
     if found is None:
         return False
     pinned, owner = found
-    if _alive(owner) and owner != os.getpid():
+    if process_alive(owner) and owner != os.getpid():
         raise UsageError(
             f"-i {args.interface}: flowmon (pid {owner}) already counts there; "
             f"`flowmon -i {args.interface} -u` stops it"
@@ -283,14 +270,10 @@ def _unload(args: argparse.Namespace) -> int:
         print(f"flowmon: nothing pinned for {args.interface}", file=sys.stderr)
         return 0
     owner = found[1]
-    if _alive(owner):
-        os.kill(owner, signal.SIGTERM)  # it detaches, prints its last table and exits
-        deadline = time.monotonic() + STOP_WAIT_S
-        while _alive(owner) and time.monotonic() < deadline:
-            time.sleep(0.05)
-        if _alive(owner):
-            print(f"flowmon: pid {owner} did not stop in {STOP_WAIT_S:g} s", file=sys.stderr)
-            return 1
+    # A running flowmon detaches, prints its last table and exits on SIGTERM.
+    if not stop_process(owner, STOP_WAIT_S):
+        print(f"flowmon: pid {owner} did not stop in {STOP_WAIT_S:g} s", file=sys.stderr)
+        return 1
     removed = FlowMon.unpin(args.interface)
     print(f"flowmon: removed {len(removed)} pins of {args.interface}", file=sys.stderr)
     return 0

@@ -25,6 +25,7 @@ import ctypes
 import errno
 import os
 import struct
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -134,6 +135,7 @@ class TrafCount:
                 "owner_pid": os.getpid(),
             }
             self._readers = {v: _BatchReader(self.obj.maps[n]) for v, n in TABLES.items()}
+            self._reading = threading.Lock()  # the sampler and the metrics server share the buffers
         except BaseException:
             self.obj.close()
             raise
@@ -221,11 +223,12 @@ class TrafCount:
 
     def snapshot(self) -> dict[tuple[int, bytes], tuple[int, int]]:
         """Both tables as {(IP version, raw key): (packets, bytes)}: the sampler's fast read."""
-        return {
-            (version, raw): (p, b)
-            for version, reader in self._readers.items()
-            for raw, p, b in reader.read()
-        }
+        with self._reading:
+            return {
+                (version, raw): (p, b)
+                for version, reader in self._readers.items()
+                for raw, p, b in reader.read()
+            }
 
     def counts(self) -> dict[TrafKey, tuple[int, int]]:
         """Packets and bytes per address and protocol."""
@@ -233,7 +236,7 @@ class TrafCount:
 
     def totals(self) -> Totals:
         t = fields_of(self.obj.maps["totals"].lookup_sum(0))
-        present = sum(len(r.read()) for r in self._readers.values())
+        present = len(self.snapshot())
         return Totals(t["created"], present, t["entry_gone"], t["no_room"])
 
     def unparsed(self) -> dict[str, int]:
