@@ -48,15 +48,6 @@ class Bin:
     t_ns: int  # CLOCK_MONOTONIC at the read
     deltas: list[tuple[TrafKey, int, int]]  # (key, packets, bytes) gained since the last read
 
-    def json(self) -> str:
-        return json.dumps(
-            {
-                "bin": self.index,
-                "t_ns": self.t_ns,
-                "deltas": [[str(k.address), k.proto, p, b] for k, p, b in self.deltas],
-            }
-        )
-
 
 @dataclass
 class Sampler:
@@ -65,13 +56,14 @@ class Sampler:
     tc: TrafCount
     bins: int = 0
     late: int = 0  # bins read after the next grid point had passed
-    totals: dict[tuple[int, bytes], list[int]] = field(default_factory=dict)  # the bins' sums
-    _last: dict[tuple[int, bytes], tuple[int, int]] = field(default_factory=dict)
+    totals: dict[bytes, list[int]] = field(default_factory=dict)  # the bins' sums, by raw key
+    _last: dict[bytes, tuple[int, int]] = field(default_factory=dict)
+    _keys: dict[bytes, TrafKey] = field(default_factory=dict)  # made once per key
 
     def sample(self) -> Bin:
         now = self.tc.snapshot()
         t_ns = time.monotonic_ns()
-        last, totals = self._last, self.totals
+        last, totals, keys = self._last, self.totals, self._keys
         deltas = []
         for key, (p, b) in now.items():
             before = last.get(key)
@@ -84,10 +76,11 @@ class Sampler:
             total = totals.get(key)
             if total is None:
                 totals[key] = [p, b]
+                keys[key] = key_of(key)
             else:
                 total[0] += p
                 total[1] += b
-            deltas.append((key_of(*key), p, b))
+            deltas.append((keys[key], p, b))
         self._last = now
         bin_ = Bin(self.bins, t_ns, deltas)
         self.bins += 1
@@ -95,7 +88,8 @@ class Sampler:
 
     def run(self, hz: float, emit: Callable[[Bin], None], stop: threading.Event) -> None:
         """Sample every 1/hz s on a fixed grid until ``stop`` is set, then once more (the last bin
-        holds what came after the last grid point)."""
+        holds what came after the last grid point). A read that ends past the next grid point is
+        late; one more than a whole period behind moves the grid (no burst of reads to catch up)."""
         period_ns = int(1e9 / hz)
         next_ns = time.monotonic_ns()
         while not stop.is_set():
@@ -103,20 +97,29 @@ class Sampler:
             next_ns += period_ns
             wait_ns = next_ns - time.monotonic_ns()
             if wait_ns > 0:
-                stop.wait(wait_ns / 1e9)
+                time.sleep(wait_ns / 1e9)
             else:
                 self.late += 1
-                next_ns = time.monotonic_ns()  # do not try to catch up with a burst of reads
+                if -wait_ns > period_ns:
+                    next_ns = time.monotonic_ns()
         emit(self.sample())
 
     def summed(self) -> dict[TrafKey, tuple[int, int]]:
         """What the bins so far add up to, per address and protocol."""
-        return {key_of(*k): (p, b) for k, (p, b) in self.totals.items()}
+        return {self._keys[k]: (p, b) for k, (p, b) in self.totals.items()}
 
 
 def json_writer(out: TextIO) -> Callable[[Bin], None]:
+    names: dict[TrafKey, str] = {}  # each address's text, made once
+
     def emit(bin_: Bin) -> None:
-        out.write(bin_.json() + "\n")
+        deltas = []
+        for k, p, b in bin_.deltas:
+            name = names.get(k)
+            if name is None:
+                name = names[k] = str(k.address)
+            deltas.append([name, k.proto, p, b])
+        out.write(json.dumps({"bin": bin_.index, "t_ns": bin_.t_ns, "deltas": deltas}) + "\n")
 
     return emit
 

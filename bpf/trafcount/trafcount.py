@@ -13,7 +13,7 @@ TrafCount.unpin("ens5")       # what `trafcount --detach` removes
 
 ``snapshot()`` is the reader the time-series sampler runs a thousand times a second: the raw keys
 and values of both tables through ``BPF_MAP_LOOKUP_BATCH`` into buffers allocated once, unpacked
-with ``struct`` (no ctypes object per entry). Every struct comes from the object's BTF.
+with ``struct`` (no ctypes object per entry), keyed by the raw key (``key_of`` makes it a TrafKey). Every struct comes from the object's BTF.
 
 Not for: the command line (``bpf.trafcount.cli``), the time series (``bpf.trafcount.series``) or
 the model (``bpf.trafcount.model``).
@@ -42,6 +42,7 @@ PIN_OWNER = "trafcount"
 TABLES = {4: "addrs4", 6: "addrs6"}
 BATCH = 4096  # entries per BPF_MAP_LOOKUP_BATCH call
 _COUNTS = struct.Struct("=QQ")  # struct traf_counts
+KEY4_SIZE, KEY6_SIZE = 8, 20  # struct traf_key4, traf_key6 (checked against BTF at load)
 
 
 @dataclass(frozen=True)
@@ -73,10 +74,9 @@ class _BatchReader:
         self._count = ctypes.c_uint32()
         self._opts = MapBatchOpts()
 
-    def read(self) -> list[tuple[bytes, int, int]]:
-        """Every (raw key, packets, bytes)."""
+    def read_into(self, found: dict[bytes, tuple[int, int]]) -> None:
+        """Add every (raw key: (packets, bytes)) to ``found``."""
         fd, ks, vs = self.map.fd, self.key_size, self.value_size
-        found: list[tuple[bytes, int, int]] = []
         first = True
         while True:
             self._count.value = self.batch
@@ -95,19 +95,18 @@ class _BatchReader:
             if n:
                 keys = bytes(memoryview(self.keys)[: n * ks])
                 values = _COUNTS.iter_unpack(bytes(memoryview(self.values)[: n * vs]))
-                found += [
-                    (keys[i * ks : (i + 1) * ks], p, b)
-                    for i, (p, b) in zip(range(n), values, strict=True)
-                ]
+                found.update(
+                    zip([keys[i : i + ks] for i in range(0, n * ks, ks)], values, strict=True)
+                )
             if ret == -errno.ENOENT:
-                return found
+                return
             self._in.value, first = self._out.value, False
 
 
-def key_of(version: int, raw: bytes) -> TrafKey:
-    """A struct traf_key4/traf_key6 as a TrafKey."""
-    size = 4 if version == 4 else 16
-    return TrafKey(version, raw[:size], raw[size])
+def key_of(raw: bytes) -> TrafKey:
+    """A struct traf_key4 (8 bytes) or traf_key6 (20 bytes) as a TrafKey."""
+    size = 4 if len(raw) == KEY4_SIZE else 16
+    return TrafKey(4 if size == 4 else 6, raw[:size], raw[size])
 
 
 class TrafCount:
@@ -135,6 +134,9 @@ class TrafCount:
                 "owner_pid": os.getpid(),
             }
             self._readers = {v: _BatchReader(self.obj.maps[n]) for v, n in TABLES.items()}
+            sizes = (self._readers[4].key_size, self._readers[6].key_size)
+            if sizes != (KEY4_SIZE, KEY6_SIZE):
+                raise RuntimeError(f"struct traf_key4/traf_key6 are {sizes} bytes, not 8 and 20")
             self._reading = threading.Lock()  # the sampler and the metrics server share the buffers
         except BaseException:
             self.obj.close()
@@ -221,18 +223,18 @@ class TrafCount:
 
     # --- reading ---
 
-    def snapshot(self) -> dict[tuple[int, bytes], tuple[int, int]]:
-        """Both tables as {(IP version, raw key): (packets, bytes)}: the sampler's fast read."""
+    def snapshot(self) -> dict[bytes, tuple[int, int]]:
+        """Both tables as {raw key: (packets, bytes)}, the key's length telling IPv4 (8 bytes) from
+        IPv6 (20): the sampler's fast read. ``key_of`` makes a key a TrafKey."""
+        found: dict[bytes, tuple[int, int]] = {}
         with self._reading:
-            return {
-                (version, raw): (p, b)
-                for version, reader in self._readers.items()
-                for raw, p, b in reader.read()
-            }
+            for reader in self._readers.values():
+                reader.read_into(found)
+        return found
 
     def counts(self) -> dict[TrafKey, tuple[int, int]]:
         """Packets and bytes per address and protocol."""
-        return {key_of(v, raw): c for (v, raw), c in self.snapshot().items()}
+        return {key_of(raw): c for raw, c in self.snapshot().items()}
 
     def totals(self) -> Totals:
         t = fields_of(self.obj.maps["totals"].lookup_sum(0))

@@ -1,0 +1,186 @@
+"""The traffic counter's costs: per packet in the kernel (test_run), against a bare program in the same
+run, and the time-series sampler's CPU at 1 kHz with 1,000 and 10,000 active addresses.
+
+Per packet: test_run repeats one frame; ``flowmon_bench.bpf.c`` (its sport_off pointed at the IPv4
+source address's low half) turns it into the next of N source addresses before each run and
+tail-calls ``trafcount_xdp`` or, for the baseline, ``xdp_pass`` (``bpf/selftest/trivial.bpf.c``):
+both pay the rotation and the tail call, so the ratio is the counter's cost over a bare program's.
+The addresses are established (the warm-up creates them): the steady state of counting.
+
+Sampler: a thread on the other CPU sends the N addresses through the counter without pause (every
+address changes between two reads), while the sampler runs on this CPU at 1 kHz and writes JSON
+lines to /dev/null; the figure is the sampler thread's CPU time over the wall time, in percent of
+one CPU, against the same sampler over an empty table (its fixed cost). The bins it managed a
+second are recorded beside it: a sampler that cannot keep up makes fewer, longer bins.
+
+The tests fail only on what is wrong on any machine: a packet run and not counted, an eviction,
+bins that do not add up to the table.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+import bpf
+from bpf.trafcount import Config, Hook, TrafCount
+from bpf.trafcount.series import Sampler, json_writer
+from harness.measure import Comparison, sample
+from injector import templates
+
+SELFTEST = Path(bpf.__file__).parent / "selftest"
+ROTATOR = Path(bpf.__file__).parent / "flowmon" / "flowmon_bench.bpf.c"
+FRAME = bytes(templates.udp4(src="10.9.4.0", payload=b"m" * 18))  # 60 bytes
+SRC_LOW_HALF = 14 + 14  # the rotator steps these two bytes from 1024 (the .4.0 above)
+IP_BYTES = len(FRAME) - 14
+
+
+@pytest.fixture(scope="module")
+def xdp_pass():
+    with bpf.BpfObject.open(SELFTEST / "trivial.bpf.c") as obj:
+        obj.load()
+        yield obj.programs["xdp_pass"]
+
+
+def rotator(n_addresses: int, measured: bpf.Program) -> bpf.BpfObject:
+    obj = bpf.BpfObject.open(ROTATOR)
+    obj.rodata["n_flows"] = n_addresses
+    obj.rodata["sport_off"] = SRC_LOW_HALF
+    obj.load()
+    obj.maps["measured"][0] = measured.fd
+    return obj
+
+
+def ns_per_packet(program: bpf.Program, repeat: int) -> float:
+    run = program.test_run(FRAME, repeat=repeat)
+    assert run.verdict is bpf.XdpAction.PASS, f"the tail call failed: {run.verdict!r}"
+    return float(run.duration_ns)
+
+
+@pytest.fixture
+def one_cpu():
+    before = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, {min(before)})
+    yield min(before)
+    os.sched_setaffinity(0, before)
+
+
+@pytest.mark.parametrize("n_addresses", [1, 1000, 10_000])
+def test_ns_per_packet(benchmark, results, xdp_pass, quick, one_cpu, n_addresses):
+    repeat = 20_000 if quick else 1_000_000
+    repeats = 3 if quick else 7
+    with (
+        TrafCount(Config(entries=2 * n_addresses)) as tc,
+        rotator(n_addresses, xdp_pass) as bare,
+        rotator(n_addresses, tc.program(Hook.XDP)) as subject_obj,
+    ):
+        baseline = sample(
+            lambda: ns_per_packet(bare.programs["flow_rotator"], repeat), "ns/packet", repeats
+        )
+        subject = benchmark.pedantic(
+            lambda: sample(
+                lambda: ns_per_packet(subject_obj.programs["flow_rotator"], repeat),
+                "ns/packet",
+                repeats,
+            ),
+            rounds=1,
+            iterations=1,
+        )
+        counts, totals = tc.counts(), tc.totals()
+    runs = repeat * (repeats + 1)  # the warm-up sample counted too
+    assert sum(p for p, _ in counts.values()) == runs, f"{runs} packets run, counted {counts}"
+    assert sum(b for _, b in counts.values()) == runs * IP_BYTES
+    assert len(counts) == n_addresses and totals.evicted == 0, totals
+    result = Comparison(
+        f"trafcount xdp {n_addresses} addresses", subject, baseline, "xdp_pass (rotated)"
+    )
+    benchmark.extra_info.update(result.as_dict())
+    results.record(result)
+    print(
+        f"trafcount {n_addresses} addresses: {subject.median:.1f} ns/packet, "
+        f"{result.ratio:.2f}x xdp_pass ({baseline.median:.1f} ns)"
+    )
+
+
+class Traffic:
+    """test_run of the rotated counter on the other CPU, without pause, until stopped."""
+
+    def __init__(self, tc: TrafCount, n_addresses: int, cpu: int) -> None:
+        self.obj = rotator(n_addresses, tc.program(Hook.XDP))
+        self.program = self.obj.programs["flow_rotator"]
+        self.n, self.cpu = n_addresses, cpu
+        self.stop = threading.Event()
+        self.program.test_run(FRAME, repeat=n_addresses)  # every address is in the table
+        self.thread = threading.Thread(target=self._run)
+        self.thread.start()
+
+    def _run(self) -> None:
+        os.sched_setaffinity(0, {self.cpu})  # this thread only
+        while not self.stop.is_set():
+            self.program.test_run(FRAME, repeat=self.n)
+
+    def close(self) -> None:
+        self.stop.set()
+        self.thread.join()
+        self.obj.close()
+
+
+def sampler_cpu(tc: TrafCount, seconds: float, rates: list[float], ran: list[Sampler]) -> float:
+    """Percent of one CPU a new sampler used at 1 kHz for ``seconds``; its bins a second go to
+    ``rates``, the sampler to ``ran``."""
+    sampler = Sampler(tc)
+    ran.append(sampler)
+    stop = threading.Event()
+    timer = threading.Timer(seconds, stop.set)
+    with open(os.devnull, "w") as out:
+        cpu, wall = time.thread_time(), time.monotonic()
+        timer.start()
+        sampler.run(1000, json_writer(out), stop)
+        cpu, wall = time.thread_time() - cpu, time.monotonic() - wall
+    rates.append(sampler.bins / wall)
+    return 100 * cpu / wall
+
+
+@pytest.mark.parametrize("n_addresses", [1000, 10_000])
+def test_sampler_cpu_at_1khz(benchmark, results, quick, one_cpu, n_addresses):
+    other = [c for c in range(os.cpu_count() or 1) if c != one_cpu]
+    if not other:
+        pytest.skip("one CPU: the traffic would run on the sampler's")
+    seconds, repeats = (0.2, 3) if quick else (1.0, 5)
+    with TrafCount(Config(entries=2 * n_addresses)) as empty:
+        idle_rates: list[float] = []
+        baseline = sample(lambda: sampler_cpu(empty, seconds, idle_rates, []), "% CPU", repeats)
+    with TrafCount(Config(entries=2 * n_addresses)) as tc:
+        traffic = Traffic(tc, n_addresses, other[0])
+        rates: list[float] = []
+        ran: list[Sampler] = []
+        try:
+            subject = benchmark.pedantic(
+                lambda: sample(lambda: sampler_cpu(tc, seconds, rates, ran), "% CPU", repeats),
+                rounds=1,
+                iterations=1,
+            )
+        finally:
+            traffic.close()
+        last = ran[-1]
+        last.sample()  # what came after its run
+        assert last.summed() == tc.counts(), "the bins of the last run add up to the table"
+        assert len(tc.counts()) == n_addresses and tc.totals().evicted == 0
+    result = Comparison(
+        f"trafcount sampler 1kHz {n_addresses} addresses",
+        subject,
+        baseline,
+        "sampler 1kHz, empty table",
+    )
+    bins_a_second = sorted(rates)[len(rates) // 2]
+    benchmark.extra_info.update(result.as_dict(), bins_a_second=bins_a_second)
+    results.record(result, bins_a_second=bins_a_second)
+    print(
+        f"trafcount sampler at 1 kHz, {n_addresses} active addresses: {subject.median:.1f}% of a "
+        f"CPU ({bins_a_second:.0f} bins/s); empty table {baseline.median:.1f}% "
+        f"({sorted(idle_rates)[len(idle_rates) // 2]:.0f} bins/s)"
+    )
