@@ -9,8 +9,9 @@ bng's ens5, where N worker processes read them on their own AF_PACKET sockets.
 - The kernel's own fanouts (hash, cpu) deliver every frame exactly once, whole.
 - A worker killed with SIGKILL and restarted by ``supervise`` loses only its own frames, counted:
   they wait in its socket's queue (or the kernel drops them, counted) and it reads them on restart.
-- The ``pfrps`` and ``injector pppoe`` commands as a user runs them: the seed's line and --json
-  carry the model's counts; SIGINT stops cleanly; bad arguments are refused by name.
+- The ``pfrps`` and ``injector pppoe`` commands as a user runs them (``--netns``, or under
+  ``ip netns exec``): the seed's line and --json carry the model's counts; SIGINT and SIGTERM stop
+  cleanly; bad arguments are refused by name.
 
 Every frame is sent once: a send the veth refuses (ENOBUFS: PLATFORM trap 11) was not delivered, so
 it is sent again, and the counts stay exact on a loaded machine.
@@ -235,9 +236,11 @@ def inject(injector: str, count: int, seed: int, *extra: str) -> dict:
     return json.loads(done.stdout)
 
 
-def test_commands_json_the_models_counts(bng_l2, tmp_path):
+@pytest.mark.parametrize("inside", [False, True], ids=["--netns", "ip-netns-exec"])
+def test_commands_json_the_models_counts(bng_l2, tmp_path, inside):
     injector, bng = bng_l2
-    args = [str(PFRPS), "-i", "ens5", "--netns", bng, "-w", "6", "-a", "1", "--mode"]
+    where = ["ip", "netns", "exec", bng, str(PFRPS)] if inside else [str(PFRPS), "--netns", bng]
+    args = [*where, "-i", "ens5", "-w", "6", "-a", "1", "--mode"]
     running = Running([*args, "fanout-ebpf", "--proto", "both", "--json"], tmp_path)
     running.wait_for(lambda line: line.startswith("{"))  # the workers are up
     result = inject(injector, 3000, 11, "--kind", "both", "--gap-us", "0")
