@@ -8,7 +8,8 @@ bng's ens5, where N worker processes read them on their own AF_PACKET sockets.
   (so they agree on placement), and every frame is read once, whole (bytes = frames x 148).
 - The kernel's own fanouts (hash, cpu) deliver every frame exactly once, whole.
 - A worker killed with SIGKILL and restarted by ``supervise`` loses only its own frames, counted:
-  they wait in its socket's queue (or the kernel drops them, counted) and it reads them on restart.
+  they wait in its socket's queue and it reads them on restart, or, past a small queue, the kernel
+  drops them and counts each one; the other workers read all of theirs meanwhile.
 - The ``pfrps`` and ``injector pppoe`` commands as a user runs them (``--netns``, or under
   ``ip netns exec``): the seed's line and --json carry the model's counts; SIGINT and SIGTERM stop
   cleanly; bad arguments are refused by name.
@@ -148,15 +149,40 @@ def test_kernel_fanouts_deliver_every_frame_once(bng_l2, mode, protocols):
     assert sum(c.frames + c.dropped for c in counts) == sent
 
 
-def test_killed_worker_loses_only_its_own_frames_counted(bng_l2):
+def paced(frames, gap: float):
+    """``frames`` one every ``gap`` seconds at most (the sleeps' granularity makes it slower)."""
+    for frame in frames:
+        yield frame
+        time.sleep(gap)
+
+
+def wait_for_reads(node: Node, want: dict[int, int]) -> list:
+    """The counts once worker i has read ``want[i]`` frames, for each i given."""
+    deadline = time.monotonic() + SETTLE_S
+    while True:
+        counts = node.counts()
+        if all(counts[i].frames >= n for i, n in want.items()) or time.monotonic() > deadline:
+            return counts
+        time.sleep(0.02)
+
+
+# kept: the dead worker's queue (4 MiB) holds its frames until the restart reads them;
+# overflowed: a 96 KiB queue drops most of them, and the kernel counts every one. The second batch
+# is paced in that case, so that the live workers' small queues never fill.
+QUEUES = {"kept": (4 << 20, 0.0), "overflowed": (96 << 10, 0.00005)}
+
+
+@pytest.mark.parametrize("queue", list(QUEUES))
+def test_killed_worker_loses_only_its_own_frames_counted(bng_l2, queue):
     injector, bng = bng_l2
+    queue_bytes, gap = QUEUES[queue]
     workers, alg, victim = 4, HashAlg.JHASH_OAAT, 2
     macs = list(seed_macs(8000, SEED))
     first, second = macs[:4000], macs[4000:]
-    config = Config("ens5", workers=workers, hash=alg, netns=bng)
+    config = Config("ens5", workers=workers, hash=alg, netns=bng, queue_bytes=queue_bytes)
     with Node(config) as node:
         node.start()
-        settle(node, send_all((seed_frame(m, BNG_MAC) for m in first), injector))
+        settle(node, send_all(paced((seed_frame(m, BNG_MAC) for m in first), gap), injector))
         before = node.counts()
         assert [c.frames for c in before] == spread(first, workers, alg)
         # Killed while it waits for a frame: no frame is between the queue and its counter.
@@ -166,14 +192,15 @@ def test_killed_worker_loses_only_its_own_frames_counted(bng_l2):
         while not dead(pid):
             assert time.monotonic() < deadline, f"worker {victim} (pid {pid}) did not die"
             time.sleep(0.01)
-        sent = send_all((seed_frame(m, BNG_MAC) for m in second), injector)
+        send_all(paced((seed_frame(m, BNG_MAC) for m in second), gap), injector)
         expected = spread(second, workers, alg)
-        away = settle(node, sent - expected[victim])  # the others read theirs meanwhile
+        others = {i: before[i].frames + expected[i] for i in range(workers) if i != victim}
+        away = wait_for_reads(node, others)  # the live workers read theirs meanwhile
         for i in range(workers):
             read = away[i].frames - before[i].frames
             assert read == (0 if i == victim else expected[i]), f"worker {i} while {victim} died"
         assert node.supervise() == [victim]
-        counts = settle(node, len(macs))
+        settle(node, len(macs))
         node.stop()
         counts = node.counts()
     total = spread(macs, workers, alg)
@@ -183,8 +210,10 @@ def test_killed_worker_loses_only_its_own_frames_counted(bng_l2):
             assert c.dropped == 0 and c.frames == total[i], f"worker {i} lost frames: {c}"
     lost = counts[victim].dropped
     assert counts[victim].frames + lost == total[victim], counts[victim]
+    assert (lost > 0) == (queue == "overflowed"), f"{queue}: {lost} of {expected[victim]} dropped"
+    assert counts[victim].bytes == counts[victim].frames * FRAME_LEN
     assert node.restarts == [0, 0, 1, 0]
-    print(f"worker {victim} away for {expected[victim]} frames: read on restart, {lost} dropped")
+    print(f"{queue}: worker {victim} away for {expected[victim]} frames, {lost} dropped")
 
 
 def test_demo_check_passes_on_bng_l2(bng_l2):
