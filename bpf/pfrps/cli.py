@@ -48,16 +48,11 @@ def workers_arg(text: str) -> int:
 def cpus_arg(text: str) -> tuple[int, ...]:
     """``0,1`` or ``0-3,6``: CPUs in the order workers take them."""
     cpus: list[int] = []
-    try:
-        for part in text.split(","):
-            first, _, last = part.partition("-")
-            cpus.extend(range(int(first), int(last or first) + 1))
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"{text!r}: CPUs are N, N-M, separated by commas"
-        ) from None
-    if not cpus:
-        raise argparse.ArgumentTypeError(f"{text!r}: no CPU")
+    for part in text.split(","):
+        first, dash, last = part.partition("-")
+        if not first.isdigit() or (dash and not last.isdigit()) or int(last or first) < int(first):
+            raise argparse.ArgumentTypeError(f"{text!r}: CPUs are N or N-M (M >= N), by commas")
+        cpus.extend(range(int(first), int(last or first) + 1))
     return tuple(cpus)
 
 

@@ -301,6 +301,21 @@ def test_commands_print_the_seeds_line(bng_l2, tmp_path):
     print(out.splitlines()[-1])
 
 
+def test_command_pins_workers_to_the_cpus_asked(bng_l2, tmp_path):
+    _, bng = bng_l2
+    cpus = sorted(os.sched_getaffinity(0))
+    asked = [cpus[-1], cpus[0]]  # worker 0 on the last CPU, worker 1 on the first, 2 on the last
+    running = Running(
+        [str(PFRPS), "-i", "ens5", "--netns", bng, "-w", "3", "--cpus", f"{asked[0]},{asked[1]}"],
+        tmp_path,
+    )
+    running.wait_for(lambda line: line.startswith("#0:0000"))
+    pids = [int(p) for p in running.err.read_text().split("pids ")[1].split()[:3]]
+    pinned = [os.sched_getaffinity(pid) for pid in pids]
+    running.stop(signal.SIGINT)
+    assert pinned == [{asked[0]}, {asked[1]}, {asked[0]}]
+
+
 @pytest.mark.parametrize(
     "args, named",
     [

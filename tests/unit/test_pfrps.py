@@ -12,7 +12,9 @@ and the model held to the seed (its glibc generator, its printed lines).
 
 from __future__ import annotations
 
+import argparse
 import ctypes
+import json
 import statistics
 
 import pytest
@@ -21,6 +23,7 @@ from hypothesis import strategies as st
 
 from bpf import BpfObject
 from bpf.pfrps import HashAlg, MacSide, Protocols
+from bpf.pfrps.cli import cpus_arg, report
 from bpf.pfrps.model import (
     SeedRandom,
     chi_square,
@@ -32,7 +35,7 @@ from bpf.pfrps.model import (
     std_dev,
     worker_of,
 )
-from bpf.pfrps.pfrps import SOURCE
+from bpf.pfrps.pfrps import SOURCE, WorkerCount
 
 NODE_MAC = bytes.fromhex("020000000402")
 MODULI = (2**31 - 1, 2**16)  # the fanout program returns an int: hash % 2^31-1 stays positive
@@ -186,3 +189,30 @@ def test_seed_spreads_are_draws_of_an_even_spread():
     for alg, drawn in statistics_.items():
         # mean 7, standard deviation sqrt(14)/sqrt(runs) ~ 1.1: 4 of them either side
         assert abs(statistics.mean(drawn) - 7) < 4 * (14 / runs) ** 0.5, alg.name
+
+
+def test_command_prints_the_seeds_line_and_json():
+    counts = [WorkerCount(n, n * 148, n + d, d) for n, d in [(232, 0), (237, 1), (262, 0)]]
+    assert report(counts, [0, 1, 0], as_json=False) == seed_line([232, 237, 262])
+    line = json.loads(report(counts, [0, 1, 0], as_json=True))
+    assert line["total"] == 731 and line["std_dev"] == std_dev([232, 237, 262])
+    assert line["workers"][1] == {
+        "frames": 237,
+        "bytes": 237 * 148,
+        "steered": 238,
+        "dropped": 1,
+        "restarts": 1,
+    }
+
+
+@pytest.mark.parametrize(
+    "text, cpus", [("0", (0,)), ("1,0", (1, 0)), ("0-3,6", (0, 1, 2, 3, 6)), ("2-2", (2,))]
+)
+def test_cpus_are_lists_and_ranges(text, cpus):
+    assert cpus_arg(text) == cpus
+
+
+@pytest.mark.parametrize("text", ["", "a", "1-", "0,,1", "3-1"])
+def test_cpus_refused(text):
+    with pytest.raises(argparse.ArgumentTypeError):
+        cpus_arg(text)
