@@ -40,6 +40,7 @@ from bpf.trafcount import ByteCount, Config, Hook, Key, Model, TrafCount, TrafKe
 from bpf.trafcount.demo import check_trafcount
 from bpf.trafcount.series import parse_json_line, read_binary
 from harness.counters import delta, interface_stats, pin_neighbour
+from harness.demo import flows_spec
 from injector import templates
 from injector.spec import Range, TrafficSpec, Vary
 from injector.xdp import XdpSender
@@ -417,14 +418,18 @@ def test_bad_arguments_refused_before_anything_loads(args, message):
     assert not TrafCount.pin_path("lo").exists(), "nothing pinned"
 
 
-def test_demo_check_passes_on_two_host(two_host):
+@pytest.mark.parametrize("which", ["1000 sources", "the demo's IMIX spec"])
+def test_demo_check_passes_on_two_host(two_host, which):
     injector, dut = two_host
-    spec = TrafficSpec(
-        templates.udp4(**MACS),
-        vary=(Vary("IP.src", Range("10.1.0.1", "10.1.3.232")),),
-        flows=1000,
-        count=1000,
-    )
+    if which == "1000 sources":
+        spec = TrafficSpec(
+            templates.udp4(**MACS),
+            vary=(Vary("IP.src", Range("10.1.0.1", "10.1.3.232")),),
+            flows=1000,
+            count=1000,
+        )
+    else:
+        spec = flows_spec({"injector": MACS["eth_src"], "dut": MACS["eth_dst"]})
     passed, detail, figures = check_trafcount(injector, dut, spec)
     assert passed, detail
-    assert figures["addresses"] == 1000 and figures["packets"] == 1000
+    assert figures["addresses"] == 1000 and figures["packets"] == spec.resolve().period
