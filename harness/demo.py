@@ -1,7 +1,7 @@
 """The main job on the embedded default topology (``harness run demo``, ``tox -e demo``).
 
 It builds ``two_host`` (injector <-> dut over a veth pair), then ``bng_l2`` (injector <-> an L2
-PPPoE node), then ``mirror_vxlan`` (mirror -> dut's ens5, dut's ens6 -> collector), runs seven
+PPPoE node), then ``mirror_vxlan`` (mirror -> dut's ens5, dut's ens6 -> collector), runs eight
 checks end to end on the real kernel, prints a verdict line for each with its figures, and tears
 everything down:
 
@@ -16,10 +16,12 @@ everything down:
    its packets; the balance over the buckets is reported;
 5. flow metrics (``bpf/flowmon``): a per-CPU hash at the dut's ens5 XDP, fed one period of the same
    spec, holds every flow with the packets and bytes the model predicts, nothing missed;
-6. PF_PACKET RPS (``bpf/pfrps``) on ``bng_l2``: the seed's 25,000 PPPoE discovery frames reach 8
+6. the traffic counter (``bpf/trafcount``) at the dut's ens5 XDP, keyed on the source as the seed,
+   holds every address of the spec with the packets and bytes the model predicts;
+7. PF_PACKET RPS (``bpf/pfrps``) on ``bng_l2``: the seed's 25,000 PPPoE discovery frames reach 8
    worker sockets, through the seed's per-socket filters and through one PACKET_FANOUT_EBPF group,
    each worker getting exactly the model's count, every frame whole;
-7. the VXLAN pipeline (``bpf/vxlan``), redirect mode on mirror_vxlan: of five mirrored frames (an
+8. the VXLAN pipeline (``bpf/vxlan``), redirect mode on mirror_vxlan: of five mirrored frames (an
    allowlisted TCP flow that NAT rewrites, allowlisted UDP, a flow off the allowlist, another
    session's VNI, the host's own UDP), the collector receives exactly what the model predicts, and
    the kernel's counters equal the model's and balance (every frame passed, forwarded or dropped).
@@ -41,6 +43,7 @@ from bpf.netns import silence_ipv6
 from bpf.pfrps.demo import check_pfrps
 from bpf.softrss import Config, SoftRss
 from bpf.softrss.model import Model
+from bpf.trafcount.demo import check_trafcount
 from harness.capture import Capture
 from harness.compare import compare
 from harness.counters import delta, interface_stats, pin_neighbour, silence_ipv6_everywhere
@@ -253,6 +256,10 @@ def run(packets: int = 2_000_000) -> list[Check]:
             Check(
                 "flow metrics count each flow as the model says",
                 *check_flowmon(injector, dut, spec),
+            ),
+            Check(
+                "traffic counter counts each address as the model says",
+                *check_trafcount(injector, dut, spec),
             ),
         ]
     with Topology.load("bng_l2") as topo:

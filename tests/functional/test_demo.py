@@ -17,6 +17,6 @@ def test_demo_passes_every_check_and_reports_figures():
     )
     assert done.returncode == 0, done.stdout + done.stderr
     checks = json.loads(done.stdout)["checks"]
-    assert [c["passed"] for c in checks] == [True] * 7, checks
+    assert [c["passed"] for c in checks] == [True] * 8, checks
     rate = checks[2]["figures"]
     assert rate["sent"] == 200_000 and rate["arrived"] + rate["dropped"] == 200_000
