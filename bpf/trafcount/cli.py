@@ -17,12 +17,13 @@ address::
 with ``--json`` one object a line. ``--hz N`` writes the time series (``bpf.trafcount.series``) to
 stdout as JSON lines, or to PATH in the binary format with ``--binary``, and the totals go to
 stderr. ``--prometheus`` serves the counters over HTTP (``bpf.trafcount.metrics``). SIGINT or
-SIGTERM stops it: it prints the totals a last time and detaches; the maps stay pinned.
+SIGTERM stops it: it detaches, removes its pins, and prints the totals a last time.
 
-``--detach`` undoes all of it, the seed's seven clean-up steps: it stops the trafcount counting on
-IF (which detaches its XDP link or its TC filter, and removes the clsact qdisc if it added it) and
-removes the pins. A trafcount killed with SIGKILL cannot detach itself: ``harness clean`` removes
-its TC filter, qdisc and pins (they are journaled as they are made); an XDP link dies with it.
+``--detach`` does that from another shell, the seed's seven clean-up steps: it stops the trafcount
+counting on IF, which detaches its XDP link or its TC filter, removes the clsact qdisc if it added
+it, and unpins its maps. A trafcount killed with SIGKILL cannot undo anything: ``harness clean``
+removes its TC filter, qdisc and pins (they are journaled as they are made); an XDP link dies with
+it. Until then a new run on IF, and ``--detach``, refuse and say so.
 
 Every argument is checked before anything is loaded or attached. This module parses and prints; the
 work is in ``bpf.trafcount.trafcount``.
@@ -197,6 +198,8 @@ def _check(args: argparse.Namespace) -> Config:
             f"-i {args.interface}: trafcount (pid {found[1]}) already counts there; "
             f"`trafcount -i {args.interface} --detach` stops it"
         )
+    if found is not None:
+        raise UsageError(f"-i {args.interface}: {_killed(args.interface, found[1])}")
     return Config(
         key=Key(args.key) if args.key else default_key(args.hook),
         bytes=ByteCount(args.bytes) if args.bytes else ByteCount.L3,
@@ -207,7 +210,6 @@ def _check(args: argparse.Namespace) -> Config:
 def _run(args: argparse.Namespace) -> int:
     config = _check(args)
     stop = stop_event()
-    stale = TrafCount.unpin(args.interface)  # a stopped run's counts: this run starts afresh
     where = f"{args.interface}@{args.netns}" if args.netns else args.interface
     with ExitStack() as stack:
         tc = stack.enter_context(TrafCount(config))
@@ -221,7 +223,6 @@ def _run(args: argparse.Namespace) -> int:
             f"trafcount: counting on {where} at {args.hook.value} by {config.key.value} address, "
             f"{config.bytes.value} bytes, {config.entries} entries per IP version; maps pinned at "
             f"{TrafCount.pin_path(args.interface)}"
-            + (f" (replacing {len(stale)} stale pins)" if stale else "")
             + (f"; metrics at http://{args.prometheus}/metrics" if args.prometheus else ""),
             file=sys.stderr,
             flush=True,
@@ -236,11 +237,7 @@ def _run(args: argparse.Namespace) -> int:
         if sampler is not None:
             sampler.join()
         print(report(tc, args, args.json) + ("" if args.json else "\n"), file=totals_out)
-    print(
-        f"trafcount: detached from {where}; the counts stay pinned "
-        f"(`trafcount -i {args.interface} --detach` removes them)",
-        file=sys.stderr,
-    )
+    print(f"trafcount: detached from {where} and unpinned", file=sys.stderr)
     return 0
 
 
@@ -264,6 +261,13 @@ def _start_series(
     return thread
 
 
+def _killed(ifname: str, pid: int) -> str:
+    return (
+        f"the trafcount that counted on {ifname} (pid {pid}) was killed and left its pins (and a "
+        f"TC filter, if it used TC) at {TrafCount.pin_path(ifname)}: `harness clean` removes them"
+    )
+
+
 def _detach(args: argparse.Namespace) -> int:
     given = [
         name
@@ -277,17 +281,25 @@ def _detach(args: argparse.Namespace) -> int:
         )
     found = TrafCount.pinned_config(args.interface)
     if found is None:
-        print(f"trafcount: nothing pinned for {args.interface}", file=sys.stderr)
+        print(f"trafcount: nothing of trafcount on {args.interface}", file=sys.stderr)
         return 0
     owner = found[1]
+    if not process_alive(owner):
+        print(f"trafcount: {_killed(args.interface, owner)}", file=sys.stderr)
+        return 1
+    # It detaches, removes its pins and the qdisc it added, prints its last totals and exits.
     if not stop_process(owner, STOP_WAIT_S):
         print(f"trafcount: pid {owner} did not stop in {STOP_WAIT_S:g} s", file=sys.stderr)
         return 1
-    removed = TrafCount.unpin(args.interface)
+    left = TrafCount.pinned_config(args.interface)
     print(
-        f"trafcount: detached from {args.interface}; removed {len(removed)} pins", file=sys.stderr
+        f"trafcount: stopped pid {owner}; nothing of trafcount is left on {args.interface}"
+        if left is None
+        else f"trafcount: pid {owner} stopped but left its pins at "
+        f"{TrafCount.pin_path(args.interface)}",
+        file=sys.stderr,
     )
-    return 0
+    return 0 if left is None else 1
 
 
 def main(argv: Sequence[str] | None = None) -> int:

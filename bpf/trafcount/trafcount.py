@@ -5,11 +5,13 @@ from bpf.trafcount import Config, Hook, Key, TrafCount
 
 with TrafCount(Config(key=Key.SRC, entries=4096)) as tc:
     tc.attach("ens5", Hook.TC_INGRESS, netns="bl-3fa2c1-dut")
-    tc.pin("ens5")            # maps under bpf.pin_dir("trafcount")/ens5/, for bpftool
+    tc.pin("ens5")            # maps under bpf.pin_dir("trafcount")/ens5/, for bpftool, until close
     tc.counts()               # {TrafKey: (packets, bytes)}, IPv4 and IPv6
     tc.totals()               # entries created and evicted, packets lost by reason
-TrafCount.unpin("ens5")       # what `trafcount --detach` removes
 ```
+
+Leaving detaches and unpins: a TrafCount leaves nothing behind, unless its process is killed, when
+the journal lets ``harness clean`` remove its TC filter and pins.
 
 ``snapshot()`` is the reader the time-series sampler runs a thousand times a second: the raw keys
 and values of both tables through ``BPF_MAP_LOOKUP_BATCH`` into buffers allocated once, unpacked
@@ -110,8 +112,8 @@ def key_of(raw: bytes) -> TrafKey:
 
 
 class TrafCount:
-    """The loaded data plane. Use as a context manager: leaving detaches and closes it (pins made
-    by ``pin`` stay, for bpftool and a later reader, until ``unpin``)."""
+    """The loaded data plane. Use as a context manager: leaving detaches it, removes the pins made
+    by ``pin`` and closes it."""
 
     PINNED = ("addrs4", "addrs6", "totals", "unparsed", "config")
 
@@ -173,17 +175,18 @@ class TrafCount:
         return pin_dir(PIN_OWNER) / ifname
 
     def pin(self, ifname: str) -> Path:
-        """Pin every map under ``pin_dir("trafcount")/IFNAME/`` (journaled: ``harness clean``
-        removes them if this process is killed; ``unpin`` removes them otherwise)."""
+        """Pin every map under ``pin_dir("trafcount")/IFNAME/`` until ``close`` (journaled:
+        ``harness clean`` removes them if this process is killed)."""
         directory = self.pin_path(ifname)
         for name in self.PINNED:
             pin_object(self.obj.maps[name].fd, directory / name)
         self.pinned = directory
+        self._pinned_as = ifname
         return directory
 
     @classmethod
     def unpin(cls, ifname: str) -> list[Path]:
-        """Remove the pins of ``ifname``; the paths removed."""
+        """Remove the pins of ``ifname`` (whoever made them); the paths removed."""
         directory = cls.pin_path(ifname)
         removed = [directory / n for n in cls.PINNED if (directory / n).exists()]
         for path in removed:
@@ -192,7 +195,8 @@ class TrafCount:
 
     @classmethod
     def pinned_config(cls, ifname: str) -> tuple[Config, int] | None:
-        """The configuration pinned for ``ifname`` and the pid counting with it (0: none), or None."""
+        """The configuration pinned for ``ifname`` and the pid counting with it, or None. A pid that
+        no longer runs was killed: it could not remove its pins."""
         where = cls.pin_path(ifname) / "config"
         if not where.exists():
             return None
@@ -211,8 +215,8 @@ class TrafCount:
         self._closed = True
         self.detach()
         if self.pinned is not None:
-            config = self.obj.maps["config"]
-            config[0] = {**fields_of(config[0]), "owner_pid": 0}
+            self.unpin(self._pinned_as)
+            self.pinned = None
         self.obj.close()
 
     def __enter__(self) -> TrafCount:

@@ -14,8 +14,8 @@ it (the console script beside ``sys.executable``), and what it leaves behind.
   and the seed's line is printed; ``--prometheus`` is scraped with urllib and parsed with the
   Prometheus text parser.
 - ``--detach`` stops a running trafcount and leaves no pin, filter, qdisc or XDP program; a
-  trafcount killed with SIGKILL leaves its TC filter, qdisc and pins, and ``harness clean`` removes
-  them all.
+  trafcount killed with SIGKILL leaves its TC filter, qdisc and pins (a new run and ``--detach``
+  refuse, naming ``harness clean``), and ``harness clean`` removes them all.
 """
 
 from __future__ import annotations
@@ -217,10 +217,10 @@ def test_iperf3_counts_agree_with_the_interface_counters(two_host, mode):
 class Running:
     """A ``trafcount`` process writing to files."""
 
-    def __init__(self, args: list[str], directory: Path) -> None:
+    def __init__(self, args: list[str], directory: Path, prefix: tuple[str, ...] = ()) -> None:
         self.out, self.err = directory / "stdout", directory / "stderr"
         with self.out.open("w") as out, self.err.open("w") as err:
-            self.proc = subprocess.Popen([str(TRAFCOUNT), *args], stdout=out, stderr=err)
+            self.proc = subprocess.Popen([*prefix, str(TRAFCOUNT), *args], stdout=out, stderr=err)
 
     def wait_for(self, contains: str, timeout: float = 15.0) -> str:
         deadline = time.monotonic() + timeout
@@ -241,6 +241,16 @@ class Running:
             self.proc.send_signal(signal.SIGINT)
         assert self.proc.wait(timeout=15) == 0, self.err.read_text()
         return self.out.read_text(), self.err.read_text()
+
+    def __enter__(self) -> Running:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        """A test that failed before stopping it: the process goes, its pins with it."""
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(timeout=15)
+        TrafCount.unpin("ens5")
 
 
 def trafcount(*args: str) -> subprocess.CompletedProcess:
@@ -284,17 +294,16 @@ def test_time_series_bins_sum_to_the_totals_then_detach_leaves_nothing(two_host,
     injector, dut = two_host
     binary = tmp_path / "series.bin"
     args = ["-i", "ens5", "--netns", dut, "-a", "xdp", "-s", "0.5", "--json", "--hz", "1000"]
-    run = Running(args + (["--binary", str(binary)] if form == "binary" else []), tmp_path)
-    try:
+    with Running(args + (["--binary", str(binary)] if form == "binary" else []), tmp_path) as run:
         run.wait_for("counting on")
         frames = inject(injector, workers=1)
         time.sleep(0.5)
         assert left_behind("ens5", dut) == {"xdp", f"pins {TrafCount.pin_path('ens5')}"}
         detached = trafcount("-i", "ens5", "--detach")
-        assert detached.returncode == 0 and "removed 5 pins" in detached.stderr, detached.stderr
+        assert detached.returncode == 0 and "nothing of trafcount is left" in detached.stderr, (
+            detached.stderr
+        )
         out, err = run.stop()  # --detach stopped it: it exited 0
-    finally:
-        TrafCount.unpin("ens5")
     assert left_behind("ens5", dut) == set(), "--detach: nothing of trafcount is left"
     if form == "binary":
         hz, bins = read_binary(binary.read_bytes())
@@ -328,7 +337,7 @@ def test_seed_line_and_prometheus_scrape(two_host, tmp_path):
     with socket.socket() as probe:  # a port nobody listens on
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    run = Running(
+    with Running(
         [
             "-i",
             "ens5",
@@ -342,8 +351,7 @@ def test_seed_line_and_prometheus_scrape(two_host, tmp_path):
             f"127.0.0.1:{port}",
         ],
         tmp_path,
-    )
-    try:
+    ) as run:
         run.wait_for("metrics at")
         spec = TrafficSpec(templates.udp4(**MACS, src="10.0.7.1", payload=bytes(12)), count=3)
         program = spec.resolve()
@@ -368,9 +376,30 @@ def test_seed_line_and_prometheus_scrape(two_host, tmp_path):
         )
         assert "trafcount_entries_evicted" in families
         out, _ = run.stop()
-    finally:
-        TrafCount.unpin("ens5")
     line = "IP: 10.0.7.1 - TCP Packets: 0, TCP Bytes: 0 | UDP Packets: 3, UDP Bytes: 120"
+    assert line in out.splitlines(), out[-500:]
+    assert left_behind("ens5", dut) == set()
+
+
+def test_under_ip_netns_exec_detached_from_the_host(two_host, tmp_path):
+    """``ip netns exec`` gives the command a /sys of its own: its pins must still be the host's,
+    for bpftool and for ``--detach`` run from another shell."""
+    injector, dut = two_host
+    with Running(
+        ["-i", "ens5", "-a", "xdp", "-s", "0.3"], tmp_path, ("ip", "netns", "exec", dut)
+    ) as run:
+        run.wait_for("counting on")
+        spec = TrafficSpec(templates.tcp4(**MACS, src="10.0.8.1", flags="A"), count=12)
+        with XdpSender(spec.resolve(), "veth0", injector) as sender:
+            sender.send(count=12)
+        time.sleep(0.5)
+        assert (TrafCount.pin_path("ens5") / "addrs4").exists(), "pinned on the host's bpffs"
+        detached = trafcount("-i", "ens5", "--detach")
+        assert detached.returncode == 0 and "nothing of trafcount is left" in detached.stderr, (
+            detached.stderr
+        )
+        out, _ = run.stop()
+    line = "IP: 10.0.8.1 - TCP Packets: 12, TCP Bytes: 480 | UDP Packets: 0, UDP Bytes: 0"
     assert line in out.splitlines(), out[-500:]
     assert left_behind("ens5", dut) == set()
 
@@ -384,6 +413,11 @@ def test_killed_run_is_undone_by_harness_clean(two_host, tmp_path):
     run.proc.send_signal(signal.SIGKILL)
     run.proc.wait(timeout=10)
     assert left_behind("ens5", dut) == {"clsact", "egress filter", pins}, "killed: nothing undone"
+    detach = trafcount("-i", "ens5", "--detach")
+    again = trafcount("-i", "ens5", "--netns", dut, "-a", "xdp")
+    for done in (detach, again):
+        assert done.returncode != 0 and "was killed" in done.stderr, done.stderr
+        assert "`harness clean` removes them" in done.stderr
     clean = subprocess.run(
         [str(BIN / "harness"), "clean"], capture_output=True, text=True, timeout=60
     )

@@ -320,37 +320,26 @@ def test_two_cpus_inserting_the_same_new_addresses_lose_nothing():
 # --- pins ----------------------------------------------------------------------------------------
 
 
-def test_pins_show_the_seeds_fields_in_bpftool_and_unpin_removes_them():
+def test_pins_show_the_seeds_fields_in_bpftool_until_close():
     name = f"tcunit{os.getpid() % 100000}"
     config = Config(key=Key.DST, bytes=ByteCount.WIRE, entries=300)
     with TrafCount(config) as tc:
         tc.program(Hook.TC_EGRESS).test_run(udp4(), repeat=5)
         tc.pin(name)
-        try:
-            assert TrafCount.pinned_config(name) == (config, os.getpid())
-            dump = subprocess.run(
-                [
-                    "bpftool",
-                    "-j",
-                    "map",
-                    "dump",
-                    "pinned",
-                    str(TrafCount.pin_path(name) / "addrs4"),
-                ],
-                capture_output=True,
-                text=True,
-                check=True,
-            )
-            (entry,) = json.loads(dump.stdout)
-            fields = entry["formatted"]
-            assert fields["key"]["proto"] == 17 and "addr" in fields["key"]
-            assert fields["value"] == {"packets": 5, "bytes": 5 * len(udp4())}
-        finally:
-            tc.close()
-            assert TrafCount.pinned_config(name) == (config, 0), "closed: nobody counts"
-            removed = TrafCount.unpin(name)
-    assert {p.name for p in removed} == set(TrafCount.PINNED)
-    assert not TrafCount.pin_path(name).exists()
+        assert TrafCount.pinned_config(name) == (config, os.getpid())
+        dump = subprocess.run(
+            ["bpftool", "-j", "map", "dump", "pinned", str(TrafCount.pin_path(name) / "addrs4")],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        (entry,) = json.loads(dump.stdout)
+        fields = entry["formatted"]
+        assert fields["key"]["proto"] == 17 and "addr" in fields["key"]
+        assert fields["value"] == {"packets": 5, "bytes": 5 * len(udp4())}
+    assert TrafCount.pinned_config(name) is None and not TrafCount.pin_path(name).exists(), (
+        "closed: the pins are gone"
+    )
 
 
 @pytest.mark.parametrize("entries", [0, (1 << 24) + 1])
