@@ -7,8 +7,8 @@
             [--symmetric] [-b N] [--json]
 
 The first form attaches, prints the per-bucket counters every ``-s`` seconds (a table, or one JSON
-object a line with ``--json``) with the elephants announced since, and on SIGINT/SIGTERM prints them a
-last time, saves the state to ``-o`` (``SoftRss.restore`` reads it) and detaches. ``hash`` runs one
+object a line with ``--json``) with the elephants announced since, and on SIGINT/SIGTERM detaches,
+prints them a last time and saves that same state to ``-o`` (``SoftRss.restore`` reads it). ``hash`` runs one
 frame through the real program (``BPF_PROG_TEST_RUN``, not attached anywhere) and reads the hash and
 bucket it recorded; without ports the frame is a first fragment, which hashes the addresses only.
 
@@ -261,6 +261,8 @@ def _run(args: argparse.Namespace) -> int:
         last, last_packets = time.monotonic(), [0] * config.buckets
         while True:
             stopping = stop.wait(args.stats_interval)
+            if stopping:  # no frame may be counted between the last figures and the saved state
+                rss.detach()
             now = time.monotonic()
             report, elephants = rss.bucket_stats(), rss.elephants()
             if args.json:
