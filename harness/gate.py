@@ -153,12 +153,12 @@ def gate(results: dict[str, Any], history: list[dict[str, Any]]) -> list[Verdict
     return verdicts
 
 
-def table(verdicts: list[Verdict]) -> str:
-    """The verdicts as a plain-text table: metric, history, now, change, band, p, verdict."""
-    rows = [("metric", "history", "now", "worse by", "band", "p", "verdict")]
+def rows(verdicts: list[Verdict]) -> list[list[str]]:
+    """The verdicts as table rows, a header first: metric, history, now, change, band, p, verdict."""
+    table_rows = [["metric", "history", "now", "worse by", "band", "p", "verdict"]]
     for v in verdicts:
-        rows.append(
-            (
+        table_rows.append(
+            [
                 f"{v.name} ({v.unit}, / baseline)",
                 "-" if v.history is None else f"{v.history:.4g}",
                 f"{v.now:.4g}",
@@ -166,10 +166,16 @@ def table(verdicts: list[Verdict]) -> str:
                 "-" if v.band is None else f"{v.band:.1%}",
                 "-" if v.p_value is None else f"{v.p_value:.2g}",
                 v.verdict,
-            )
+            ]
         )
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in rows)
+    return table_rows
+
+
+def table(verdicts: list[Verdict]) -> str:
+    """The verdicts as a plain-text table (``rows``, columns aligned)."""
+    lines = rows(verdicts)
+    widths = [max(len(row[i]) for row in lines) for i in range(len(lines[0]))]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in lines)
 
 
 def record(results_path: Path, results: dict[str, Any], root: Path) -> Path:

@@ -176,23 +176,6 @@ def figure_rows(run: dict[str, Any]) -> list[list[str]]:
     return rows
 
 
-def gate_rows(verdicts: list[gate.Verdict]) -> list[list[str]]:
-    rows = [["metric", "history", "now", "worse by", "band", "p", "verdict"]]
-    for v in verdicts:
-        rows.append(
-            [
-                f"{v.name} ({v.unit})",
-                "-" if v.history is None else f"{v.history:.4g}",
-                f"{v.now:.4g}",
-                "-" if v.change is None else f"{v.change:+.1%}",
-                "-" if v.band is None else f"{v.band:.1%}",
-                "-" if v.p_value is None else f"{v.p_value:.2g}",
-                v.verdict,
-            ]
-        )
-    return rows
-
-
 def preflight_rows(run: dict[str, Any]) -> list[list[str]]:
     rows = [["interface", "check", "status", "detail"]]
     for ifname, record in sorted(run["fingerprint"].get("preflight", {}).items()):
@@ -246,7 +229,7 @@ def markdown(sections: list[Section]) -> str:
         ]
         out += [""] + [f"![{p.title}]({p.file})\n" for p in s.plots]
         if s.verdicts is not None:
-            out += ["### Gate against the history", "", _markdown_table(gate_rows(s.verdicts)), ""]
+            out += ["### Gate against the history", "", _markdown_table(gate.rows(s.verdicts)), ""]
         if len(preflight_rows(s.run)) > 1:
             out += ["### Preflight", "", _markdown_table(preflight_rows(s.run)), ""]
     return "\n".join(out) + "\n"
@@ -282,7 +265,7 @@ def page(sections: list[Section]) -> str:
                 f"<figcaption>{html.escape(p.title)}</figcaption></figure>"
             )
         if s.verdicts is not None:
-            parts.append("<h3>Gate against the history</h3>" + _html_table(gate_rows(s.verdicts)))
+            parts.append("<h3>Gate against the history</h3>" + _html_table(gate.rows(s.verdicts)))
         if len(preflight_rows(s.run)) > 1:
             parts.append("<h3>Preflight</h3>" + _html_table(preflight_rows(s.run)))
     return (
