@@ -19,6 +19,7 @@ import enum
 import errno
 import os
 import socket
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -388,6 +389,15 @@ def unpin_object(path: Path) -> None:
         journal.current().undo(_pins.pop(path))
     else:
         _remove_pin(str(host_path(path)))
+
+
+def unpin_present(directory: Path, names: Iterable[str]) -> list[Path]:
+    """Remove the pins ``directory/NAME`` of ``names`` that exist, whoever made them (a command
+    undoing another process's run); the paths removed."""
+    removed = [directory / name for name in names if (directory / name).exists()]
+    for path in removed:
+        unpin_object(path)
+    return removed
 
 
 @journal.undoes("pin")

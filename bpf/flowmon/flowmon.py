@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from bpf import BpfObject, LibbpfError, MapType, XdpMode
-from bpf.attach import TcDirection, pin_dir, pin_object, unpin_object
+from bpf.attach import TcDirection, pin_dir, pin_object, unpin_present
 from bpf.btf import fields_of
 from bpf.flowmon.model import (
     TCP_FLAG_FIN,
@@ -364,7 +364,7 @@ class FlowMon:
     def pin(self, ifname: str) -> Path:
         """Pin every map under ``pin_dir("flowmon")/IFNAME/`` (journaled; ``unpin`` removes them)."""
         directory = self.pin_path(ifname)
-        for name in self.PINNED:
+        for name in self.PINNED:  # not Map.pin: these pins outlive the object
             pin_object(self.obj.maps[name].fd, directory / name)
         self.pinned = directory
         return directory
@@ -372,11 +372,7 @@ class FlowMon:
     @classmethod
     def unpin(cls, ifname: str) -> list[Path]:
         """Remove the pins of ``ifname``; the paths removed."""
-        directory = cls.pin_path(ifname)
-        removed = [directory / n for n in cls.PINNED if (directory / n).exists()]
-        for path in removed:
-            unpin_object(path)
-        return removed
+        return unpin_present(cls.pin_path(ifname), cls.PINNED)
 
     # --- attach ---
 

@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from bpf import BpfObject, LibbpfError, XdpMode
-from bpf.attach import TcDirection, pin_dir, pin_object, unpin_object
+from bpf.attach import TcDirection, pin_dir, pin_object, unpin_present
 from bpf.btf import fields_of
 from bpf.flowmon.flowmon import read_pinned_struct
 from bpf.libbpf import MapBatchOpts, lib
@@ -178,7 +178,7 @@ class TrafCount:
         """Pin every map under ``pin_dir("trafcount")/IFNAME/`` until ``close`` (journaled:
         ``harness clean`` removes them if this process is killed)."""
         directory = self.pin_path(ifname)
-        for name in self.PINNED:
+        for name in self.PINNED:  # not Map.pin: these pins outlive the object
             pin_object(self.obj.maps[name].fd, directory / name)
         self.pinned = directory
         self._pinned_as = ifname
@@ -187,11 +187,7 @@ class TrafCount:
     @classmethod
     def unpin(cls, ifname: str) -> list[Path]:
         """Remove the pins of ``ifname`` (whoever made them); the paths removed."""
-        directory = cls.pin_path(ifname)
-        removed = [directory / n for n in cls.PINNED if (directory / n).exists()]
-        for path in removed:
-            unpin_object(path)
-        return removed
+        return unpin_present(cls.pin_path(ifname), cls.PINNED)
 
     @classmethod
     def pinned_config(cls, ifname: str) -> tuple[Config, int] | None:
