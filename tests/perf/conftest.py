@@ -1,9 +1,22 @@
 """Benchmarks: figures are ratios against a baseline from the same run (``harness.measure``)."""
 
+from pathlib import Path
+
 import pytest
+
+import bpf
 
 
 @pytest.fixture(scope="session")
 def quick(request) -> bool:
     """Smoke mode (``tox -e perf-smoke`` passes --benchmark-disable): every benchmark, at a tiny size."""
     return bool(request.config.getoption("benchmark_disable"))
+
+
+@pytest.fixture(scope="module")
+def xdp_pass() -> bpf.Program:
+    """``bpf/selftest/trivial.bpf.c``'s ``xdp_pass``: the bare program a benchmark's figure is set
+    against (its object's other programs, such as ``xdp_drop``, through ``.object``)."""
+    with bpf.BpfObject.open(Path(bpf.__file__).parent / "selftest" / "trivial.bpf.c") as obj:
+        obj.load()
+        yield obj.programs["xdp_pass"]

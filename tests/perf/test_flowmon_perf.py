@@ -31,7 +31,6 @@ from harness.counters import silence_ipv6_everywhere
 from harness.measure import Comparison, sample
 from injector import templates
 
-SELFTEST = Path(bpf.__file__).parent / "selftest"
 BENCH = Path(bpf.__file__).parent / "flowmon" / "flowmon_bench.bpf.c"
 FRAME = bytes(templates.udp4(payload=b"m" * 18))  # 60 bytes; UDP source port 1024 at offset 34
 RING_BYTES = 1 << 24  # 233k records: a sample of the ringbuf storage never fills it
@@ -45,13 +44,6 @@ def one_cpu():
     os.sched_setaffinity(0, {min(before)})
     yield
     os.sched_setaffinity(0, before)
-
-
-@pytest.fixture(scope="module")
-def xdp_pass():
-    with bpf.BpfObject.open(SELFTEST / "trivial.bpf.c") as obj:
-        obj.load()
-        yield obj.programs["xdp_pass"]
 
 
 def rotator(n_flows: int, measured: bpf.Program) -> bpf.BpfObject:

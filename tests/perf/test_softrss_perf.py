@@ -42,16 +42,9 @@ THROUGHPUT_AIM = 0.6
 BUCKETS = 4
 
 
-@pytest.fixture(scope="module")
-def trivial():
-    with bpf.BpfObject.open(SELFTEST / "trivial.bpf.c") as obj:
-        obj.load()
-        yield obj.programs["xdp_pass"]
-
-
 @pytest.mark.parametrize("frame", FRAMES)
 @pytest.mark.parametrize("kind", list(HashKind), ids=lambda k: k.value)
-def test_established_flow_ns_per_packet(benchmark, results, trivial, quick, kind, frame):
+def test_established_flow_ns_per_packet(benchmark, results, xdp_pass, quick, kind, frame):
     repeat = 10_000 if quick else 1_000_000
     repeats = 3 if quick else 7
     packet = FRAMES[frame]
@@ -59,7 +52,7 @@ def test_established_flow_ns_per_packet(benchmark, results, trivial, quick, kind
         program = rss.program
         program.test_run(packet)  # the flow is established from here on
         baseline = sample(
-            lambda: float(trivial.test_run(packet, repeat=repeat).duration_ns),
+            lambda: float(xdp_pass.test_run(packet, repeat=repeat).duration_ns),
             "ns/packet",
             repeats=repeats,
         )
@@ -118,7 +111,7 @@ def _bare_fanout(names: list[str], dut: Port, mode: XdpMode):
 
 
 @pytest.mark.parametrize("mode", [XdpMode.NATIVE, XdpMode.GENERIC], ids=lambda m: m.name.lower())
-def test_zero_loss_throughput(benchmark, results, bench, trivial, quick, mode):
+def test_zero_loss_throughput(benchmark, results, bench, xdp_pass, quick, mode):
     link = bench("two_host")
     dut = link.ingress
     packets = 50_000 if quick else 2_000_000
@@ -139,7 +132,7 @@ def test_zero_loss_throughput(benchmark, results, bench, trivial, quick, mode):
         return link.zero_loss_pps(sender, packets, totals) / 1e6
 
     with link.source.sender(spec) as sender, _bucket_veths(dut.netns) as names:
-        with trivial.object.programs["xdp_drop"].attach_xdp(dut.ifname, mode, dut.netns):
+        with xdp_pass.object.programs["xdp_drop"].attach_xdp(dut.ifname, mode, dut.netns):
             baseline = sample(zero_loss, "Mpps", repeats)
         with _bare_fanout(names, dut, mode):
             fanout = sample(zero_loss, "Mpps", repeats)

@@ -35,18 +35,10 @@ from bpf.trafcount.series import Sampler, json_writer
 from harness.measure import Comparison, sample
 from injector import templates
 
-SELFTEST = Path(bpf.__file__).parent / "selftest"
 ROTATOR = Path(bpf.__file__).parent / "flowmon" / "flowmon_bench.bpf.c"
 FRAME = bytes(templates.udp4(src="10.9.4.0", payload=b"m" * 18))  # 60 bytes
 SRC_LOW_HALF = 14 + 14  # the rotator steps these two bytes from 1024 (the .4.0 above)
 IP_BYTES = len(FRAME) - 14
-
-
-@pytest.fixture(scope="module")
-def xdp_pass():
-    with bpf.BpfObject.open(SELFTEST / "trivial.bpf.c") as obj:
-        obj.load()
-        yield obj.programs["xdp_pass"]
 
 
 def rotator(n_addresses: int, measured: bpf.Program) -> bpf.BpfObject:

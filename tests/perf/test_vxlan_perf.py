@@ -60,13 +60,6 @@ MIRRORED = bytes(templates.vxlan(INNER, vni=42))
 SSH = bytes(templates.tcp4(src="10.1.0.1", dst="10.1.0.2", dport=22, flags="PA", payload=bytes(40)))
 
 
-@pytest.fixture(scope="module")
-def trivial():
-    with bpf.BpfObject.open(SELFTEST / "trivial.bpf.c") as obj:
-        obj.load()
-        yield obj.programs["xdp_pass"]
-
-
 def pipeline(mode: Mode) -> VxlanPipeline:
     vx = VxlanPipeline(Config(mode=mode, vni=42))
     vx.set_egress("lo", "02:00:00:00:03:02", src_mac="02:00:00:00:03:01")
@@ -88,14 +81,14 @@ def report(benchmark, results, name: str, subject, baseline) -> Comparison:
 
 
 @pytest.mark.parametrize("mode", [Mode.REDIRECT, Mode.TC], ids=lambda m: m.value)
-def test_forward_ns_per_packet(benchmark, results, trivial, quick, mode):
+def test_forward_ns_per_packet(benchmark, results, xdp_pass, quick, mode):
     calls = 2_000 if quick else 20_000
     repeats = 3 if quick else 7
     with pipeline(mode) as vx:
         program = vx.program
         expect = bpf.XdpAction.REDIRECT if mode is Mode.REDIRECT else bpf.TcAction.REDIRECT
         assert program.test_run(MIRRORED).verdict is expect
-        baseline = sample(lambda: single_runs_ns(trivial, MIRRORED, calls), "ns/packet", repeats)
+        baseline = sample(lambda: single_runs_ns(xdp_pass, MIRRORED, calls), "ns/packet", repeats)
         subject = benchmark.pedantic(
             lambda: sample(lambda: single_runs_ns(program, MIRRORED, calls), "ns/packet", repeats),
             rounds=1,
@@ -106,13 +99,13 @@ def test_forward_ns_per_packet(benchmark, results, trivial, quick, mode):
     report(benchmark, results, f"vxlan {mode.value} forward", subject, baseline)
 
 
-def test_host_traffic_ns_per_packet(benchmark, results, trivial, quick):
+def test_host_traffic_ns_per_packet(benchmark, results, xdp_pass, quick):
     repeat = 10_000 if quick else 1_000_000
     repeats = 3 if quick else 7
     with pipeline(Mode.REDIRECT) as vx:
         program = vx.program
         baseline = sample(
-            lambda: float(trivial.test_run(SSH, repeat=repeat).duration_ns), "ns/packet", repeats
+            lambda: float(xdp_pass.test_run(SSH, repeat=repeat).duration_ns), "ns/packet", repeats
         )
         subject = benchmark.pedantic(
             lambda: sample(
