@@ -132,7 +132,8 @@ def _cpus() -> tuple[tuple[int, ...], int]:
 def test_received_and_kernel_cpu_against_workers(benchmark, results, bench, quick):
     link = bench("bng_l2")
     dut = link.ingress
-    flat, paced = (30_000, 20_000) if quick else (500_000, 200_000)
+    # paced: 0.6 s at least, so that the send alone spans enough 4 ms clock ticks not to read 0
+    flat, paced = (30_000, 60_000) if quick else (500_000, 200_000)
     repeats = 1 if quick else 3
     workers_cpus, _ = _cpus()
     grid: dict[tuple[Mode, int], dict[str, Summary]] = {}
