@@ -73,6 +73,7 @@ class MapType(enum.IntEnum):
     LRU_HASH = 9
     LRU_PERCPU_HASH = 10
     LPM_TRIE = 11
+    ARRAY_OF_MAPS = 12
     DEVMAP = 14
     CPUMAP = 16
     XSKMAP = 17
@@ -153,6 +154,17 @@ class Program:
             raise LibbpfError(-ret, f"test_run {self.name} on a {len(data)}-byte packet")
         verdict = self._verdicts.get(opts.retval, ctypes.c_int32(opts.retval).value)
         return TestRun(verdict, self._out.raw[: opts.data_size_out], opts.duration)
+
+    def test_run_takes(self, frame: bytes) -> bool:
+        """Whether test_run accepts ``frame``. For an skb program (TC, socket filter) it builds the
+        skb as the stack would and pulls the network header: a frame whose ethertype says IPv4 or
+        IPv6 without that header following is refused (EINVAL), as no such skb reaches those
+        hooks. XDP takes any frame.
+        """
+        if self.type == ProgType.XDP:
+            return True
+        header = {b"\x08\x00": 20, b"\x86\xdd": 40}.get(frame[12:14], 0)
+        return len(frame) >= 14 + header
 
     def test_run_live(self, frame: bytes, repeat: int, ingress_ifindex: int, batch: int) -> None:
         """Run an XDP program on ``repeat`` copies of ``frame`` as live frames (XDP_TX sends them).

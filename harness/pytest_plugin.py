@@ -6,6 +6,8 @@
 - ``--nic IF`` / ``--egress-nic IF`` name real NICs; the ``real_nic`` / ``real_egress_nic`` fixtures
   return them or skip the test with the reason. ``--trex-server HOST`` names a TRex server; the
   ``trex_server`` fixture returns it or skips.
+- ``--fuzz-frames N`` / ``--fuzz-seed N``: the ``fuzz_budget`` fixture of the fuzz campaigns
+  (``harness.fuzz``); the seed is printed in the header, so a failing run can be repeated.
 - Before the session, leftovers of dead runs are removed (``harness.cleanup.clean_once``), and
   scapy's neighbour lookups are refused: an ``Ether()`` without ``dst`` would send ARP or ND on the
   host's own network and wait for answers.
@@ -21,6 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
+import random
 import re
 import sys
 import warnings
@@ -58,6 +61,7 @@ from harness.testbed import (
 from harness.topology import Topology
 
 _TC_INGRESS, _TC_EGRESS = 0xFFFFFFF2, 0xFFFFFFF3
+_FUZZ_SEED = pytest.StashKey[int]()
 _RUN_ID_IN_NAME = re.compile(r"\bbl-?([0-9a-f]{6})-")
 
 
@@ -89,6 +93,19 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         default=str(DEFAULT_RESULTS),
         help=f"where benchmarks write their figures, as JSON (default {DEFAULT_RESULTS})",
     )
+    group.addoption(
+        "--fuzz-frames",
+        type=int,
+        default=2000,
+        metavar="N",
+        help="mutated frames per configuration in the fuzz campaigns (tox -e fuzz: 100000)",
+    )
+    group.addoption(
+        "--fuzz-seed",
+        type=int,
+        metavar="N",
+        help="the fuzz campaigns' seed (default: a new one each run, printed in the header)",
+    )
 
 
 def _refuse_neighbour_lookup(l2: Packet, l3: Packet) -> None:
@@ -99,6 +116,8 @@ def _refuse_neighbour_lookup(l2: Packet, l3: Packet) -> None:
 
 
 def pytest_configure(config: pytest.Config) -> None:
+    seed = config.getoption("fuzz_seed")
+    config.stash[_FUZZ_SEED] = random.randrange(1 << 32) if seed is None else seed
     # An Ether() without dst makes scapy ask the host's network for the address (and wait seconds
     # for an answer): tests must never send outside their namespaces, so every lookup is refused.
     # The IPv4 and IPv6 layers register those lookups when imported: import them first.
@@ -107,8 +126,25 @@ def pytest_configure(config: pytest.Config) -> None:
         conf.neighbor.resolvers[key] = _refuse_neighbour_lookup
 
 
+def pytest_report_header(config: pytest.Config) -> str:
+    return f"fuzz seed: {config.stash[_FUZZ_SEED]} (repeat a run with --fuzz-seed)"
+
+
 def pytest_sessionstart(session: pytest.Session) -> None:
     cleanup.clean_once()
+
+
+@dataclass(frozen=True)
+class FuzzBudget:
+    frames: int  # per configuration of a data plane
+    seed: int
+
+
+@pytest.fixture(scope="session")
+def fuzz_budget(request: pytest.FixtureRequest) -> FuzzBudget:
+    """How many mutated frames each fuzz campaign feeds, and the seed they are drawn from."""
+    config = request.config
+    return FuzzBudget(config.getoption("fuzz_frames"), config.stash[_FUZZ_SEED])
 
 
 @pytest.fixture(scope="session")

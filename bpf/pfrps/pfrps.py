@@ -119,6 +119,22 @@ def _receive(sock: socket.socket, index: int, counters, stop, cpu: int | None) -
         counters[octets] += length
 
 
+def load(config: Config, worker_id: int = 0, protocols: Protocols | None = None) -> BpfObject:
+    """The data plane's object as worker ``worker_id`` of ``config`` runs it (its fanout program is
+    the same in every worker's copy); ``protocols`` in place of the configuration's."""
+    obj = BpfObject.open(SOURCE)
+    try:
+        obj.rodata["n_workers"] = config.workers
+        obj.rodata["worker_id"] = worker_id
+        obj.rodata["hash_alg"] = obj.enum("pfrps_hash")[f"PFRPS_{config.hash.name}"]
+        obj.rodata["mac_side"] = obj.enum("pfrps_mac")[f"PFRPS_MAC_{config.mac.name}"]
+        obj.rodata["protocols"] = (config.protocols if protocols is None else protocols).value
+        return obj.load()
+    except BaseException:
+        obj.close()
+        raise
+
+
 class Node:
     """See the module docstring. Workers are forked processes; ``close`` (or ``with``) reaps them."""
 
@@ -141,18 +157,7 @@ class Node:
         self.close()
 
     def _load(self, worker_id: int = 0, protocols: Protocols | None = None) -> BpfObject:
-        config = self.config
-        obj = BpfObject.open(SOURCE)
-        try:
-            obj.rodata["n_workers"] = config.workers
-            obj.rodata["worker_id"] = worker_id
-            obj.rodata["hash_alg"] = obj.enum("pfrps_hash")[f"PFRPS_{config.hash.name}"]
-            obj.rodata["mac_side"] = obj.enum("pfrps_mac")[f"PFRPS_MAC_{config.mac.name}"]
-            obj.rodata["protocols"] = (config.protocols if protocols is None else protocols).value
-            obj.load()
-        except BaseException:
-            obj.close()
-            raise
+        obj = load(self.config, worker_id, protocols)
         self._objects.append(obj)
         return obj
 
