@@ -2,7 +2,7 @@
 
     vxlan-pipeline run -i IF -t IF [--netns NS] [--mode redirect|tc|ringbuf] [--next-hop-mac MAC]
             [--vni N] [--match src|dst|either] [--default-nat IP[:PORT]] [--allowlist FILE]
-            [--port N] [--ring-size BYTES] [--xdp-mode native|generic] [--name NAME]
+            [--port N] [--ring-size BYTES] [--workers N] [--xdp-mode native|generic] [--name NAME]
             [-s SECONDS] [-v] [--json]
     vxlan-pipeline allowlist load FILE | show | clear   [--name NAME]
     vxlan-pipeline nat add PORT IP[:PORT] | list | del PORT   [--name NAME]
@@ -10,7 +10,7 @@
 
 ``run`` loads the data plane, sets the egress, pins its maps under ``bpf.pin_dir("vxlan-NAME")``
 (the host's bpffs, under ``ip netns exec`` too),
-attaches to ``-i``, runs the re-injector in ``ringbuf`` mode, prints the counters every ``-s`` seconds
+attaches to ``-i``, runs a re-injector worker per ring in ``ringbuf`` mode, prints the counters every ``-s`` seconds
 and, on SIGINT/SIGTERM, detaches, forwards what the ring still holds, prints the counters a last time
 and removes its pins. The other commands open those pins: they change or read the running pipeline
 called NAME (default ``default``). A ``run`` killed with SIGKILL leaves its pins; ``harness clean``
@@ -26,8 +26,8 @@ from __future__ import annotations
 import argparse
 import ipaddress
 import json
+import os
 import sys
-import threading
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -46,10 +46,11 @@ from bpf.cli import (
 from bpf.vxlan.allowlist import Allowlist, AllowlistError
 from bpf.vxlan.model import Config, Match, Mode, NatTarget
 from bpf.vxlan.pipeline import Stats, VxlanPipeline, format_mac, parse_mac
-from bpf.vxlan.reinjector import Reinjector
+from bpf.vxlan.reinjector import Reinjectors
 
 PROG = "vxlan-pipeline"
 DEFAULT_NAME = "default"
+WATCH_INTERVAL = 0.5  # seconds between looks at the re-injector workers
 
 
 # --- argument types ---
@@ -84,6 +85,18 @@ def _ring_size(text: str) -> int:
     except (KeyError, ValueError) as err:
         detail = err if isinstance(err, ValueError) and "ring size" in str(err) else "not a size"
         raise argparse.ArgumentTypeError(f"{text!r}: {detail}") from None
+
+
+def _workers(text: str) -> int:
+    """1 up to the CPUs this process may run on: more workers than CPUs only contend."""
+    allowed = len(os.sched_getaffinity(0))
+    try:
+        workers = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of workers") from None
+    if not 1 <= workers <= allowed:
+        raise argparse.ArgumentTypeError(f"{workers}: must be 1..{allowed} (the CPUs to run on)")
+    return workers
 
 
 def _mac(text: str) -> bytes:
@@ -157,6 +170,14 @@ def _parser() -> argparse.ArgumentParser:
         metavar="BYTES",
         help=f"ringbuf mode: the ring's size, a power of 2 (K, M, G; default "
         f"{Config.ring_size >> 20}M)",
+    )
+    run.add_argument(
+        "--workers",
+        type=_workers,
+        default=len(os.sched_getaffinity(0)),
+        metavar="N",
+        help="ringbuf mode: rings and re-injector worker processes, one per CPU by default; CPU c's "
+        "frames go to ring c %% N, whose worker runs on those CPUs",
     )
     run.add_argument(
         "--match",
@@ -241,7 +262,13 @@ def _run_checks(args: argparse.Namespace) -> tuple[Config, bytes, Allowlist | No
     mac = args.next_hop_mac or default_next_hop(args.egress, args.netns)
     allowlist = _load_allowlist(args.allowlist) if args.allowlist else None
     config = Config(
-        Mode(args.mode), args.vni, Match(args.match), args.default_nat, args.port, args.ring_size
+        Mode(args.mode),
+        args.vni,
+        Match(args.match),
+        args.default_nat,
+        args.port,
+        args.ring_size,
+        args.workers,
     )
     return config, mac, allowlist
 
@@ -275,77 +302,89 @@ def stats_line(stats: Stats, verbose: bool) -> str:
     return line
 
 
-def _reinject(reinjector: Reinjector, stop: threading.Event, failure: list[BaseException]) -> None:
-    try:
-        reinjector.run(stop)
-    except BaseException as err:  # reported by the main thread, which stops everything
-        failure.append(err)
-        stop.set()
+def reinjector_dict(vx: VxlanPipeline, reinjectors: Reinjectors) -> dict[str, Any]:
+    """The re-injectors' counts, in total and per ring beside what the data plane queued to it."""
+    rings = [
+        {"queued": queued, "forwarded": count.forwarded, "failed": count.failed}
+        for queued, count in zip(vx.queued_per_ring(), reinjectors.counts(), strict=True)
+    ]
+    return {
+        "forwarded": sum(r["forwarded"] for r in rings),
+        "failed": sum(r["failed"] for r in rings),
+        "rings": rings,
+    }
 
 
-def _report(args, stats: Stats, seconds: float, previous: Stats | None, reinjector) -> None:
+def _report(args, vx: VxlanPipeline, seconds: float, previous: Stats | None, reinjectors) -> Stats:
+    stats = vx.stats()
     if args.json:
         line = stats_dict(stats, seconds, previous)
-        if reinjector is not None:
-            line["reinjector"] = {"forwarded": reinjector.forwarded, "failed": reinjector.failed}
+        if reinjectors is not None:
+            line["reinjector"] = reinjector_dict(vx, reinjectors)
         print(json.dumps(line), flush=True)
-        return
+        return stats
     text = stats_line(stats, args.verbose)
-    if reinjector is not None:
-        text += f"\n  re-injected {reinjector.forwarded:,}, failed {reinjector.failed:,}"
+    if reinjectors is not None:
+        counts = reinjector_dict(vx, reinjectors)
+        per_ring = "  ".join(
+            f"#{i}: {r['forwarded']:,}/{r['failed']:,}" for i, r in enumerate(counts["rings"])
+        )
+        text += (
+            f"\n  re-injected {counts['forwarded']:,}, failed {counts['failed']:,} "
+            f"(per ring, re-injected/failed: {per_ring})"
+        )
     print(text, flush=True)
+    return stats
 
 
 def _run(args: argparse.Namespace) -> int:
     config, next_hop, allowlist = _run_checks(args)
     stop = stop_event()
-    failure: list[BaseException] = []
     with VxlanPipeline(config) as vx:
         egress = vx.set_egress(args.egress, next_hop, args.netns)
         if allowlist is not None:
             vx.set_allowlist(allowlist)
         pins = vx.pin(args.name)
-        reinjector = worker = None
+        reinjectors = None
         if config.mode is Mode.RINGBUF:
-            reinjector = Reinjector(vx.ring, args.egress, args.netns)
+            reinjectors = Reinjectors(vx.rings, args.egress, args.netns)
         try:
             vx.attach(args.interface, args.netns, XdpMode[args.xdp_mode.upper()])
-            if reinjector is not None:
-                worker = threading.Thread(
-                    target=_reinject, args=(reinjector, stop, failure), name="reinjector"
-                )
-                worker.start()
+            if reinjectors is not None:
+                reinjectors.start()
             where = f" in {args.netns}" if args.netns else ""
+            workers = f", {config.rings} re-injector workers" if reinjectors is not None else ""
             print(
                 f"{PROG}: running as {args.name!r}: {args.interface} -> {args.egress}{where} "
-                f"(next hop {format_mac(egress.dst_mac)}), mode {config.mode.value}; "
+                f"(next hop {format_mac(egress.dst_mac)}), mode {config.mode.value}{workers}; "
                 f"maps pinned in {host_path(pins)}",
                 file=sys.stderr,
                 flush=True,
             )
             last, previous = time.monotonic(), None
-            while True:
-                stopping = stop.wait(args.stats_interval)
+            while not _wait(stop, last + args.stats_interval, reinjectors):
                 now = time.monotonic()
-                if stopping:
-                    break
-                stats = vx.stats()
-                _report(args, stats, now - last, previous, reinjector)
-                last, previous = now, stats
+                previous, last = _report(args, vx, now - last, previous, reinjectors), now
             vx.detach()
-            if worker is not None:
-                worker.join()
-                reinjector.drain()
-            _report(args, vx.stats(), time.monotonic() - last, previous, reinjector)
+            if reinjectors is not None:
+                reinjectors.stop()  # after detaching: each forwards what its ring holds, then exits
+            _report(args, vx, time.monotonic() - last, previous, reinjectors)
         finally:
-            stop.set()
-            if worker is not None:
-                worker.join()
-            if reinjector is not None:
-                reinjector.close()
-    if failure:
-        raise failure[0]
+            if reinjectors is not None:
+                reinjectors.close()
     return 0
+
+
+def _wait(stop, until: float, reinjectors: Reinjectors | None) -> bool:
+    """Sleep until the monotonic time ``until``; True if told to stop first. A re-injector worker
+    that died stops the run: its ring would fill and drop everything."""
+    while (left := until - time.monotonic()) > 0:
+        if stop.wait(min(left, WATCH_INTERVAL)):
+            return True
+        dead = reinjectors.dead() if reinjectors is not None else []
+        if dead:
+            raise RuntimeError(f"re-injector worker died: {'; '.join(dead)}")
+    return False
 
 
 # --- commands on a running pipeline ---
@@ -408,7 +447,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (UsageError, AllowlistError, FileNotFoundError, ValueError) as err:
         print(f"{PROG}: {err}", file=sys.stderr)
         return 2
-    except (LibbpfError, OSError) as err:
+    except (LibbpfError, OSError, RuntimeError) as err:
         print(f"{PROG}: {err}", file=sys.stderr)
         return 1
 

@@ -99,13 +99,20 @@ class Config:
     match: Match = Match.EITHER
     default_nat: NatTarget | None = None
     port: int = VXLAN_PORT  # UDP destination port of VXLAN; Linux's own default is 8472
-    ring_size: int = RING_SIZE  # bytes of the ringbuf mode's ring: a power of 2, at least a page
+    ring_size: int = (
+        RING_SIZE  # bytes of each of the ringbuf mode's rings: a power of 2, at least a page
+    )
+    rings: int = (
+        1  # ringbuf mode: rings, one per re-injector worker; CPU c's frames go to c % rings
+    )
 
     def __post_init__(self) -> None:
         if self.vni is not None and not 0 <= self.vni < 1 << 24:
             raise ValueError(f"VNI {self.vni} is not a 24-bit value")
         if not 1 <= self.port <= 0xFFFF:
             raise ValueError(f"VXLAN port {self.port} is not 1..65535")
+        if self.rings < 1:
+            raise ValueError(f"{self.rings} rings: at least 1")
         size = self.ring_size
         if size < mmap.PAGESIZE or size & (size - 1) or size > RING_SIZE_MAX:
             raise ValueError(

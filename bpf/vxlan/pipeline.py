@@ -10,7 +10,7 @@ with VxlanPipeline(Config(mode=Mode.REDIRECT, vni=42)) as vx:
     vx.set_allowlist(Allowlist.load("allowlist.json"))  # validated whole before any map changes
     vx.add_nat(80, "10.2.0.2", 8080)
     vx.stats()                                         # summed per CPU; .balanced is the invariant
-    vx.frames(timeout_ms=100)                          # ringbuf mode: a batch of frames to re-inject
+    vx.frames()                                        # ringbuf mode: what the rings hold now
     vx.pin("mirror")                                   # maps under bpf.pin_dir("vxlan-mirror")
 
 with VxlanPipeline.open_pinned("mirror") as running:   # another process: the same maps
@@ -39,8 +39,9 @@ from bpf.vxlan.allowlist import Address, Allowlist, Network
 from bpf.vxlan.model import Config, DropReason, Egress, Mode, NatTarget
 
 SOURCE = Path(__file__).with_name("vxlan.bpf.c")
+RING_SOURCE = Path(__file__).with_name("vxlan_ring.bpf.c")
 ALLOW_MAPS = {4: ("allow_hosts", "allow_prefixes"), 6: ("allow_hosts6", "allow_prefixes6")}
-PINNED_MAPS = (*ALLOW_MAPS[4], *ALLOW_MAPS[6], "nat", "egress", "egress_dev", "stats", "frames")
+PINNED_MAPS = (*ALLOW_MAPS[4], *ALLOW_MAPS[6], "nat", "egress", "egress_dev", "stats", "rings")
 _SIOCGIFHWADDR = 0x8927
 _COUNTERS = (
     "total",
@@ -126,7 +127,8 @@ class VxlanPipeline:
         self.obj = BpfObject.open(SOURCE)
         self.attachment: XdpLink | TcFilter | None = None
         self.pin_path: Path | None = None
-        self._ring: RingBuffer | None = None
+        self._rings: list[BpfObject] = []
+        self._readers: list[RingBuffer] = []
         try:
             self._load()
         except BaseException:
@@ -147,7 +149,7 @@ class VxlanPipeline:
                 f"(is `vxlan-pipeline run --name {name}` running?)"
             )
         vx = cls.__new__(cls)
-        vx.config, vx.attachment, vx.pin_path, vx._ring = Config(), None, None, None
+        vx.config, vx.attachment, vx.pin_path, vx._rings, vx._readers = Config(), None, None, [], []
         vx.obj = BpfObject.open(SOURCE)
         try:
             for map_name in PINNED_MAPS:
@@ -166,7 +168,8 @@ class VxlanPipeline:
         c, obj = self.config, self.obj
         obj.rodata["mode"] = obj.enum("vxlan_mode")[f"VXLAN_MODE_{c.mode.name}"]
         obj.rodata["vxlan_port"] = c.port
-        obj.maps["frames"].max_entries = c.ring_size
+        obj.rodata["ring_count"] = c.rings
+        obj.maps["rings"].max_entries = c.rings
         obj.rodata["vni_filter"] = c.vni is not None
         obj.rodata["vni_id"] = c.vni or 0
         obj.rodata["match_on"] = obj.enum("vxlan_match")[f"VXLAN_MATCH_{c.match.name}"]
@@ -177,7 +180,12 @@ class VxlanPipeline:
         self._drops = self._drop_indexes()
         self.program = obj.programs["vxlan_tc" if c.mode is Mode.TC else "vxlan_xdp"]
         if c.mode is Mode.RINGBUF:
-            self._ring = RingBuffer(obj.maps["frames"])
+            for index in range(c.rings):
+                ring = BpfObject.open(RING_SOURCE)
+                self._rings.append(ring)
+                ring.maps["frames"].max_entries = c.ring_size
+                ring.load()
+                obj.maps["rings"][index] = ring.maps["frames"].fd
         self._frame_data = obj.struct("vxlan_frame").data.offset
 
     # --- attach ---
@@ -343,33 +351,38 @@ class VxlanPipeline:
         drops = {reason: total.drops[index] for reason, index in self._drops.items()}
         return Stats(**{name: getattr(total, name) for name in _COUNTERS}, drops=drops)
 
+    def queued_per_ring(self) -> list[int]:
+        """Ringbuf mode: the frames queued to each ring, from the per-CPU counters (vxlan.bpf.c:
+        CPU c's frames go to ring c % rings)."""
+        rings = self.config.rings
+        queued = [0] * rings
+        for cpu, per_cpu in enumerate(self.obj.maps["stats"][0]):
+            queued[cpu % rings] += per_cpu.queued
+        return queued
+
     def reset_stats(self) -> None:
         self.obj.maps["stats"].clear()
 
-    def frames(self, timeout_ms: int = 0) -> list[bytes]:
-        """Ringbuf mode: the next batch of forwarded frames (at most the ring's budget), waiting up
-        to ``timeout_ms`` for the first; each is a complete Ethernet frame to send out of the egress.
-        """
-        if self._ring is None:
-            raise RuntimeError(f"mode {self.config.mode.value}: frames go out in the kernel")
-        records = self._ring.poll(timeout_ms) if timeout_ms else self._ring.drain()
+    def frames(self) -> list[bytes]:
+        """Ringbuf mode: every frame the rings hold now, ring by ring, each a complete Ethernet
+        frame to send out of the egress (for tests and inspection; the re-injector reads the rings
+        itself)."""
+        if not self._readers:
+            self._readers = [RingBuffer(ring) for ring in self.rings]
         start = self._frame_data
-        return [r[start : start + int.from_bytes(r[:4], "little")] for r in records]
+        return [
+            r[start : start + int.from_bytes(r[:4], "little")]
+            for reader in self._readers
+            for r in reader.drain()
+        ]
 
     @property
-    def ring(self) -> Map:
-        """Ringbuf mode: the ``frames`` map, for a consumer of its own (``bpf.vxlan.reinjector``);
-        then do not call ``frames()``: a ring has one consumer.
-        """
-        if self._ring is None:
-            raise RuntimeError(f"mode {self.config.mode.value}: there is no ring")
-        return self.obj.maps["frames"]
-
-    def ring_fileno(self) -> int:
-        """An fd readable when frames are waiting (for select/epoll in a re-injector)."""
-        if self._ring is None:
-            raise RuntimeError(f"mode {self.config.mode.value}: there is no ring")
-        return self._ring.fileno()
+    def rings(self) -> list[Map]:
+        """Ringbuf mode: the rings, ring ``i`` taking the frames of CPUs ``i``, ``i + rings``...;
+        each for one consumer (``bpf.vxlan.reinjector``), and then not ``frames()``."""
+        if self.config.mode is not Mode.RINGBUF:
+            raise RuntimeError(f"mode {self.config.mode.value}: frames go out in the kernel")
+        return [ring.maps["frames"] for ring in self._rings]
 
     # --- pins ---
 
@@ -384,10 +397,13 @@ class VxlanPipeline:
     def close(self) -> None:
         """Detach, unpin, free."""
         self.detach()
-        if self._ring is not None:
-            self._ring.close()
-            self._ring = None
+        for reader in self._readers:
+            reader.close()
+        self._readers = []
         self.obj.close()
+        for ring in self._rings:
+            ring.close()
+        self._rings = []
         self.pin_path = None
 
     def __enter__(self) -> VxlanPipeline:

@@ -6,8 +6,8 @@
  *
  *	redirect  the XDP program on ens5 redirects through the one-slot DEVMAP `egress_dev`;
  *	tc        the TC program at ens5 ingress calls bpf_redirect() to `egress`.ifindex (any driver);
- *	ringbuf   the XDP program copies the frame to the `frames` ring and drops it at ens5; a userspace
- *		  re-injector sends it out (NICs that cannot redirect).
+ *	ringbuf   the XDP program copies the frame to its CPU's ring in `rings` and drops it at ens5;
+ *		  userspace re-injectors, one per ring, send it out (NICs that cannot redirect).
  *
  * One datapath source serves both hooks through ctx.h: the TC program always redirects, `mode` only
  * chooses between the DEVMAP and the ring for the XDP program.
@@ -50,14 +50,14 @@
 #include "parse.h"
 
 #define VXLAN_FRAME_MAX		9216	/* a ring record's frame bytes: a jumbo frame */
-#define VXLAN_RING_SIZE		8388608	/* 8 MiB: the default `frames` ring */
+#define VXLAN_RING_SIZE		8388608	/* 8 MiB: the default size of each ring */
 #define VXLAN_PULL_LEN		320	/* TC: outer IPv4 headers, VXLAN, inner headers */
 #define IPV4_DF			0x4000
 
 enum vxlan_mode {
 	VXLAN_MODE_REDIRECT = 0,	/* XDP, XDP_REDIRECT through `egress_dev` */
 	VXLAN_MODE_TC = 1,		/* TC ingress, bpf_redirect() to `egress`.ifindex */
-	VXLAN_MODE_RINGBUF = 2,		/* XDP, the frame to `frames`, XDP_DROP */
+	VXLAN_MODE_RINGBUF = 2,		/* XDP, the frame to its CPU's ring, XDP_DROP */
 };
 
 enum vxlan_match {
@@ -71,7 +71,7 @@ enum vxlan_drop {
 	VXLAN_DROP_MALFORMED = 0,	/* UDP to the VXLAN port, but the VXLAN header or inner frame is bad */
 	VXLAN_DROP_VNI,			/* the VNI filter is on and this is another VNI */
 	VXLAN_DROP_NOT_ALLOWED,		/* inner frame not IP, or its addresses miss the allowlist */
-	VXLAN_DROP_RING_FULL,		/* ringbuf mode: no room in `frames` */
+	VXLAN_DROP_RING_FULL,		/* ringbuf mode: no room in the CPU's ring */
 	VXLAN_DROP_TOO_BIG,		/* ringbuf mode: longer than VXLAN_FRAME_MAX */
 	VXLAN_DROP_REDIRECT_FAILED,	/* no egress configured (DEVMAP slot empty, ifindex 0) */
 	VXLAN_DROP_MAX,
@@ -97,7 +97,7 @@ struct vxlan_stats {
 	__u64 forwarded;	/* redirected + queued */
 	__u64 forwarded_bytes;	/* of the forwarded frames, after decapsulation */
 	__u64 redirected;	/* XDP_REDIRECT or TC redirect returned */
-	__u64 queued;		/* copied to the `frames` ring */
+	__u64 queued;		/* copied to a ring of `rings` */
 	__u64 drops[VXLAN_DROP_MAX];
 };
 
@@ -195,10 +195,26 @@ struct {
 	__type(value, struct vxlan_stats);
 } stats SEC(".maps");
 
-struct {
+/* Ringbuf mode: one ring per re-injector worker, the frame of CPU c going to ring c % ring_count
+ * (one ring per CPU with the default of a worker per CPU). A flow arrives on one CPU, so it stays in
+ * one ring, in order; no two CPUs contend for a ring's lock while there is a ring each. The rings are
+ * created by the control plane (vxlan_ring.bpf.c) and put in `rings` before the program is
+ * attached; their size is not part of the template (the kernel compares an inner ring's type, not
+ * its size).
+ */
+struct vxlan_ring {
 	__uint(type, BPF_MAP_TYPE_RINGBUF);
-	__uint(max_entries, VXLAN_RING_SIZE);	/* the control plane may change it (Config.ring_size) */
-} frames SEC(".maps");
+	__uint(max_entries, VXLAN_RING_SIZE);
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY_OF_MAPS);
+	__uint(max_entries, 1);		/* the control plane sets it to ring_count */
+	__type(key, __u32);
+	__array(values, struct vxlan_ring);
+} rings SEC(".maps");
+
+const volatile __u32 ring_count = 1;
 
 /* bpf_ringbuf_reserve() takes constant sizes only: records are built here, then copied with their
  * exact length by bpf_ringbuf_output(), so a 64-byte frame takes 68 bytes of ring, not 9 KiB.
@@ -323,11 +339,12 @@ static __always_inline void forwarded(struct vxlan_stats *st, __u32 len)
 	st->forwarded_bytes += len;
 }
 
-/* Ringbuf mode: the frame to `frames`, then dropped here; the re-injector sends it out. */
+/* Ringbuf mode: the frame to this CPU's ring, then dropped here; its re-injector sends it out. */
 static __always_inline int ring_out(const struct pkt_ctx *ctx, struct vxlan_stats *st, __u32 len)
 {
 	struct vxlan_frame *rec;
-	__u32 zero = 0;
+	__u32 zero = 0, ring_index = bpf_get_smp_processor_id() % ring_count;
+	void *ring;
 
 	if (len > VXLAN_FRAME_MAX)
 		return drop(ctx, st, VXLAN_DROP_TOO_BIG);
@@ -344,7 +361,10 @@ static __always_inline int ring_out(const struct pkt_ctx *ctx, struct vxlan_stat
 	if (!rec || bpf_xdp_load_bytes(ctx->raw, 0, rec->data, len))
 		return drop(ctx, st, VXLAN_DROP_RING_FULL);
 	rec->len = len;
-	if (bpf_ringbuf_output(&frames, rec, offsetof(struct vxlan_frame, data) + len, 0))
+	ring = bpf_map_lookup_elem(&rings, &ring_index);
+	if (!ring)	/* cannot happen: the control plane fills every slot before attaching */
+		return drop(ctx, st, VXLAN_DROP_RING_FULL);
+	if (bpf_ringbuf_output(ring, rec, offsetof(struct vxlan_frame, data) + len, 0))
 		return drop(ctx, st, VXLAN_DROP_RING_FULL);
 	forwarded(st, len);
 	st->queued++;

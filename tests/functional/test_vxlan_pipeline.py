@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import signal
 import socket
 import subprocess
@@ -328,6 +329,39 @@ def test_port_and_ring_size_options(mirror):
         "run", "-i", "ens5", "-t", "ens6", "--netns", mirror.dut, "--ring-size", "3M"
     )
     assert bad.returncode == 2 and "--ring-size: '3M': ring size 3145728" in bad.stderr, bad.stderr
+
+
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs two CPUs to run on")
+def test_ringbuf_workers_forward_each_cpus_ring(mirror):
+    """``--workers 2``: frames sent from each CPU reach ens5's XDP on that CPU, so its ring and its
+    worker; each ring's queued frames are all re-injected and reach the collector."""
+    allowed = os.sched_getaffinity(0)
+    cpus = sorted(allowed)[:2]
+    frame = bytes(templates.vxlan(templates.udp4(src="10.0.0.1", dst="10.0.0.2", **INNER), **OUTER))
+    sends = {cpus[0]: 3, cpus[1]: 5}
+
+    def send() -> None:
+        try:
+            for cpu, count in sends.items():
+                os.sched_setaffinity(0, {cpu})
+                send_packets([frame] * count, "eth0", mirror.mirror)
+                time.sleep(0.2)  # ens5's NAPI done on this CPU before the next one sends
+        finally:
+            os.sched_setaffinity(0, allowed)
+
+    with running(mirror, "ringbuf", "--workers", "2") as run:
+        _, received, _ = through(mirror, send)
+    expected = [0, 0]
+    for cpu, count in sends.items():
+        expected[cpu % 2] += count
+    rings = run.lines[-1]["reinjector"]["rings"]
+    assert rings == [{"queued": n, "forwarded": n, "failed": 0} for n in expected], rings
+    assert len(received) == sum(expected)
+    for workers in ("0", str(len(allowed) + 1)):
+        bad = vxlan_pipeline("run", "-i", "ens5", "-t", "ens6", "--workers", workers)
+        assert bad.returncode == 2 and f"--workers: {workers}: must be 1.." in bad.stderr, (
+            bad.stderr
+        )
 
 
 def test_tc_decapsulating_ipv6_sets_the_inner_protocol(mirror):

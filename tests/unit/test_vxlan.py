@@ -32,6 +32,7 @@ from scapy.utils import checksum
 
 import bpf
 from bpf.parse import ETH_HLEN
+from bpf.ringbuf import RingBuffer
 from bpf.vxlan import (
     Allowlist,
     AllowlistError,
@@ -264,7 +265,7 @@ def test_a_full_ring_drops_and_counts():
     and the ring gives back exactly what it queued."""
     frame = vxlan(inner_tcp())
     with VxlanPipeline(Config(mode=Mode.RINGBUF, ring_size=16384)) as vx:
-        assert vx.ring.max_entries == 16384
+        assert [ring.max_entries for ring in vx.rings] == [16384]
         Pair(vx)
         for _ in range(300):
             vx.program.test_run(frame)
@@ -574,6 +575,34 @@ def test_no_egress_is_redirect_failed(mode):
         assert stats.drops["redirect_failed"] == 1 and stats.balanced
 
 
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs two CPUs to run on")
+def test_each_cpu_queues_to_its_ring():
+    """With two rings, a frame run on CPU c goes to ring c % 2, and is counted as queued there."""
+    frame = vxlan(inner_tcp())
+    allowed = os.sched_getaffinity(0)
+    first, second = sorted(allowed)[:2]
+    with VxlanPipeline(Config(mode=Mode.RINGBUF, rings=2, ring_size=16384)) as vx:
+        Pair(vx)
+        try:
+            for cpu, runs in ((first, 3), (second, 5)):
+                os.sched_setaffinity(0, {cpu})
+                for _ in range(runs):
+                    vx.program.test_run(frame)
+        finally:
+            os.sched_setaffinity(0, allowed)
+        expected = [0, 0]
+        expected[first % 2] += 3
+        expected[second % 2] += 5
+        assert vx.queued_per_ring() == expected
+        held = []
+        for ring in vx.rings:
+            with RingBuffer(ring) as reader:
+                held.append(len(reader.drain()))
+        assert held == expected, "each ring holds the frames of its CPU"
+    with pytest.raises(ValueError, match="at least 1"):
+        Config(rings=0)
+
+
 def test_ringbuf_batches_and_sizes():
     with VxlanPipeline(Config(mode=Mode.RINGBUF)) as vx:
         p = Pair(vx)
@@ -824,7 +853,7 @@ def test_pins_for_other_processes():
         assert sorted(p.name for p in directory.iterdir()) == sorted(
             [
                 *("allow_hosts", "allow_prefixes", "allow_hosts6", "allow_prefixes6"),
-                *("nat", "egress", "egress_dev", "stats", "frames"),
+                *("nat", "egress", "egress_dev", "stats", "rings"),
             ]
         )
     assert not directory.exists(), "closing unpins"
