@@ -13,10 +13,11 @@ import ctypes
 import enum
 import errno
 import os
+import weakref
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from bpf.btf import Btf
 from bpf.libbpf import (
@@ -594,6 +595,13 @@ def _map_name(handle: int) -> str:
 class BpfObject:
     """A compiled BPF object: configure, ``load()``, use, ``close()`` (or use ``with``)."""
 
+    _loaded: ClassVar[weakref.WeakSet[BpfObject]] = weakref.WeakSet()
+
+    @classmethod
+    def loaded_objects(cls) -> list[BpfObject]:
+        """This process's objects loaded and not closed (what a failure bundle dumps)."""
+        return list(cls._loaded)
+
     def __init__(self, path: Path) -> None:
         self.path = path
         self._handle = call_ptr(
@@ -667,6 +675,7 @@ class BpfObject:
             for program in self.programs.values():
                 program._take_log()
         self.loaded = True
+        BpfObject._loaded.add(self)
         return self
 
     def close(self) -> None:
@@ -678,6 +687,7 @@ class BpfObject:
         if self._handle:
             lib.bpf_object__close(self._handle)
             self._handle = None
+        BpfObject._loaded.discard(self)
 
     def __enter__(self) -> BpfObject:
         return self

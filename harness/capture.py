@@ -20,6 +20,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
+from typing import ClassVar
 
 from scapy.data import DLT_EN10MB
 from scapy.utils import PcapWriter
@@ -58,7 +59,13 @@ def _packet_socket(ifname: str, netns: str | None) -> socket.socket:
 
 
 class Capture:
-    """Frames seen on one interface from the moment the capture is entered."""
+    """Frames seen on one interface from the moment the capture is entered.
+
+    ``seen`` keeps every frame ``frames()`` returned; ``Capture.opened`` lists the captures entered
+    since the pytest plugin last cleared it (at each test's start), for the failure bundle.
+    """
+
+    opened: ClassVar[list[Capture]] = []
 
     def __init__(
         self,
@@ -69,9 +76,11 @@ class Capture:
     ) -> None:
         self.ifname, self.netns, self.match = ifname, netns, match
         self._sock: socket.socket | None = None
+        self.seen: list[Frame] = []
 
     def __enter__(self) -> Capture:
         self._sock = _packet_socket(self.ifname, self.netns)
+        Capture.opened.append(self)
         return self
 
     def __exit__(
@@ -95,6 +104,7 @@ class Capture:
             data = _with_vlan_tag(data, ancillary)
             if self.match is None or self.match(data):
                 found.append(Frame(data, address[2] == PACKET_OUTGOING))
+        self.seen += found
         return found
 
 

@@ -8,6 +8,8 @@
   ``trex_server`` fixture returns it or skips.
 - ``--fuzz-frames N`` / ``--fuzz-seed N``: the ``fuzz_budget`` fixture of the fuzz campaigns
   (``harness.fuzz``); the seed is printed in the header, so a failing run can be repeated.
+- A test that fails in its setup or body leaves a failure bundle under ``--bundle-dir``
+  (``harness.bundle``: captures, bpftool dumps, the namespaces' state, the kernel log, the seeds).
 - Before the session, leftovers of dead runs are removed (``harness.cleanup.clean_once``), and
   scapy's neighbour lookups are refused: an ``Ether()`` without ``dst`` would send ARP or ND on the
   host's own network and wait for answers.
@@ -40,8 +42,9 @@ import testbeds
 from bpf import journal
 from bpf.attach import PIN_ROOT
 from bpf.netns import NETNS_RUN_DIR
-from harness import cleanup
+from harness import bundle, cleanup
 from harness.bench import Bench
+from harness.capture import Capture
 from harness.counters import silence_ipv6_everywhere
 from harness.peer import SshPeer
 from harness.preflight import PPS_COUNTER, Report, preflight
@@ -94,6 +97,12 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         help=f"where benchmarks write their figures, as JSON (default {DEFAULT_RESULTS})",
     )
     group.addoption(
+        "--bundle-dir",
+        metavar="DIR",
+        default=str(bundle.DEFAULT_DIR),
+        help=f"where a failed test's bundle goes (harness.bundle; default {bundle.DEFAULT_DIR})",
+    )
+    group.addoption(
         "--fuzz-frames",
         type=int,
         default=2000,
@@ -132,6 +141,31 @@ def pytest_report_header(config: pytest.Config) -> str:
 
 def pytest_sessionstart(session: pytest.Session) -> None:
     cleanup.clean_once()
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    Capture.opened.clear()
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> Iterator[None]:
+    """A test failing in setup or body gets its bundle, while its fixtures still exist."""
+    report = yield
+    if report.failed and report.when in ("setup", "call"):
+        config = item.config
+        directory = bundle.write(
+            bundle.bundle_path(Path(config.getoption("bundle_dir")), item.nodeid),
+            report.longreprtext,
+            seeds={
+                "hypothesis seed": config.getoption("hypothesis_seed", None),
+                "fuzz seed": config.stash[_FUZZ_SEED],
+            },
+            error=call.excinfo.value if call.excinfo else None,
+            tmp_path=getattr(item, "funcargs", {}).get("tmp_path"),
+            captures=list(Capture.opened),
+        )
+        report.sections.append(("failure bundle", str(directory.resolve())))
+    return report
 
 
 @dataclass(frozen=True)

@@ -131,8 +131,11 @@ class SoftRssSubject:
         buckets = self.rss.obj.maps["buckets"]
         for index, want in enumerate(self.model.buckets):
             got = buckets.lookup_sum(index)
-            if (got.packets, got.bytes, got.flows) != (want.packets, want.bytes, want.flows):
-                raise Disagreement(f"bucket {index}: kernel {got}, model {want}")
+            got, want = (got.packets, got.bytes, got.flows), (want.packets, want.bytes, want.flows)
+            if got != want:
+                raise Disagreement(
+                    f"bucket {index} (packets, bytes, flows): kernel {got}, model {want}"
+                )
         if self.rss.unparsed() != self.model.unparsed:
             raise Disagreement(
                 _differ("unparsed by reason", self.rss.unparsed(), self.model.unparsed)
