@@ -369,7 +369,7 @@ static __always_inline enum flow_outcome flow_slot_count(void *slots, __u32 inde
 	struct flow_activity *act;
 	struct flow_stats *st;
 	bool created = false;
-	__u32 *claimed;
+	__u32 *claimed, was_claimed;
 	void *slot;
 
 	slot = bpf_map_lookup_elem(slots, &index);
@@ -378,7 +378,9 @@ static __always_inline enum flow_outcome flow_slot_count(void *slots, __u32 inde
 	claimed = slot + n_words * 4;
 	st = slot + FLOW_SLOT_STATS_OFF(n_words);
 
-	if (!FLOW_READ_ONCE(*claimed)) {
+	was_claimed = FLOW_READ_ONCE(*claimed);
+	barrier();	/* the pair of the writer's: the key and stats are read after claimed */
+	if (!was_claimed) {
 		if (flow_storage_percpu()) {
 			__builtin_memcpy(slot, key, n_words * 4);
 			flow_stats_init(st, p, now);
@@ -392,9 +394,13 @@ static __always_inline enum flow_outcome flow_slot_count(void *slots, __u32 inde
 			if (!*claimed) {
 				__builtin_memcpy(slot, key, n_words * 4);
 				flow_stats_init(st, p, now);
-				/* x86 keeps stores in order: a CPU that reads claimed == 1 reads the
-				 * key and stats written before it.
+				/* x86 keeps stores in order, so a CPU that reads claimed == 1 reads
+				 * the key and stats written before it, but the compiler does not:
+				 * a volatile store orders nothing else, and clang sank the stats'
+				 * stores below it, so a CPU counting on the lock-free path had its
+				 * add overwritten by flow_stats_init(). The barrier keeps them above.
 				 */
+				barrier();
 				FLOW_WRITE_ONCE(*claimed, 1);
 				created = true;
 			}

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import ctypes
 import os
-import threading
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -29,7 +28,6 @@ import bpf
 from bpf.flowmon import Config, FlowMon, Full, Hook, Model, Storage
 from bpf.flowmon.flowmon import now_coarse_ns
 from bpf.flowmon.model import RING_RECORD_BYTES, slot_of
-from bpf.libbpf import TestRunOpts, lib
 from injector import malformed, templates
 
 MACS = {"src": "02:00:00:00:00:01", "dst": "02:00:00:00:00:02"}
@@ -420,44 +418,44 @@ def test_times_are_the_coarse_clock_and_syn_fin_their_packets():
 # --- two CPUs at once ----------------------------------------------------------------------------
 
 
-def test_two_cpus_count_the_same_flows_exactly(storage):
-    """Both CPUs run the same frames at once; shared entries must lose no add, per-CPU ones sum,
-    the ring must carry every record (it is large enough for all of them)."""
-    cpus = sorted(set(range(os.cpu_count() or 1)))
-    if len(cpus) < 2:
-        pytest.skip("one CPU: nothing runs at once")
-    repeat, rounds = 50_000, 2
-    frames = [udp4(1, b"a" * 10), udp6(2, b"b" * 20)]
-    config = Config(storage=storage, ring_bytes=1 << 25)  # 2 * 2 * 2 * 50k records of 72 bytes
+def test_two_cpus_count_the_same_flows_exactly(two_cpus, storage):
+    """Both CPUs meet 3,000 new flows (IPv4 and IPv6) together, twice each (conftest.py's
+    two_cpus), then one flow 50,000 times at once: a shared entry must be created once (BPF_NOEXIST;
+    an array slot claimed under its lock) and lose no add, per-CPU ones sum, the ring carries every
+    record. The model, fed each flow once, says which flows hold a slot and which collide."""
+    n_flows, laps, busy = 1500, 2, 50_000
+    batches = {34: udp4(1024, b"a" * 10), 54: udp6(1024, b"b" * 20)}  # the UDP source port
+    config = Config(storage=storage, entries=4 * n_flows, ring_bytes=1 << 24)
+    model = Model(config)
+    for off, frame in batches.items():
+        for f in two_cpus.rotated(frame, off, n_flows):
+            model.feed(f, Hook.XDP, LOOPBACK)
     with FlowMon(config) as fm:
-        fd = fm.program(Hook.XDP).fd
-        start = threading.Barrier(2)
-        results: list[int] = []
-
-        def worker(cpu: int) -> None:
-            os.sched_setaffinity(0, {cpu})  # this thread only
-            buffers = [ctypes.create_string_buffer(f, len(f)) for f in frames]
-            start.wait()
-            for _ in range(rounds):
-                for data in buffers:
-                    # Program.test_run reuses one options struct: each thread needs its own.
-                    opts = TestRunOpts(
-                        data_in=ctypes.addressof(data), data_size_in=len(data), repeat=repeat
-                    )
-                    results.append(lib.bpf_prog_test_run_opts(fd, ctypes.byref(opts)))
-
-        threads = [threading.Thread(target=worker, args=(cpu,)) for cpu in cpus[:2]]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-        assert results == [0] * 2 * rounds * len(frames), "every test_run ran"
-        got = {f.key.sport: (f.packets, f.bytes) for f in fm.flows()}
-        n = 2 * rounds * repeat
-        assert got == {1: (n, n * len(frames[0])), 2: (n, n * len(frames[1]))}, (
-            f"{storage.value}: {n} packets of each flow sent from two CPUs at once"
+        program = fm.program(Hook.XDP)
+        for off, frame in batches.items():
+            two_cpus.run(program, [frame], off, n_flows, laps)
+        per_flow = 2 * laps  # each CPU runs each flow once a lap
+        got = {f.key: (f.packets, f.bytes) for f in fm.flows()}
+        model.drain()
+        want = {k: (c.packets * per_flow, c.bytes * per_flow) for k, c in model.flows.items()}
+        wrong = {str(k): (got.get(k), v) for k, v in want.items() if got.get(k) != v}
+        assert len(got) == len(want) and not wrong, (
+            f"{storage.value}: {len(want)} new flows counted, {per_flow} packets each from two "
+            f"CPUs; kernel has {len(got)}; (kernel, expected): {dict(list(wrong.items())[:5])}"
         )
-        assert not any(fm.misses().values()), fm.misses()
+        misses = {k: v for k, v in fm.misses().items() if v}
+        assert misses == {k: v * per_flow for k, v in model.misses.items()}, misses
+        # A per-CPU array has a slot per CPU: each CPU claims its own.
+        claims = 2 if storage is Storage.PERCPU_ARRAY else 1
+        assert fm.activity()["created"] == model.created * claims, (
+            f"{storage.value}: flows created on two CPUs; the model created {model.created}"
+        )
+        frame = bytes(Ether(**MACS) / IP(**V4) / UDP(sport=7, dport=1024) / b"c")
+        two_cpus.run(program, [frame], 36, 1, busy)  # the rotator leaves one flow as it is
+        (flow,) = [f for f in fm.flows() if f.key.sport == 7]
+        assert (flow.packets, flow.bytes) == (2 * busy, 2 * busy * len(frame)), (
+            f"{storage.value}: one flow, {busy} packets from each CPU at once"
+        )
 
 
 # --- pins ----------------------------------------------------------------------------------------
