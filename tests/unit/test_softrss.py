@@ -11,6 +11,8 @@ CPUs run the same flow at once.
 from __future__ import annotations
 
 import ctypes
+import dataclasses
+import ipaddress
 import json
 import os
 import threading
@@ -28,7 +30,7 @@ from scapy.packet import Raw
 import bpf
 from bpf.libbpf import TestRunOpts, lib
 from bpf.softrss import Action, Config, HashKind, SoftRss, equal_reta
-from bpf.softrss.model import Model, bucket_of, cache_set, flow_hash, parse
+from bpf.softrss.model import FlowKey, Model, bucket_of, cache_set, flow_hash, parse
 from bpf.softrss.softrss import CLOCK_MONOTONIC_COARSE
 from bpf.toeplitz import MICROSOFT_KEY, MICROSOFT_VECTORS, SYMMETRIC_KEY
 from injector import malformed, templates
@@ -385,6 +387,87 @@ def test_flows_sharing_a_cache_set_are_counted_exactly(on_cpu0, threshold):
         assert [e.key for e in rss.elephants()] == model.elephants
 
 
+def _frame_of(key: FlowKey) -> bytes:
+    """A frame of ``key``: TCP or UDP, else 8 bytes of the protocol's header."""
+    v4 = key.src.version == 4
+    ip = (IP if v4 else IPv6)(src=str(key.src), dst=str(key.dst))
+    if key.proto in (6, 17):
+        return bytes(
+            Ether(**MACS) / ip / (TCP if key.proto == 6 else UDP)(sport=key.sport, dport=key.dport)
+        )
+    setattr(ip, "proto" if v4 else "nh", key.proto)
+    return bytes(Ether(**MACS) / ip / Raw(bytes(8)))
+
+
+# Protocols without ports, none of them an IPv6 extension header: the parser keys them as they are.
+PORTLESS = [p for p in range(1, 256) if p not in (0, 6, 17, 43, 44, 51, 60)]
+
+
+def _one_part_apart(version: int, part: str) -> tuple[FlowKey, FlowKey]:
+    """Two flows in one cache set whose keys differ in ``part`` alone: an address word, a port or
+    the protocol. The cache's index is linear in the key, so the second flow's value of the part is
+    searched for (not a field both share: that would move both alike)."""
+    src, dst = (ipaddress.ip_address(a) for a in (V4 if version == 4 else V6).values())
+    a = FlowKey(src, dst, sport=40000, dport=443, proto=17)
+    if part == "proto":  # both without ports: a pair of protocol numbers
+        pairs = (
+            (
+                dataclasses.replace(a, sport=0, dport=0, proto=p),
+                dataclasses.replace(a, sport=0, dport=0, proto=q),
+            )
+            for p in PORTLESS
+            for q in PORTLESS
+            if p < q
+        )
+    elif part in ("sport", "dport"):
+        pairs = (
+            (a, dataclasses.replace(a, **{part: v}))
+            for v in range(1 << 16)
+            if v != getattr(a, part)
+        )
+    else:  # "src[i]", "dst[i]": 32-bit word i of the address, its top bit set
+        side, word = part[:3], int(part[4])
+        packed = getattr(a, side).packed
+
+        def with_word(v: int) -> FlowKey:
+            new = packed[: 4 * word] + v.to_bytes(4, "big") + packed[4 * word + 4 :]
+            return dataclasses.replace(a, **{side: ipaddress.ip_address(new)})
+
+        pairs = ((a, with_word(0x80000000 | v)) for v in range(1 << 20))
+    for pair in pairs:
+        if cache_set(pair[0]) == cache_set(pair[1]):
+            return pair
+    raise AssertionError(f"no two flows one {part} apart share a cache set")
+
+
+# Not the IPv4 protocol alone: in cache_index() it moves the index by a multiple of the fixed
+# (q - p) << 32 * FLOW_CACHE_MUL1, and no two protocol numbers land in one set.
+KEY_PARTS = {
+    4: ["src[0]", "dst[0]", "sport", "dport"],
+    6: [f"{side}[{i}]" for side in ("src", "dst") for i in range(4)] + ["sport", "dport", "proto"],
+}
+
+
+@pytest.mark.parametrize("version,part", [(v, p) for v, parts in KEY_PARTS.items() for p in parts])
+def test_flows_one_key_part_apart_in_one_cache_set_stay_apart(on_cpu0, version, part):
+    """Two flows that take the two slots of one cache set and differ in one part of the key: each
+    packet is counted in its own flow, as the model says, whatever the cache compares."""
+    config = Config(buckets=8, threshold_packets=0)
+    model = Model(config)
+    keys = _one_part_apart(version, part)
+    frames = [_frame_of(k) for k in keys]
+    assert [parse(f).flow.key() for f in frames] == list(keys), "the frames carry the keys"
+    with SoftRss(config) as rss:
+        for frame in [frames[0], frames[1], frames[0], frames[0], frames[1]]:
+            check_frame(rss, model, frame)
+        cache = rss.obj.maps["flow_cache"]
+        first = cache_set(keys[0])
+        held = {rss._slot_key(cache[first + i]) for i in (0, 1)}
+        assert held == set(keys), f"both flows sit in set {first} of CPU 0's cache: {held}"
+        got = {f.key: (f.packets, f.bytes) for f in rss.flows()}
+        assert got == {k: (c.packets, c.bytes) for k, c in model.flows.items()}
+
+
 @pytest.mark.parametrize("threshold", [1, 100, 1000])
 def test_elephant_announced_exactly_once(threshold):
     config = Config(buckets=4, threshold_packets=threshold)
@@ -468,6 +551,36 @@ def test_two_cpus_on_one_flow_count_it_once_and_announce_it_once():
         events = rss.elephants()
         assert sorted(e.key for e in events) == sorted(f.key for f in flows), "one event per flow"
         assert all(e.packets >= repeat // 2 for e in events)
+
+
+@pytest.mark.parametrize("version", [4, 6])
+def test_two_cpus_creating_the_same_new_flows_count_each_once(two_cpus, version):
+    """Both CPUs meet 8,000 new flows together (conftest.py's two_cpus): the BPF_NOEXIST insert
+    must count each flow new once, in the model's bucket, and the CPU that lost the race must add
+    to the winner's entry, never replace it."""
+    n_flows, laps = 2000, 2
+    ip, sport_off = (IP(**V4), 34) if version == 4 else (IPv6(**V6), 54)
+    batches = [bytes(Ether(**MACS) / ip / UDP(sport=1024, dport=5000 + b)) for b in range(4)]
+    config = Config(buckets=8, threshold_packets=0)
+    model = Model(config)
+    for frame in (f for b in batches for f in two_cpus.rotated(b, sport_off, n_flows)):
+        model.feed(frame)
+    with SoftRss(config) as rss:
+        two_cpus.run(rss.program, batches, sport_off, n_flows, laps)
+        got = {f.key: (f.packets, f.bytes) for f in rss.flows()}
+        buckets = [(b.packets, b.bytes, b.flows) for b in rss.bucket_stats().buckets]
+        misses = rss.misses()
+    per_flow = 2 * laps  # each CPU runs each flow once a lap
+    want = {k: (per_flow, per_flow * n.bytes) for k, n in model.flows.items()}
+    wrong = {str(k): (got.get(k), v) for k, v in want.items() if got.get(k) != v}
+    assert len(got) == len(want) and not wrong, (
+        f"{len(want)} new flows, {per_flow} packets each from two CPUs: kernel has {len(got)} "
+        f"flows; (kernel, expected) of some wrong ones: {dict(list(wrong.items())[:5])}"
+    )
+    assert buckets == [
+        (b.packets * per_flow, b.bytes * per_flow, b.flows) for b in model.buckets
+    ], "per bucket (packets, bytes, new flows): a flow counted new on both CPUs shows here"
+    assert not any(misses.values()), misses
 
 
 # --- the control plane ----------------------------------------------------------------------------

@@ -10,14 +10,11 @@ time series' bins (an evicted address starting again) in both formats, a Prometh
 
 from __future__ import annotations
 
-import ctypes
 import io
 import json
 import os
 import subprocess
-import threading
 import urllib.request
-from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -30,7 +27,6 @@ from scapy.layers.ppp import PPP, PPPoE
 from scapy.packet import Raw
 
 import bpf
-from bpf.libbpf import TestRunOpts, lib
 from bpf.trafcount import ByteCount, Config, Hook, Key, Model, TrafCount, TrafKey
 from bpf.trafcount.metrics import TrafCollector, serve
 from bpf.trafcount.model import DEFAULT_ENTRIES
@@ -45,7 +41,6 @@ from bpf.trafcount.series import (
 MACS = {"src": "02:00:00:00:00:01", "dst": "02:00:00:00:00:02"}
 V4 = {"src": "192.0.2.1", "dst": "198.51.100.2"}
 V6 = {"src": "2001:db8::1", "dst": "2001:db8:0:1::2"}
-ROTATOR = Path(bpf.__file__).parent / "flowmon" / "flowmon_bench.bpf.c"
 PASS = {
     Hook.XDP: bpf.XdpAction.PASS,
     Hook.TC_INGRESS: bpf.TcAction.OK,
@@ -268,53 +263,34 @@ def test_lru_with_more_addresses_than_entries_counts_evictions():
 # --- two CPUs at once ----------------------------------------------------------------------------
 
 
-def test_two_cpus_inserting_the_same_new_addresses_lose_nothing():
-    """Both CPUs walk the same 2,000 new source addresses at once (a rotator turns the frame into the
-    next address before each run), so both often miss the same address together: with the seed's
-    BPF_ANY insert the second would replace the first's entry; BPF_NOEXIST loses no packet."""
-    cpus = sorted(os.sched_getaffinity(0) | set(range(os.cpu_count() or 1)))
-    if len(cpus) < 2:
-        pytest.skip("one CPU: nothing runs at once")
-    n_addresses, laps, rounds = 2000, 5, 4
-    frame = udp4("10.9.4.0", b"r" * 6)  # the rotator steps the address's low 16 bits from 1024
-    with TrafCount(Config(entries=4 * n_addresses)) as tc:
-        rotator = bpf.BpfObject.open(ROTATOR)
-        with rotator:
-            rotator.rodata["n_flows"] = n_addresses
-            rotator.rodata["sport_off"] = 14 + 14  # the IPv4 source address's low half
-            rotator.load()
-            rotator.maps["measured"][0] = tc.program(Hook.XDP).fd
-            fd = rotator.programs["flow_rotator"].fd
-            start = threading.Barrier(2)
-            results: list[int] = []
-
-            def worker(cpu: int) -> None:
-                os.sched_setaffinity(0, {cpu})
-                data = ctypes.create_string_buffer(frame, len(frame))
-                start.wait()
-                for _ in range(rounds):
-                    opts = TestRunOpts(
-                        data_in=ctypes.addressof(data),
-                        data_size_in=len(data),
-                        repeat=laps * n_addresses,
-                    )
-                    results.append(lib.bpf_prog_test_run_opts(fd, ctypes.byref(opts)))
-
-            threads = [threading.Thread(target=worker, args=(cpu,)) for cpu in cpus[:2]]
-            for t in threads:
-                t.start()
-            for t in threads:
-                t.join()
+def test_two_cpus_inserting_the_same_new_addresses_lose_nothing(two_cpus):
+    """Both CPUs meet the same 6,000 new source addresses together, IPv4 and IPv6, five times each
+    (conftest.py's two_cpus): with the seed's BPF_ANY insert the second CPU to miss an address would
+    replace the first's entry; BPF_NOEXIST loses no packet and creates each entry once."""
+    n_addresses, laps = 2000, 5
+    v6 = bytes(Ether(**MACS) / IPv6(src="2001:db8::400", dst=V6["dst"]) / UDP() / (b"r" * 6))
+    batches = {  # the stepped field: the source address's low 16 bits, 1024 (0x400) in each frame
+        28: [udp4(f"10.{9 + b}.4.0", b"r" * 6) for b in range(2)],
+        36: [v6],
+    }
+    config = Config(entries=4 * n_addresses)
+    model = Model(config)
+    for off, frames in batches.items():
+        for frame in (f for b in frames for f in two_cpus.rotated(b, off, n_addresses)):
+            model.feed(frame)
+    with TrafCount(config) as tc:
+        for off, frames in batches.items():
+            two_cpus.run(tc.program(Hook.XDP), frames, off, n_addresses, laps)
         counts = tc.counts()
         totals = tc.totals()
-    assert results == [0] * 2 * rounds, "every test_run ran"
-    per_address = 2 * rounds * laps
-    wrong = {str(k): v for k, v in counts.items() if v != (per_address, per_address * 34)}
-    assert len(counts) == n_addresses and not wrong, (
-        f"each of {n_addresses} addresses: {per_address} packets of 34 IP bytes from two CPUs; "
-        f"{len(counts)} addresses, wrong: {dict(list(wrong.items())[:5])}"
+    per_address = 2 * laps  # each CPU runs each address once a lap
+    want = {k: (p * per_address, b * per_address) for k, (p, b) in model.table().items()}
+    wrong = {str(k): (counts.get(k), v) for k, v in want.items() if counts.get(k) != v}
+    assert len(counts) == len(want) and not wrong, (
+        f"{len(want)} addresses, {per_address} packets each from two CPUs: kernel has "
+        f"{len(counts)}; (kernel, expected) of some wrong ones: {dict(list(wrong.items())[:5])}"
     )
-    assert totals.created == n_addresses and totals.entry_gone == 0, totals
+    assert totals.created == model.created and totals.entry_gone == 0, totals
 
 
 # --- pins ----------------------------------------------------------------------------------------
