@@ -13,6 +13,8 @@ split a flow over CPUs in a way no model predicts), except the one that runs two
 from __future__ import annotations
 
 import ctypes
+import dataclasses
+import ipaddress
 import os
 
 import pytest
@@ -27,7 +29,7 @@ from scapy.packet import Raw
 import bpf
 from bpf.flowmon import Config, FlowMon, Full, Hook, Model, Storage
 from bpf.flowmon.flowmon import now_coarse_ns
-from bpf.flowmon.model import RING_RECORD_BYTES, slot_of
+from bpf.flowmon.model import RING_RECORD_BYTES, Direction, FlowKey, slot_of
 from injector import malformed, templates
 
 MACS = {"src": "02:00:00:00:00:01", "dst": "02:00:00:00:00:02"}
@@ -374,6 +376,66 @@ def test_array_collisions_counted_never_merged(kind, full):
             assert len(fm.flows()) == model.created
         else:
             assert fm.activity()["spilled"] == collided and len(fm.flows()) == 40
+
+
+def _frame_of(key: FlowKey) -> bytes:
+    ip = (IP if key.version == 4 else IPv6)(src=str(key.src), dst=str(key.dst))
+    l4 = (TCP if key.proto == 6 else UDP)(sport=key.sport, dport=key.dport)
+    return bytes(Ether(**MACS) / ip / l4)
+
+
+def _one_part_apart(version: int, part: str, slots: int) -> tuple[FlowKey, FlowKey]:
+    """Two flows in one array slot whose keys differ in ``part`` alone (an address word, a port,
+    the protocol, the direction); a field both share is stepped until they land together."""
+    src, dst = (ipaddress.ip_address(a) for a in (V4 if version == 4 else V6).values())
+    base = FlowKey(version, LOOPBACK, Direction.INGRESS, src, dst, 40000, 443, 17)
+    if part == "proto":
+        other = {"proto": 6}  # TCP and UDP, the same ports
+    elif part == "direction":
+        other = {"direction": Direction.EGRESS}
+    elif part in ("sport", "dport"):
+        other = {part: getattr(base, part) ^ 0x8001}
+    else:  # "src[i]", "dst[i]": 32-bit word i of the address, its top bit flipped
+        side, word = part[:3], int(part[4])
+        packed = bytearray(getattr(base, side).packed)
+        packed[4 * word] ^= 0x80
+        other = {side: ipaddress.ip_address(bytes(packed))}
+    stepped = "dport" if part == "sport" else "sport"
+    for value in range(1, 1 << 16):
+        a = dataclasses.replace(base, **{stepped: value})
+        b = dataclasses.replace(a, **other)
+        if slot_of(a, slots) == slot_of(b, slots):
+            return a, b
+    raise AssertionError(f"no two flows one {part} apart share a slot of {slots}")
+
+
+ARRAY_KEY_PARTS = {
+    4: ["src[0]", "dst[0]", "sport", "dport", "proto", "direction"],
+    6: [f"{side}[{i}]" for side in ("src", "dst") for i in range(4)]
+    + ["sport", "dport", "proto", "direction"],
+}
+
+
+@pytest.mark.parametrize("version", [4, 6])
+@pytest.mark.parametrize("kind", [Storage.ARRAY, Storage.PERCPU_ARRAY], ids=lambda s: s.value)
+def test_array_flows_one_key_part_apart_in_one_slot_collide(kind, version):
+    """For each part of the key, two flows that differ in it alone and hash to one slot: the
+    second is a collision every time, counted as the model counts it, never merged into the
+    first."""
+    slots = 64
+    config = Config(storage=kind, entries=slots)
+    with FlowMon(config) as fm:
+        for part in ARRAY_KEY_PARTS[version]:
+            fm.table.forget()
+            model = Model(config)
+            keys = _one_part_apart(version, part, slots)
+            for key in [keys[0], keys[1], keys[0], keys[1], keys[1]]:
+                hook = Hook.TC_INGRESS if key.direction is Direction.INGRESS else Hook.TC_EGRESS
+                feed(fm, model, _frame_of(key), hook)
+            assert list(model.flows) == [keys[0]] and model.misses == {"collision": 3}, (
+                f"{part}: the model counts the second flow as a collision"
+            )
+            check(fm, model, f"{kind.value}, IPv{version}, two flows one {part} apart")
 
 
 def test_ring_overflow_counted_and_the_rest_aggregated():
