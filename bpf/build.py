@@ -1,5 +1,6 @@
 """Ahead-of-time compilation of every ``*.bpf.c`` of the ``bpf``, ``injector`` and ``harness`` packages into a BPF
-ELF object beside it.
+ELF object beside it, and of the user-space C in ``NATIVE`` (the VXLAN re-injector's core and its C
+reference) into a shared library or program beside its sources.
 
 The package build (``setup.py``) calls this for the wheel; after editing BPF C in a checkout run
 ``python -m bpf.build``. Each object gets a manifest (``NAME.bpf.json``) holding the SHA-256 of the
@@ -19,6 +20,7 @@ import subprocess
 import sys
 import sysconfig
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 PACKAGE_DIR = Path(__file__).resolve().parent
@@ -42,6 +44,27 @@ CFLAGS = [
 
 class ObjectError(RuntimeError):
     """A BPF object is missing, stale, or failed to compile."""
+
+
+# User-space C: an artefact, its sources (relative to the source root) and its link flags. Freshness
+# works as for BPF objects, with the manifest ``ARTEFACT.json``.
+@dataclass(frozen=True)
+class Native:
+    artefact: str
+    sources: tuple[str, ...]
+    ldflags: tuple[str, ...]
+
+
+NATIVE = (
+    Native("bpf/vxlan/libvxlan_forward.so", ("bpf/vxlan/forward.c",), ("-shared", "-fPIC")),
+    Native(
+        "bpf/vxlan/vxlan_reinjector_ref",
+        ("bpf/vxlan/reinjector_ref.c", "bpf/vxlan/forward.c"),
+        ("-lbpf",),
+    ),
+)
+NATIVE_CFLAGS = ["-O2", "-g", "-Wall", "-Werror", "-std=gnu11"]
+_RUN = {"capture_output": True, "text": True}
 
 
 def c_define(path: Path, name: str) -> int:
@@ -154,6 +177,70 @@ def require_object(source: Path, root: Path = SOURCE_ROOT) -> Path:
     return obj
 
 
+def _native_manifest(artefact: Path) -> Path:
+    return artefact.with_name(artefact.name + ".json")
+
+
+def compile_native(native: Native, root: Path = SOURCE_ROOT, out_root: Path | None = None) -> Path:
+    """Compile and link one user-space artefact; write it and its manifest under ``out_root``
+    (default: beside its sources), with its sources: the package data ships only headers of C."""
+    clang = shutil.which("clang")
+    if clang is None:
+        raise ObjectError("clang is not installed: run ci/bootstrap (Debian package clang)")
+    out = (out_root or root) / native.artefact
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        deps: set[Path] = set()
+        for index, source in enumerate(native.sources):
+            depfile = Path(tmp) / f"{index}.d"
+            cmd = [clang, *NATIVE_CFLAGS, "-MD", "-MF", str(depfile), "-c", str(root / source)]
+            done = subprocess.run([*cmd, "-fPIC", "-o", str(Path(tmp) / f"{index}.o")], **_RUN)
+            if done.returncode != 0:
+                raise ObjectError(f"{source}: clang failed ({done.returncode}):\n{done.stderr}")
+            deps.update(_project_deps(depfile, root))
+        objects = [str(Path(tmp) / f"{i}.o") for i in range(len(native.sources))]
+        done = subprocess.run([clang, *objects, *native.ldflags, "-o", str(out)], **_RUN)
+        if done.returncode != 0:
+            raise ObjectError(
+                f"{native.artefact}: linking failed ({done.returncode}):\n{done.stderr}"
+            )
+    if out_root is not None and out_root != root:
+        for dep in deps:
+            target = out_root / dep.relative_to(root)
+            if not target.exists():
+                shutil.copy2(dep, target)
+    manifest = {
+        "artefact": native.artefact,
+        "cflags": NATIVE_CFLAGS,
+        "deps": {str(d.relative_to(root)): _sha256(d) for d in sorted(deps)},
+    }
+    _native_manifest(out).write_text(json.dumps(manifest, indent=1) + "\n")
+    return out
+
+
+def native_is_fresh(native: Native, root: Path = SOURCE_ROOT) -> bool:
+    artefact = root / native.artefact
+    manifest = _native_manifest(artefact)
+    if not artefact.exists() or not manifest.exists():
+        return False
+    recorded = json.loads(manifest.read_text())
+    if recorded.get("cflags") != NATIVE_CFLAGS:
+        return False
+    current = {rel: _sha256(root / rel) for rel in recorded["deps"] if (root / rel).exists()}
+    return current == recorded["deps"]
+
+
+def require_native(artefact: str, root: Path = SOURCE_ROOT) -> Path:
+    """The user-space artefact ``artefact`` (a ``NATIVE`` path), checked present and fresh."""
+    (native,) = [n for n in NATIVE if n.artefact == artefact]
+    path = root / artefact
+    if not path.exists():
+        raise ObjectError(f"{path}: missing; {REBUILD_HINT}")
+    if not native_is_fresh(native, root):
+        raise ObjectError(f"{path}: older than its sources; {REBUILD_HINT}")
+    return path
+
+
 def build(
     root: Path = SOURCE_ROOT, out_root: Path | None = None, force: bool = False
 ) -> list[Path]:
@@ -162,6 +249,9 @@ def build(
     for source in sources(root):
         if force or out_root is not None or not is_fresh(source, root):
             built.append(compile_source(source, root, out_root))
+    for native in NATIVE:
+        if force or out_root is not None or not native_is_fresh(native, root):
+            built.append(compile_native(native, root, out_root))
     return built
 
 
@@ -178,7 +268,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     for obj in built:
         print(f"built {obj.relative_to(SOURCE_ROOT)}")
-    print(f"{len(built)} built, {len(sources()) - len(built)} fresh")
+    print(f"{len(built)} built, {len(sources()) + len(NATIVE) - len(built)} fresh")
     return 0
 
 

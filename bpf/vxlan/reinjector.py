@@ -12,17 +12,17 @@ with VxlanPipeline(Config(mode=Mode.RINGBUF, rings=2)) as vx:
         out.stop()          # each worker forwards what its ring still holds, then exits
 ```
 
-``Reinjector`` empties one ring: records are read straight from the ring's memory
-(``bpf.ringbuf.RingReader``: no callback per record) and copied into an AF_PACKET TX ring
-(``bpf.txring.TxRing``: one ``send()`` per batch, not per frame); each frame is copied once, from a
-memoryview of the ring into a TX slot, never through Python ``bytes``. A record is
-``struct vxlan_frame`` cut to its frame: ``len`` (4 bytes) then exactly ``len`` bytes, so the frame
-is the record less its first 4 bytes. The loop sleeps in ``select()`` on the map's fd, which the
-kernel makes readable when it commits a record to an empty ring.
+``Reinjector`` empties one ring through the compiled core ``forward.c`` (``libvxlan_forward.so``,
+built ahead of time by ``bpf.build``): each record is copied once, from the ring's memory into a
+slot of an AF_PACKET TX ring, and a batch of up to ``BATCH`` goes out with one ``send()``. Python
+only sleeps in ``select()`` on the ring's fd (readable when the kernel commits a record to an empty
+ring) and makes one call per batch: a loop over the records in Python cost about as much as the
+kernel's whole send of each frame (the README's profile).
 
 ``Reinjectors`` runs one ``Reinjector`` per ring in a forked process pinned to the CPUs whose frames
 the ring takes (ring ``i``: CPUs ``c`` with ``c % rings == i``), so a CPU's frames are forwarded on
-that CPU, in order, and the workers share nothing but their counters.
+that CPU, in order, and the workers share nothing but their counters, which the C core writes
+straight into memory shared with the parent.
 
 Accounting: every record read is ``forwarded`` (queued to the TX ring) or ``failed`` (longer than a
 TX slot or the egress's MTU, refused by the kernel as malformed, or queued while the egress was
@@ -35,87 +35,104 @@ veth peer) is the egress's ``tx_dropped``. Not for: reading frames to look at th
 from __future__ import annotations
 
 import ctypes
-import fcntl
-import mmap
+import functools
 import multiprocessing
 import os
 import select
 import signal
-import socket
-import struct
+from ctypes import POINTER, c_char_p, c_int, c_long, c_uint32, c_uint64, c_void_p
 from dataclasses import dataclass
+from pathlib import Path
 
 from bpf import netns as bpf_netns
+from bpf.build import c_define, require_native
 from bpf.object import Map
-from bpf.ringbuf import RingReader
-from bpf.txring import TxRing
 
-FRAME_OFFSET = 4  # offsetof(struct vxlan_frame, data)
-SLOT_SIZE = mmap.PAGESIZE  # a TX slot: frames up to 4054 bytes, past any MTU native XDP allows
-TX_SLOTS = 2048
-BATCH = 1024  # records per TX ring flush: the ring is 8 MiB, thousands of small frames
-VLAN_HLEN = 4  # AF_PACKET takes a frame of MTU + Ethernet header + one VLAN tag
+LIBRARY = "bpf/vxlan/libvxlan_forward.so"
+BATCH = c_define(Path(__file__).with_name("forward.h"), "VXLAN_FORWARD_BATCH")
 POLL_INTERVAL = 0.1  # seconds a worker sleeps at most before looking at its stop event
-_SIOCGIFMTU = 0x8921
 
 
-def interface_mtu(ifname: str, netns: str | None = None) -> int:
-    with bpf_netns.entered(netns), socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-        info = fcntl.ioctl(sock, _SIOCGIFMTU, struct.pack("16si", ifname.encode()[:15], 0))
-    return struct.unpack_from("i", info, 16)[0]
+class ForwardCounts(ctypes.Structure):
+    """``struct vxlan_forward_counts`` (forward.h)."""
+
+    _fields_ = [(name, c_uint64) for name in ("queued", "too_big", "rejected", "refused")]
+
+    @property
+    def forwarded(self) -> int:
+        return self.queued - self.rejected - self.refused
+
+    @property
+    def failed(self) -> int:
+        return self.too_big + self.rejected + self.refused
+
+
+@functools.cache
+def _core() -> ctypes.CDLL:
+    core = ctypes.CDLL(str(require_native(LIBRARY)), use_errno=True)
+    core.vxlan_forward_open.restype = c_void_p
+    core.vxlan_forward_open.argtypes = [c_int, c_uint32, c_char_p, POINTER(ForwardCounts)]
+    core.vxlan_forward_batch.restype = c_long
+    core.vxlan_forward_batch.argtypes = [c_void_p, c_uint32]
+    core.vxlan_forward_close.restype = None
+    core.vxlan_forward_close.argtypes = [c_void_p]
+    return core
 
 
 class Reinjector:
-    """Forwards the records of a RINGBUF map of ``struct vxlan_frame`` out of ``ifname``."""
+    """Forwards the records of a RINGBUF map of ``struct vxlan_frame`` out of ``ifname``, counting
+    in ``counts`` (its own unless given: shared memory, say)."""
 
     def __init__(
-        self, ring: Map, ifname: str, netns: str | None = None, batch: int = BATCH
+        self,
+        ring: Map,
+        ifname: str,
+        netns: str | None = None,
+        counts: ForwardCounts | None = None,
     ) -> None:
-        self.ifname, self.batch = ifname, batch
-        self.reader = RingReader(ring)
-        try:
-            self.tx = TxRing(ifname, netns, frame_size=SLOT_SIZE, frames=TX_SLOTS)
-        except BaseException:
-            self.reader.close()
-            raise
-        # A longer frame would make the kernel fail the whole send() (EMSGSIZE): count it instead.
-        largest = min(self.tx.max_frame, interface_mtu(ifname, netns) + 14 + VLAN_HLEN)
-        self._largest_record = FRAME_OFFSET + largest
-        self.too_big = 0
+        self.ring, self.ifname = ring, ifname
+        self.counts = counts if counts is not None else ForwardCounts()
+        self._core = _core()
+        with bpf_netns.entered(netns):  # the TX socket belongs to the egress's namespace
+            self._handle = self._core.vxlan_forward_open(
+                ring.fd, ring.max_entries, ifname.encode(), ctypes.byref(self.counts)
+            )
+        if not self._handle:
+            err = ctypes.get_errno()
+            where = f"{ifname} in namespace {netns}" if netns else ifname
+            raise OSError(err, f"re-injector on {where}: {os.strerror(err)}")
 
     @property
     def forwarded(self) -> int:
         """Frames handed to the egress (the kernel took them from the TX ring)."""
-        return self.tx.sent - self.tx.rejected - self.tx.refused.total()
+        return self.counts.forwarded
 
     @property
     def failed(self) -> int:
         """Frames read from the ring that did not go out: too long for a TX slot or the egress's
         MTU, refused by the kernel as malformed, or taken back from a link that was down."""
-        return self.too_big + self.tx.rejected + self.tx.refused.total()
+        return self.counts.failed
 
-    def _frames(self):
-        """The frames of the records waiting now (at most ``batch``), as memoryviews of the ring."""
-        largest = self._largest_record
-        for record in self.reader.records(self.batch):
-            if len(record) > largest:
-                self.too_big += 1
-                continue
-            yield record[FRAME_OFFSET:]
+    def fileno(self) -> int:
+        """The ring's fd: readable (for select/poll) when records are waiting."""
+        return self.ring.fd
 
     def forward(self) -> int:
         """Forward one batch of what is waiting now, without sleeping; returns the records read."""
-        before = self.too_big
-        return self.tx.send(self._frames()) + self.too_big - before
+        done = self._core.vxlan_forward_batch(self._handle, BATCH)
+        if done < 0:
+            raise OSError(-done, f"re-injector: send on {self.ifname}: {os.strerror(-done)}")
+        return done
 
     def drain(self) -> None:
         """Forward everything left, once the producer has stopped (the program detached)."""
-        while self.forward() == self.batch:
+        while self.forward() == BATCH:
             pass
 
     def close(self) -> None:
-        self.tx.close()
-        self.reader.close()
+        if self._handle:
+            self._core.vxlan_forward_close(self._handle)
+            self._handle = None
 
     def __enter__(self) -> Reinjector:
         return self
@@ -138,24 +155,18 @@ def ring_cpus(ring: int, rings: int, allowed: set[int]) -> set[int]:
     return {cpu for cpu in allowed if cpu % rings == ring} or set(allowed)
 
 
-def _work(out: Reinjector, index: int, cpus: set[int], counters, stop) -> None:
+def _work(out: Reinjector, cpus: set[int], stop) -> None:
     """A worker on ``cpus``: forward until ``stop``, then what the ring still holds (the producer is
-    detached by then), publishing its counts after every batch. The map's fd stays readable while
-    records wait, so a full batch is followed at once by the next."""
+    detached by then). The ring's fd stays readable while records wait, so a full batch is
+    followed at once by the next."""
     os.sched_setaffinity(0, cpus)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent stops its workers through ``stop``
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
-
-    def publish() -> None:
-        counters[2 * index], counters[2 * index + 1] = out.forwarded, out.failed
-
-    fd = out.reader.fileno()
+    fd = out.fileno()
     while not stop.is_set():
         if select.select([fd], [], [], POLL_INTERVAL)[0]:
             out.forward()
-            publish()
     out.drain()
-    publish()
 
 
 class Reinjectors:
@@ -164,13 +175,13 @@ class Reinjectors:
 
     def __init__(self, rings: list[Map], ifname: str, netns: str | None = None) -> None:
         self._context = multiprocessing.get_context("fork")  # a worker inherits its maps and socket
-        self._counters = self._context.RawArray(ctypes.c_uint64, 2 * len(rings))
+        self._counts = self._context.RawArray(ForwardCounts, len(rings))  # written by the workers
         self._stop = self._context.Event()
         self._workers: list[multiprocessing.process.BaseProcess] = []
         self._reinjectors: list[Reinjector] = []
         try:
-            for ring in rings:
-                self._reinjectors.append(Reinjector(ring, ifname, netns))
+            for ring, counts in zip(rings, self._counts, strict=True):
+                self._reinjectors.append(Reinjector(ring, ifname, netns, counts))
         except BaseException:
             self.close()
             raise
@@ -181,7 +192,7 @@ class Reinjectors:
         for index, (out, cpus) in enumerate(zip(self._reinjectors, self.cpus, strict=True)):
             worker = self._context.Process(
                 target=_work,
-                args=(out, index, cpus, self._counters, self._stop),
+                args=(out, cpus, self._stop),
                 name=f"vxlan-reinjector-{index}",
                 daemon=True,
             )
@@ -189,8 +200,7 @@ class Reinjectors:
             self._workers.append(worker)
 
     def counts(self) -> list[RingCount]:
-        c = self._counters
-        return [RingCount(c[2 * i], c[2 * i + 1]) for i in range(len(self._reinjectors))]
+        return [RingCount(c.forwarded, c.failed) for c in self._counts]
 
     @property
     def forwarded(self) -> int:
