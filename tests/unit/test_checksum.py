@@ -148,6 +148,107 @@ def test_udp_computed_zero_is_sent_as_ffff(nat):
     assert recomputed(got)[UDP].chksum == 0xFFFF, "scapy agrees the checksum computes to 0"
 
 
+# --- every helper at its corner values, swept in the kernel (bpf/selftest/csum_sweep.bpf.c) ----
+
+CORNERS16 = (0x0000, 0x0001, 0x7FFF, 0x8000, 0xFFFE, 0xFFFF)
+CORNERS32 = (0, 1, 0xFFFF, 0x10000, 0x8000_8000, 0x0001_FFFF, 0xFFFF_0000, 0xFFFF_FFFF)
+BPF_LOOP_MAX = 1 << 23
+
+
+@pytest.fixture(scope="module")
+def sweep():
+    """Run one case of csum_sweep.bpf.c; the kernel's count of results that differ from a full
+    recomputation, and the first of them."""
+    with bpf.BpfObject.open(SELFTEST / "csum_sweep.bpf.c") as obj:
+        obj.load()
+        helpers = obj.enum("csum_helper")
+        sweeps = obj.enum("csum_sweep")
+        program = obj.programs["csum_sweep"]
+
+        def run(
+            helper: str,
+            how: str,
+            first: int,
+            count: int,
+            from_: int | list[int] = 0,
+            to: int | list[int] = 0,
+            rest: int = 0,
+            none: int = 0,
+        ) -> None:
+            case = obj.maps["sweep_case"].value_type()
+            case.helper = helpers[f"HELPER_{helper.upper()}"]
+            case.sweep = sweeps[f"SWEEP_{how.upper()}"]
+            case.first, case.count, case.rest, case.none = first, count, rest, none
+            for name, words in (("from", from_), ("to", to)):
+                words = words if isinstance(words, list) else [words]
+                getattr(case, name)[:] = words + [0] * (4 - len(words))
+            obj.maps["sweep_case"][0] = case
+            fields = {"from": from_, "to": to, "rest": rest, "none": none}
+            assert program.test_run(bytes(14)).verdict is bpf.XdpAction.PASS
+            r = obj.maps["sweep_result"][0]
+            assert r.checked == count, f"{helper}: {r.checked} of {count} values swept"
+            assert r.wrong == 0, (
+                f"{helper} {how} from {first:#x} ({fields}): {r.wrong} of {count} differ from a "
+                f"full recomputation; the first at {r.value:#x}: old checksum {r.old_csum:#06x}, "
+                f"got {r.got:#06x}, want {r.want:#06x}"
+            )
+
+        yield run
+
+
+def test_fold_every_sum_the_helpers_reach_and_the_top_of_the_range(sweep):
+    """Every 32-bit sum below 2^24 (the replace helpers reach 17 * 0xffff, ipv4_csum 15 * 0x1fffe)
+    and the 2^23 below 2^32, where the first fold carries again."""
+    for first in (0, BPF_LOOP_MAX, 2**32 - BPF_LOOP_MAX):
+        sweep("csum_fold", "sum", first, BPF_LOOP_MAX)
+
+
+def _rests_making_old_zero(field_sum: int) -> int:
+    """The rest whose sum with the field's makes the old checksum 0x0000 (a UDP sender: 0xffff)."""
+    return 0xFFFF - field_sum % 0xFFFF or 0xFFFF
+
+
+REST_CORNERS = (1, 2, 0x7FFF, 0x8000, 0xFFFE, 0xFFFF)
+
+
+@pytest.mark.parametrize("udp", [False, True], ids=["csum", "udp_csum"])
+def test_replace2_every_old_checksum_and_every_new_word(sweep, udp):
+    """Each pair of corner words, every old checksum (every rest 1..0xffff); then each corner old
+    word against every new word, from corner rests and the rest that makes the old checksum 0."""
+    helper = "udp_csum_replace2" if udp else "csum_replace2"
+    for old in CORNERS16:
+        for new in CORNERS16:
+            sweep(helper, "rest", 1, 0xFFFF, from_=old, to=new)
+        for rest in (*REST_CORNERS, _rests_making_old_zero(old)):
+            sweep(helper, "to", 0, 0x10000, rest=rest, from_=old)
+    if udp:
+        sweep(helper, "rest", 1, 0xFFFF, none=1, from_=0x1234, to=0xFFFF)
+
+
+def _halves(words) -> int:
+    return sum((w >> 16) + (w & 0xFFFF) for w in words)
+
+
+@pytest.mark.parametrize("udp", [False, True], ids=["csum", "udp_csum"])
+@pytest.mark.parametrize("width", [4, 16])
+def test_replace4_and_16_every_old_checksum(sweep, udp, width):
+    """Each pair of corner 32-bit words (an IPv4 address; an IPv6 address of four, the corner in
+    every word or shifted one word along) over every old checksum; then each corner old value
+    against every low half of the new one."""
+    helper = f"{'udp_' if udp else ''}csum_replace{width}"
+    n = 1 if width == 4 else 4
+    values = [[c] * n for c in CORNERS32]
+    if width == 16:
+        values += [[c, 0xFFFF_FFFF, 0, c ^ 0xFFFF] for c in CORNERS32[::2]]
+    for old in values:
+        for new in values:
+            sweep(helper, "rest", 1, 0xFFFF, from_=old, to=new)
+        for rest in (1, 0xFFFF, _rests_making_old_zero(_halves(old))):
+            sweep(helper, "to", 0, 0x10000, rest=rest, from_=old, to=[0xFFFF_0000] * n)
+    if udp:
+        sweep(helper, "rest", 1, 0xFFFF, none=1, from_=values[1], to=values[-1])
+
+
 @pytest.fixture(scope="module")
 def parser():
     with bpf.BpfObject.open(SELFTEST / "parse.bpf.c") as obj:
