@@ -20,8 +20,8 @@ import subprocess
 import sys
 import sysconfig
 import tempfile
-from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 SOURCE_ROOT = PACKAGE_DIR.parent  # the checkout, or site-packages: holds the packages below
@@ -47,9 +47,9 @@ class ObjectError(RuntimeError):
 
 
 # User-space C: an artefact, its sources (relative to the source root) and its link flags. Freshness
-# works as for BPF objects, with the manifest ``ARTEFACT.json``.
-@dataclass(frozen=True)
-class Native:
+# works as for BPF objects, with the manifest ``ARTEFACT.json``. A NamedTuple, not a dataclass:
+# setup.py runs this file without importing it as a module, which dataclasses need.
+class Native(NamedTuple):
     artefact: str
     sources: tuple[str, ...]
     ldflags: tuple[str, ...]
