@@ -8,6 +8,7 @@ as a ``UsageError`` naming the option. Not for: a command's own options (they li
 from __future__ import annotations
 
 import argparse
+import errno
 import os
 import signal
 import threading
@@ -21,6 +22,20 @@ from bpf.libbpf import LibbpfError
 
 class UsageError(ValueError):
     """An argument is wrong; the message names it. Raised before anything is loaded or changed."""
+
+
+NOT_PERMITTED = (
+    "run as root: loading BPF programs, opening packet sockets and building network namespaces "
+    "need CAP_BPF, CAP_PERFMON, CAP_NET_ADMIN, CAP_NET_RAW and CAP_SYS_ADMIN"
+)
+
+
+def failure(prog: str, err: Exception) -> str:
+    """The line a command prints for a system error; a refused privilege says what is needed."""
+    if getattr(err, "errno", None) in (errno.EPERM, errno.EACCES):
+        first, *rest = str(err).split("\n")  # libbpf's lines follow a LibbpfError's first
+        return "\n".join([f"{prog}: {first} ({NOT_PERMITTED})", *rest])
+    return f"{prog}: {err}"
 
 
 def positive_int(text: str) -> int:

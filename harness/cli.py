@@ -31,7 +31,9 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from bpf import netns as bpf_netns
+from bpf.cli import failure
 from harness import cleanup
+from harness import results as results_file
 from harness.schema import SchemaError
 from harness.topology import Topology
 
@@ -109,7 +111,7 @@ def _cmd_gate(args: argparse.Namespace) -> int:
     from harness import gate
 
     path = Path(args.results)
-    results = json.loads(path.read_text())
+    results = results_file.read(path)
     history = gate.history_dir(Path(args.history), results)
     verdicts = gate.gate(results, gate.load_history(history))
     print(f"{path} against {history} (testbed {results['testbed']}):")
@@ -238,7 +240,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         return args.run(args)
-    except (SchemaError, OSError, RuntimeError) as err:
+    except OSError as err:
+        print(failure("harness", err), file=sys.stderr)
+        return 1
+    except (SchemaError, RuntimeError, ValueError) as err:
         print(f"harness: {err}", file=sys.stderr)
         return 1
 

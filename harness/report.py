@@ -22,7 +22,6 @@ from __future__ import annotations
 import base64
 import html
 import io
-import json
 import re
 from collections import defaultdict
 from dataclasses import dataclass
@@ -36,9 +35,9 @@ matplotlib.use("Agg")  # no display: CI runners and this harness render to files
 import matplotlib.pyplot as plt
 
 from harness import gate
+from harness import results as results_file
 
 FLOWS = re.compile(r"^(?P<head>.*?) (?P<flows>\d+) flows(?P<tail>.*)$")
-RESULTS_KEYS = {"testbed", "time", "fingerprint", "figures"}  # harness.results.Results.document
 BUDGET_COLOURS = {True: "#2a9d8f", False: "#e63946", None: "#8d99ae"}
 
 
@@ -281,13 +280,7 @@ def build(results: list[Path], out: Path, history: Path | None = None) -> tuple[
     with ``history``, each run's gate table against it. Returns the two paths."""
     sections = []
     for i, path in enumerate(results):
-        try:
-            run = json.loads(path.read_text())
-        except (OSError, ValueError) as err:
-            raise ValueError(f"{path}: not a results file ({err})") from None
-        missing = sorted(RESULTS_KEYS - run.keys()) if isinstance(run, dict) else ["an object"]
-        if missing:
-            raise ValueError(f"{path}: not a results file: it has no {', '.join(missing)}")
+        run = results_file.read(path)
         verdicts = None
         if history is not None:
             verdicts = gate.gate(run, gate.load_history(gate.history_dir(history, run)))

@@ -29,6 +29,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from bpf import files
 from harness.measure import Comparison
 from harness.testbed import Budget
 
@@ -73,6 +74,28 @@ def git_revision(where: Path) -> str | None:
         ["git", "-C", str(where), "rev-parse", "HEAD"], capture_output=True, text=True, check=False
     )
     return done.stdout.strip() if done.returncode == 0 else None
+
+
+KEYS = {"testbed": str, "time": str, "fingerprint": dict, "figures": list}  # Results.document
+
+
+def read(path: Path) -> dict[str, Any]:
+    """A results file of ``pytest tests/perf``, checked to be one (ValueError naming what is not)."""
+    try:
+        run = files.load_json(path)
+    except files.FileError as err:
+        raise ValueError(f"not a results file: {err}") from None
+    if not isinstance(run, dict):
+        raise ValueError(f"{path}: not a results file: a JSON object expected")
+    missing = sorted(KEYS - run.keys())
+    if missing:
+        raise ValueError(f"{path}: not a results file: it has no {', '.join(missing)}")
+    for key, kind in KEYS.items():
+        if not isinstance(run[key], kind):
+            raise ValueError(f"{path}: {key}: a JSON {kind.__name__} expected, got {run[key]!r}")
+    if not all(isinstance(figure, dict) for figure in run["figures"]):
+        raise ValueError(f"{path}: figures: a list of JSON objects expected")
+    return run
 
 
 class BudgetMissed(AssertionError):

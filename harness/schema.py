@@ -16,14 +16,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, ClassVar, TypeVar
 
-import yaml
+from bpf import files
 
 T = TypeVar("T")
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 _IFNAME = re.compile(r"[A-Za-z0-9_.-]{1,15}")
 _MAC = re.compile(r"([0-9a-f]{2}:){5}[0-9a-f]{2}")
-_YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml when built with it
 
 
 class SchemaError(ValueError):
@@ -45,14 +44,13 @@ class Expected(Exception):
 
 
 def load_yaml(path: Path, error: type[SchemaError]) -> Any:
-    """The parsed YAML of ``path``; a syntax error is ``error`` naming the line (OSError if unread)."""
-    text = path.read_text()
+    """The parsed YAML of ``path`` (``bpf.files``); a file that is not is ``error`` naming the line."""
     try:
-        return yaml.load(text, Loader=_YAML_LOADER)
-    except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        where = f"line {mark.line + 1}" if mark is not None else "(YAML)"
-        raise error(path, where, "valid YAML", str(getattr(err, "problem", err))) from None
+        return files.load_yaml(path)
+    except files.FileError as err:
+        raise error(
+            path, err.where or "(file)", "valid YAML (UTF-8, each key once)", err.problem
+        ) from None
 
 
 class Reader:

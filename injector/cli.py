@@ -16,6 +16,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import replace
 
+from bpf.cli import failure
 from injector.spec import SpecError, load_spec
 
 BACKENDS = ("xdp", "scapy", "pcap", "trex")
@@ -201,7 +202,7 @@ def main(argv: list[str] | None = None) -> int:
         try:
             return _report(_pppoe(args), args.json)
         except OSError as err:
-            print(f"injector: {err}", file=sys.stderr)
+            print(failure("injector", err), file=sys.stderr)
             return 1
     if (args.backend == "pcap") != (args.pcap is not None):
         parser.error("--pcap goes with --backend pcap, and the pcap backend needs --pcap")
@@ -209,7 +210,10 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("the trex backend needs --trex-server")
     try:
         result = _send(args)
-    except (SpecError, OSError, ValueError) as err:
+    except OSError as err:
+        print(failure("injector", err), file=sys.stderr)
+        return 1
+    except (SpecError, ValueError) as err:
         print(f"injector: {err}", file=sys.stderr)
         return 1
     return _report(result, args.json or args.backend == "trex")  # TRex's: a nested report

@@ -26,13 +26,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
 from scapy.fields import ConditionalField, Field
 from scapy.layers.inet import IP
 from scapy.layers.inet6 import IPv6
 from scapy.layers.l2 import Ether
 from scapy.packet import Packet, raw
 
+from bpf import files
 from injector import malformed, templates
 from injector.program import (
     MASK64,
@@ -376,9 +376,9 @@ def load_spec(path: str | Path) -> TrafficSpec:
     """Read a YAML spec file (``injector send --spec FILE``)."""
     path = Path(path)
     try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as e:
-        raise SpecError(f"{path}: not valid YAML: {e}") from None
+        data = files.load_yaml(path)
+    except files.FileError as err:
+        raise SpecError(str(err)) from None
     return TrafficSpec.from_dict(data, source=str(path))
 
 

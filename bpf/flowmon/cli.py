@@ -33,6 +33,7 @@ from bpf.cli import (
     UsageError,
     add_stats_interval,
     check_interface,
+    failure,
     positive_int,
     process_alive,
     stop_event,
@@ -287,7 +288,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"flowmon: {err}", file=sys.stderr)
         return 2
     except (LibbpfError, OSError) as err:
-        print(f"flowmon: {err}", file=sys.stderr)
+        print(failure("flowmon", err), file=sys.stderr)
         return 1
 
 

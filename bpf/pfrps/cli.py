@@ -25,7 +25,7 @@ import time
 from collections.abc import Sequence
 
 from bpf import LibbpfError
-from bpf.cli import UsageError, add_stats_interval, check_interface, stop_event
+from bpf.cli import UsageError, add_stats_interval, check_interface, failure, stop_event
 from bpf.pfrps.model import HashAlg, MacSide, Protocols, seed_line, std_dev
 from bpf.pfrps.pfrps import MAX_WORKERS, Config, Mode, Node, WorkerCount
 
@@ -172,7 +172,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"pfrps: {err}", file=sys.stderr)
         return 2
     except (LibbpfError, OSError) as err:
-        print(f"pfrps: {err}", file=sys.stderr)
+        print(failure("pfrps", err), file=sys.stderr)
         return 1
 
 

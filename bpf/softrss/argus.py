@@ -39,10 +39,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
 from pyroute2 import IPRoute
 
-from bpf import LibbpfError, XdpMode, journal
+from bpf import LibbpfError, XdpMode, files, journal
 from bpf import netns as bpf_netns
 from bpf.attach import ifindex
 from bpf.cli import (
@@ -50,6 +49,7 @@ from bpf.cli import (
     UsageError,
     add_stats_interval,
     check_interface,
+    failure,
     seconds_arg,
     stop_event,
 )
@@ -121,11 +121,9 @@ def _field(source: str, name: str, value: Any) -> Any:
 def read_config_file(path: Path) -> dict[str, Any]:
     """The settings of a YAML or JSON file (JSON is YAML), each checked; unknown fields refused."""
     try:
-        data = yaml.safe_load(path.read_text())
-    except OSError as err:
-        raise ConfigError(f"{path}: {err.strerror}") from None
-    except yaml.YAMLError as err:
-        raise ConfigError(f"{path}: not YAML or JSON: {err}") from None
+        data = files.load_yaml(path)
+    except files.FileError as err:
+        raise ConfigError(str(err)) from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: a mapping of settings expected, got {type(data).__name__}")
     unknown = sorted(set(data) - set(_FIELDS))
@@ -427,7 +425,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     next_stats += settings.stats_interval
             print(_status(fanout), flush=True)
     except (LibbpfError, OSError, RuntimeError) as err:
-        print(f"softrss-argus: {err}", file=sys.stderr)
+        print(failure("softrss-argus", err), file=sys.stderr)
         return 1
     print(f"softrss-argus: stopped; files in {settings.output_dir}", file=sys.stderr)
     return 0

@@ -36,6 +36,7 @@ from bpf.cli import (
     UsageError,
     add_stats_interval,
     check_interface,
+    failure,
     port_arg,
     stop_event,
 )
@@ -387,7 +388,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"softrss: {err}", file=sys.stderr)
         return 2
     except (LibbpfError, OSError) as err:
-        print(f"softrss: {err}", file=sys.stderr)
+        print(failure("softrss", err), file=sys.stderr)
         return 1
 
 

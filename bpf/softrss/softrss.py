@@ -30,7 +30,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from bpf import POSSIBLE_CPUS, BpfObject, RingBuffer, XdpMode
+from bpf import POSSIBLE_CPUS, BpfObject, RingBuffer, XdpMode, files
 from bpf import netns as bpf_netns
 from bpf.attach import XdpLink, ifindex
 from bpf.btf import be16, be32, fields_of, from_be16, from_be32
@@ -110,6 +110,18 @@ class Elephant:
     bytes: int
     first_seen_ns: int
     last_seen_ns: int
+
+
+class StateError(ValueError):
+    """A saved state file that cannot be restored: the file and what is wrong in it."""
+
+
+def _problem(err: Exception) -> str:
+    if isinstance(err, KeyError):
+        return f"field {err.args[0]!r} missing"
+    return (
+        f"{type(err).__name__}: {err}" if isinstance(err, TypeError | AttributeError) else str(err)
+    )
 
 
 class SoftRss:
@@ -382,23 +394,31 @@ class SoftRss:
         CPU 0: sums, shares and flows read back as saved.
         """
         where = Path(path)
-        state = json.loads(where.read_text())
-        if state.get("version") != STATE_VERSION:
-            raise ValueError(
-                f"{where}: state version {state.get('version')}, {STATE_VERSION} known"
+        try:
+            state = files.load_json(where)
+        except files.FileError as err:
+            raise StateError(str(err)) from None
+        if not isinstance(state, dict) or state.get("version") != STATE_VERSION:
+            version = state.get("version") if isinstance(state, dict) else None
+            raise StateError(f"{where}: state version {version!r}, {STATE_VERSION} known")
+        try:
+            raw = state["config"]
+            config = Config(
+                **{
+                    **raw,
+                    "hash": HashKind(raw["hash"]),
+                    "action": Action(raw["action"]),
+                    "key": bytes.fromhex(raw["key"]),
+                }
             )
-        raw = state["config"]
-        config = Config(
-            **{
-                **raw,
-                "hash": HashKind(raw["hash"]),
-                "action": Action(raw["action"]),
-                "key": bytes.fromhex(raw["key"]),
-            }
-        )
+        except (KeyError, TypeError, ValueError, AttributeError) as err:
+            raise StateError(f"{where}: config: {_problem(err)}") from None
         rss = cls(config)
         try:
             rss._apply_state(state, ifaces_netns)
+        except (KeyError, TypeError, ValueError, AttributeError, IndexError) as err:
+            rss.close()  # nothing loaded stays behind
+            raise StateError(f"{where}: {_problem(err)}") from None
         except BaseException:
             rss.close()
             raise

@@ -46,6 +46,7 @@ from bpf.cli import (
     UsageError,
     add_stats_interval,
     check_interface,
+    failure,
     positive_int,
     process_alive,
     stop_event,
@@ -310,7 +311,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"trafcount: {err}", file=sys.stderr)
         return 2
     except (LibbpfError, OSError) as err:
-        print(f"trafcount: {err}", file=sys.stderr)
+        print(failure("trafcount", err), file=sys.stderr)
         return 1
 
 

@@ -30,6 +30,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from bpf import files
+
 FORMAT_VERSION = "1.0"  # the seed's; files of this tool's first releases say 1
 _VERSIONS_READ = (FORMAT_VERSION, 1)
 
@@ -46,7 +48,7 @@ class _Located(str):
 
 def _decoder() -> json.JSONDecoder:
     """A JSON decoder whose string values carry their offsets (the pure-Python scanner's hook)."""
-    decoder = json.JSONDecoder()
+    decoder = json.JSONDecoder(object_pairs_hook=files.unique_keys)
 
     def parse_string(text: str, end: int, strict: bool = True) -> tuple[str, int]:
         value, after = json.decoder.scanstring(text, end, strict)
@@ -123,11 +125,11 @@ class Allowlist:
     def load(cls, path: Path | str) -> Allowlist:
         """Read and validate ``path``; AllowlistError lists every problem as ``path:line:col``."""
         where = Path(path)
-        text = where.read_text()
         try:
-            doc = _decoder().decode(text)
-        except json.JSONDecodeError as err:
-            raise AllowlistError(f"{where}:{err.lineno}:{err.colno}: not JSON: {err.msg}") from None
+            text = files.read_text(where)
+            doc = files.parse_json(text, where, _decoder())
+        except files.FileError as err:
+            raise AllowlistError(str(err)) from None
         return cls._from_document(doc, text, str(where))
 
     @classmethod
