@@ -271,3 +271,44 @@ def test_full_ipv4_header_checksum(parser, options, corrupt):
     expected = _wire16(checksum(header))  # in network order, as the header field holds it
     assert result.ipv4_csum == expected, "checksum over the header as it is"
     assert (result.ipv4_csum == 0) != corrupt, "0 exactly when the header checksum is valid"
+
+
+def _ipv4_header(ident: int) -> bytes:
+    """An IPv4 header with 40 bytes of options, 0xff wherever the parser allows: a later fragment
+    (all flags, offset 0x1fff), so nothing after it is parsed; checksum 0."""
+    head = b"\x4f\xff" + (60 + 8).to_bytes(2, "big") + ident.to_bytes(2, "big")
+    return head + b"\xff" * 4 + b"\0\0" + b"\xff" * 48
+
+
+def _word_sum(header: bytes) -> int:
+    """The 32-bit sum ipv4_csum() folds: of the 16-bit words as the little-endian CPU loads them."""
+    return sum(int.from_bytes(header[i : i + 2], "little") for i in range(0, len(header), 2))
+
+
+def _ident(case: str) -> int:
+    if case == "ones":
+        return 0xFFFF
+    if case == "checksum 0x0000":  # the identification that makes the header's sum 0xffff
+        return checksum(_ipv4_header(0))  # ~sum without it, which the identification makes 0xffff
+    # "carries twice": the first fold of the 32-bit sum carries into bit 16 again
+    sums = ((i, _word_sum(_ipv4_header(i))) for i in range(0x10000))
+    return next(i for i, total in sums if (total & 0xFFFF) + (total >> 16) > 0xFFFF)
+
+
+@pytest.mark.parametrize("case", ["ones", "carries twice", "checksum 0x0000"])
+def test_full_ipv4_header_checksum_at_corner_values(parser, case):
+    """Headers of 0xffff words, one whose sum carries twice while folding, one whose valid
+    checksum is 0x0000: ipv4_csum() gives 0 over the valid header, the checksum with the field 0."""
+    header = _ipv4_header(_ident(case))
+    want = checksum(header)
+    assert (want == 0) == (case == "checksum 0x0000")
+    valid = header[:10] + want.to_bytes(2, "big") + header[12:]
+    for name, ip in (("checksum 0", header), ("valid", valid)):
+        frame = bytes(Ether(**MACS, type=0x0800)) + ip + bytes(8)
+        parser.programs["parse_xdp"].test_run(frame)
+        result = parser.maps["results"][0]
+        assert result.status == 0, f"{name}: the header parses"
+        expected = _wire16(want) if name == "checksum 0" else 0
+        assert result.ipv4_csum == expected, (
+            f"{case}, {name}: ipv4_csum {result.ipv4_csum:#06x}, full recomputation {expected:#06x}"
+        )
