@@ -1,4 +1,5 @@
-"""Unit-test machinery that several data planes' tests share: two CPUs creating the same new flows.
+"""Unit-test machinery that several test files share: two CPUs creating the same new flows, and UDP
+packets whose checksum computes to exactly 0.
 
 ``two_cpus`` runs an XDP program through the flow rotator (``bpf/flowmon/flowmon_bench.bpf.c``) on
 both CPUs at once: one thread pinned to each, a barrier before every batch, each batch one
@@ -7,6 +8,9 @@ two CPUs meet the same new flows in the same order. They stay in step by themsel
 falls behind finds the entries the other created, a cheaper path than creating them, and catches
 up; from there the two miss the same new flow together and race to insert it. Not for anything a
 single CPU can show.
+
+``udp_checksum`` solves for the 16-bit word of a UDP packet that makes its checksum compute to
+0, which RFC 768 sends as 0xffff (0 means "no checksum"): a case random tests almost never hit.
 """
 
 from __future__ import annotations
@@ -18,6 +22,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from scapy.layers.inet import IP, UDP, in4_chksum
+from scapy.layers.inet6 import IPv6, in6_chksum
+from scapy.layers.l2 import Ether
 
 import bpf
 from bpf.libbpf import TestRunOpts, lib
@@ -94,3 +101,40 @@ def two_cpus() -> TwoCpus:
     if len(cpus) < 2:
         pytest.skip("one CPU: nothing runs at once")
     return TwoCpus((cpus[0], cpus[1]))
+
+
+class UdpChecksum:
+    """UDP checksums computed from scratch by scapy: the oracle for checksum corner cases."""
+
+    @staticmethod
+    def computed(frame: bytes, nb: int = 1) -> int:
+        """The checksum of ``frame``'s ``nb``-th UDP header (2: a VXLAN packet's inner one) computed
+        from scratch (its field taken as 0), before RFC 768's 0 -> 0xffff: 0 exactly when the sum
+        is 0xffff."""
+        udp = Ether(frame).getlayer(UDP, nb=nb)
+        ip = udp.underlayer
+        raw = bytearray(bytes(udp))
+        raw[6:8] = b"\0\0"
+        if isinstance(ip, IP):
+            return in4_chksum(17, ip, bytes(raw))
+        assert isinstance(ip, IPv6), f"UDP under {type(ip).__name__}"
+        return in6_chksum(17, ip, bytes(raw))
+
+    @classmethod
+    def solve_zero(cls, frame: bytes, word_off: int, nb: int = 1) -> bytes:
+        """``frame`` with the 16-bit word at ``word_off`` (one the ``nb``-th UDP checksum covers, at
+        an even offset from its UDP header: a port, the payload, an address's half) set so that the
+        checksum computes to 0, and its field 0xffff, as a sender puts it on the wire. The frame
+        must end with that UDP datagram."""
+        udp_off = len(frame) - len(Ether(frame).getlayer(UDP, nb=nb))
+        zeroed = frame[:word_off] + b"\0\0" + frame[word_off + 2 :]
+        word = cls.computed(zeroed, nb) or 0xFFFF  # ~sum without the word: it makes it 0xffff
+        solved = bytearray(zeroed[:word_off] + word.to_bytes(2, "big") + zeroed[word_off + 2 :])
+        assert cls.computed(bytes(solved), nb) == 0, "the solved word makes the checksum 0"
+        solved[udp_off + 6 : udp_off + 8] = b"\xff\xff"
+        return bytes(solved)
+
+
+@pytest.fixture
+def udp_checksum() -> UdpChecksum:
+    return UdpChecksum()

@@ -6,6 +6,8 @@ import ipaddress
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from scapy.layers.inet import UDP
+from scapy.layers.l2 import Ether
 
 from injector import templates
 from injector.spec import Elephants, Fixed, Imix, Random, Range, TrafficSpec, Values, Vary, Zipf
@@ -120,3 +122,22 @@ def test_programs_beyond_the_engine_limits_are_refused_by_name():
         FieldEngine(dataclasses.replace(program, ops=program.ops * 9))
     with pytest.raises(EngineError, match=r"frames must be 14\.\.3408 bytes"):
         FieldEngine(dataclasses.replace(program, frame_sizes=(4000,), template=bytes(4000)))
+
+
+@pytest.mark.parametrize("template", [templates.udp4, templates.udp6], ids=["ipv4", "ipv6"])
+def test_udp_checksum_computing_to_zero_goes_out_as_ffff(udp_checksum, template):
+    """The source port is solved for so that one flow's UDP checksum computes to exactly 0: the
+    engine must send it as 0xffff (RFC 768), as a full recomputation says, and as Python does."""
+    packet = TrafficSpec(template(), vary=(Vary("UDP.sport", Values((1000,))),)).resolve().packet(0)
+    sport_off = len(packet) - len(Ether(packet)[UDP])
+    solved = udp_checksum.solve_zero(packet, sport_off)
+    sport = int.from_bytes(solved[sport_off : sport_off + 2], "big")
+    spec = TrafficSpec(template(), vary=(Vary("UDP.sport", Values((sport, sport + 1))),), flows=2)
+    program = spec.resolve()
+    with FieldEngine(program) as engine:
+        made = engine.render(0)
+        assert made == solved, "the engine's packet with the solved port: " + first_difference(
+            made, solved
+        )
+        assert program.packet(0) == solved, "Python's expansion agrees"
+        assert engine.aborted() == 0
