@@ -364,6 +364,14 @@ def pin_dir(name: str) -> Path:
     return bpffs() / PIN_ROOT.relative_to(BPFFS) / name
 
 
+def pin_name(ifname: str, namespace: str | None = None) -> str:
+    """How a data plane names the pins of an interface: ``IF`` in the initial namespace,
+    ``IF@NS`` in named namespace NS (given, or the one this thread is in), so that two
+    namespaces' ``ens5`` never share pins."""
+    where = namespace if namespace is not None else netns.identify()
+    return ifname if where is None else f"{ifname}@{where}"
+
+
 def host_path(path: Path) -> Path:
     """A path on the host's bpffs as the host names it (``/sys/fs/bpf/...``), for messages and the
     journal, whatever way this process reaches it."""

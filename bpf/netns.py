@@ -34,6 +34,20 @@ def exists(name: str) -> bool:
     return (NETNS_RUN_DIR / name).exists()
 
 
+def identify() -> str | None:
+    """The name under /run/netns of the namespace this thread is in (as ``ip netns identify``),
+    or None when it has none: the host's own, or a container's, which is its own world."""
+    here = os.stat("/proc/thread-self/ns/net").st_ino
+    if NETNS_RUN_DIR.is_dir():
+        for path in sorted(NETNS_RUN_DIR.iterdir()):
+            try:
+                if path.stat().st_ino == here:
+                    return path.name
+            except OSError:  # a namespace removed while we look
+                continue
+    return None
+
+
 @contextmanager
 def entered(name: str | None) -> Iterator[None]:
     """Run the block in namespace ``name``; ``None`` means the namespace the thread is already in."""

@@ -143,6 +143,14 @@ def pytest_sessionstart(session: pytest.Session) -> None:
     cleanup.clean_once()
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    # nic_standin puts the DUT's NICs and the route to its peer in the host namespace: two such
+    # tests at once (pytest-xdist workers) would share one address, so they share one worker.
+    for item in items:
+        if "nic_standin" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.xdist_group("host namespace"))
+
+
 def pytest_runtest_setup(item: pytest.Item) -> None:
     Capture.opened.clear()
 

@@ -29,6 +29,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from bpf import LibbpfError, XdpMode
+from bpf.attach import pin_name
 from bpf.cli import (
     UsageError,
     add_stats_interval,
@@ -192,14 +193,14 @@ def _hooks(args: argparse.Namespace) -> list[Hook]:
 
 def _reuse(args: argparse.Namespace) -> bool:
     """True if IF's pinned maps are to be reopened; UsageError if they clash with the options."""
-    found = FlowMon.pinned_config(args.interface)
+    found = FlowMon.pinned_config(args.pins)
     if found is None:
         return False
     pinned, owner = found
     if process_alive(owner) and owner != os.getpid():
         raise UsageError(
             f"-i {args.interface}: flowmon (pid {owner}) already counts there; "
-            f"`flowmon -i {args.interface} -u` stops it"
+            f"`flowmon -i {args.interface}{_netns_option(args)} -u` stops it"
         )
     given = {
         "--storage": (args.storage, pinned.storage.value),
@@ -211,7 +212,7 @@ def _reuse(args: argparse.Namespace) -> bool:
         if asked is not None and asked != have:
             raise UsageError(
                 f"{option} {asked}: the table pinned for {args.interface} has {have}; keep it, "
-                f"or `flowmon -i {args.interface} -u` to start over"
+                f"or `flowmon -i {args.interface}{_netns_option(args)} -u` to start over"
             )
     return True
 
@@ -222,17 +223,17 @@ def _run(args: argparse.Namespace) -> int:
     check_interface(args.interface, args.netns)
     reuse = _reuse(args)
     stop = stop_event()
-    fm = FlowMon.reopen(args.interface) if reuse else FlowMon(config)
+    fm = FlowMon.reopen(args.pins) if reuse else FlowMon(config)
     with fm:
         if not reuse:
-            fm.pin(args.interface)
+            fm.pin(args.pins)
         fm.attach(args.interface, hooks, args.netns, XdpMode[args.mode.upper()])
         where = f"{args.interface}@{args.netns}" if args.netns else args.interface
         print(
             f"flowmon: counting on {where} at {', '.join(h.value for h in hooks)} in "
             f"{fm.config.storage.value} ({fm.config.entries} entries, full: "
             f"{fm.config.full.value}); maps {'reopened' if reuse else 'pinned'} at "
-            f"{FlowMon.pin_path(args.interface)}",
+            f"{FlowMon.pin_path(args.pins)}",
             file=sys.stderr,
             flush=True,
         )
@@ -257,7 +258,7 @@ def _run(args: argparse.Namespace) -> int:
                 break
     print(
         f"flowmon: detached from {where}; the counts stay pinned "
-        f"(`flowmon -i {args.interface} -u` removes them)",
+        f"(`flowmon -i {args.interface}{_netns_option(args)} -u` removes them)",
         file=sys.stderr,
     )
     return 0
@@ -266,22 +267,27 @@ def _run(args: argparse.Namespace) -> int:
 def _unload(args: argparse.Namespace) -> int:
     if args.attach or args.storage or args.entries or args.full or args.top or args.direction:
         raise UsageError("-u: takes -i only (it stops whatever flowmon runs on the interface)")
-    found = FlowMon.pinned_config(args.interface)
+    found = FlowMon.pinned_config(args.pins)
     if found is None:
-        print(f"flowmon: nothing pinned for {args.interface}", file=sys.stderr)
+        print(f"flowmon: nothing pinned for {args.pins}", file=sys.stderr)
         return 0
     owner = found[1]
     # A running flowmon detaches, prints its last table and exits on SIGTERM.
     if not stop_process(owner, STOP_WAIT_S):
         print(f"flowmon: pid {owner} did not stop in {STOP_WAIT_S:g} s", file=sys.stderr)
         return 1
-    removed = FlowMon.unpin(args.interface)
-    print(f"flowmon: removed {len(removed)} pins of {args.interface}", file=sys.stderr)
+    removed = FlowMon.unpin(args.pins)
+    print(f"flowmon: removed {len(removed)} pins of {args.pins}", file=sys.stderr)
     return 0
+
+
+def _netns_option(args: argparse.Namespace) -> str:
+    return f" --netns {args.netns}" if args.netns else ""
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    args.pins = pin_name(args.interface, args.netns)  # IF, or IF@NS: one namespace's IF only
     try:
         return _unload(args) if args.unload else _run(args)
     except UsageError as err:

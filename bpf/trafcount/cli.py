@@ -42,6 +42,7 @@ from pathlib import Path
 from typing import Any
 
 from bpf import LibbpfError, XdpMode
+from bpf.attach import pin_name
 from bpf.cli import (
     UsageError,
     add_stats_interval,
@@ -193,14 +194,14 @@ def _check(args: argparse.Namespace) -> Config:
         except ValueError as err:
             raise UsageError(str(err)) from None
     check_interface(args.interface, args.netns)
-    found = TrafCount.pinned_config(args.interface)
+    found = TrafCount.pinned_config(args.pins)
     if found is not None and process_alive(found[1]):
         raise UsageError(
             f"-i {args.interface}: trafcount (pid {found[1]}) already counts there; "
-            f"`trafcount -i {args.interface} --detach` stops it"
+            f"`trafcount -i {args.interface}{_netns_option(args)} --detach` stops it"
         )
     if found is not None:
-        raise UsageError(f"-i {args.interface}: {_killed(args.interface, found[1])}")
+        raise UsageError(f"-i {args.interface}: {_killed(args.pins, found[1])}")
     return Config(
         key=Key(args.key) if args.key else default_key(args.hook),
         bytes=ByteCount(args.bytes) if args.bytes else ByteCount.L3,
@@ -214,7 +215,7 @@ def _run(args: argparse.Namespace) -> int:
     where = f"{args.interface}@{args.netns}" if args.netns else args.interface
     with ExitStack() as stack:
         tc = stack.enter_context(TrafCount(config))
-        tc.pin(args.interface)
+        tc.pin(args.pins)
         tc.attach(args.interface, args.hook, args.netns, XdpMode[args.mode.upper()])
         if args.prometheus is not None:
             collector = metrics.TrafCollector(tc, args.interface, args.hook.value)
@@ -223,7 +224,7 @@ def _run(args: argparse.Namespace) -> int:
         print(
             f"trafcount: counting on {where} at {args.hook.value} by {config.key.value} address, "
             f"{config.bytes.value} bytes, {config.entries} entries per IP version; maps pinned at "
-            f"{TrafCount.pin_path(args.interface)}"
+            f"{TrafCount.pin_path(args.pins)}"
             + (f"; metrics at http://{args.prometheus}/metrics" if args.prometheus else ""),
             file=sys.stderr,
             flush=True,
@@ -280,31 +281,35 @@ def _detach(args: argparse.Namespace) -> int:
             f"--detach: takes -i only (given --{(given or ['json'])[0]}); it stops whatever "
             "trafcount counts on the interface"
         )
-    found = TrafCount.pinned_config(args.interface)
+    found = TrafCount.pinned_config(args.pins)
     if found is None:
         print(f"trafcount: nothing of trafcount on {args.interface}", file=sys.stderr)
         return 0
     owner = found[1]
     if not process_alive(owner):
-        print(f"trafcount: {_killed(args.interface, owner)}", file=sys.stderr)
+        print(f"trafcount: {_killed(args.pins, owner)}", file=sys.stderr)
         return 1
     # It detaches, removes its pins and the qdisc it added, prints its last totals and exits.
     if not stop_process(owner, STOP_WAIT_S):
         print(f"trafcount: pid {owner} did not stop in {STOP_WAIT_S:g} s", file=sys.stderr)
         return 1
-    left = TrafCount.pinned_config(args.interface)
+    left = TrafCount.pinned_config(args.pins)
     print(
         f"trafcount: stopped pid {owner}; nothing of trafcount is left on {args.interface}"
         if left is None
-        else f"trafcount: pid {owner} stopped but left its pins at "
-        f"{TrafCount.pin_path(args.interface)}",
+        else f"trafcount: pid {owner} stopped but left its pins at {TrafCount.pin_path(args.pins)}",
         file=sys.stderr,
     )
     return 0 if left is None else 1
 
 
+def _netns_option(args: argparse.Namespace) -> str:
+    return f" --netns {args.netns}" if args.netns else ""
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    args.pins = pin_name(args.interface, args.netns)  # IF, or IF@NS: one namespace's IF only
     try:
         return _detach(args) if args.detach else _run(args)
     except UsageError as err:

@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 
 from bpf import netns
-from bpf.attach import ifindex
+from bpf.attach import ifindex, pin_name
 from bpf.flowmon import Config, FlowMon, Hook, Model, Storage
 from injector import templates
 from injector.spec import Range, TrafficSpec, Vary
@@ -111,7 +111,14 @@ def test_run_restart_and_unload(two_host, tmp_path, inside):
         assert injected(last_table(out)) == want, "the last table printed on SIGINT"
 
         dump = subprocess.run(
-            ["bpftool", "-j", "map", "dump", "pinned", "/sys/fs/bpf/bpflab/flowmon/ens5/flows4"],
+            [
+                "bpftool",
+                "-j",
+                "map",
+                "dump",
+                "pinned",
+                str(FlowMon.pin_path(pin_name("ens5", dut)) / "flows4"),
+            ],
             capture_output=True,
             text=True,
             check=True,
@@ -129,15 +136,15 @@ def test_run_restart_and_unload(two_host, tmp_path, inside):
         for frame in inject(injector):
             model.feed(frame, Hook.XDP, ens5)
         second.wait_for(second.out, '"packets": 40')
-        unload = flowmon("-i", "ens5", "-u")
+        unload = flowmon("-i", "ens5", "--netns", dut, "-u")
         assert unload.returncode == 0 and "removed 10 pins" in unload.stderr, unload.stderr
         out, err = second.stop()  # -u stopped it already: it exited 0
         want = {k.sport: (c.packets, c.bytes) for k, c in model.flows.items()}
         assert injected(last_table(out)) == want, "the restarted run went on from the pinned counts"
         assert "detached from" in err
     finally:
-        FlowMon.unpin("ens5")
-    assert not FlowMon.pin_path("ens5").exists()
+        FlowMon.unpin(pin_name("ens5", dut))
+    assert not FlowMon.pin_path(pin_name("ens5", dut)).exists()
 
 
 def test_tc_both_directions_table_has_the_seeds_columns(two_host, tmp_path):
@@ -162,11 +169,11 @@ def test_tc_both_directions_table_has_the_seeds_columns(two_host, tmp_path):
         server.close()
         run.wait_for(run.out, "10.0.0.2:7777")
         run.wait_for(run.out, "10.0.0.1:7778")
-        unload = flowmon("-i", "ens5", "-u")
+        unload = flowmon("-i", "ens5", "--netns", dut, "-u")
         assert unload.returncode == 0, unload.stderr
         out, _ = run.stop()
     finally:
-        FlowMon.unpin("ens5")
+        FlowMon.unpin(pin_name("ens5", dut))
     table = out.strip().split("\n\n")[-1].splitlines()
     header = table[0]
     for column in (

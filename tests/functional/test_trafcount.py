@@ -35,6 +35,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from pyroute2 import IPRoute
 
 from bpf import netns
+from bpf.attach import pin_name
 from bpf.netns import silence_ipv6
 from bpf.trafcount import ByteCount, Config, Hook, Key, Model, TrafCount, TrafKey
 from bpf.trafcount.demo import check_trafcount
@@ -221,6 +222,9 @@ class Running:
         self.out, self.err = directory / "stdout", directory / "stderr"
         with self.out.open("w") as out, self.err.open("w") as err:
             self.proc = subprocess.Popen([*prefix, str(TRAFCOUNT), *args], stdout=out, stderr=err)
+        inside = prefix[3] if prefix[:3] == ("ip", "netns", "exec") else None
+        namespace = args[args.index("--netns") + 1] if "--netns" in args else inside
+        self.pins = pin_name(args[args.index("-i") + 1], namespace)
 
     def wait_for(self, contains: str, timeout: float = 15.0) -> str:
         deadline = time.monotonic() + timeout
@@ -250,7 +254,7 @@ class Running:
         if self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait(timeout=15)
-        TrafCount.unpin("ens5")
+        TrafCount.unpin(self.pins)
 
 
 def trafcount(*args: str) -> subprocess.CompletedProcess:
@@ -274,7 +278,7 @@ def tc_state(ifname: str, namespace: str) -> set[str]:
 
 
 def left_behind(ifname: str, namespace: str) -> set[str]:
-    pins = TrafCount.pin_path(ifname)
+    pins = TrafCount.pin_path(pin_name(ifname, namespace))
     return tc_state(ifname, namespace) | ({f"pins {pins}"} if pins.exists() else set())
 
 
@@ -298,8 +302,8 @@ def test_time_series_bins_sum_to_the_totals_then_detach_leaves_nothing(two_host,
         run.wait_for("counting on")
         frames = inject(injector, workers=1)
         time.sleep(0.5)
-        assert left_behind("ens5", dut) == {"xdp", f"pins {TrafCount.pin_path('ens5')}"}
-        detached = trafcount("-i", "ens5", "--detach")
+        assert left_behind("ens5", dut) == {"xdp", f"pins {TrafCount.pin_path(run.pins)}"}
+        detached = trafcount("-i", "ens5", "--netns", dut, "--detach")
         assert detached.returncode == 0 and "nothing of trafcount is left" in detached.stderr, (
             detached.stderr
         )
@@ -393,8 +397,8 @@ def test_under_ip_netns_exec_detached_from_the_host(two_host, tmp_path):
         with XdpSender(spec.resolve(), "veth0", injector) as sender:
             sender.send(count=12)
         time.sleep(0.5)
-        assert (TrafCount.pin_path("ens5") / "addrs4").exists(), "pinned on the host's bpffs"
-        detached = trafcount("-i", "ens5", "--detach")
+        assert (TrafCount.pin_path(run.pins) / "addrs4").exists(), "pinned on the host's bpffs"
+        detached = trafcount("-i", "ens5", "--netns", dut, "--detach")
         assert detached.returncode == 0 and "nothing of trafcount is left" in detached.stderr, (
             detached.stderr
         )
@@ -408,12 +412,12 @@ def test_killed_run_is_undone_by_harness_clean(two_host, tmp_path):
     _, dut = two_host
     run = Running(["-i", "ens5", "--netns", dut, "-a", "tc", "--direction", "egress"], tmp_path)
     run.wait_for("counting on")
-    pins = f"pins {TrafCount.pin_path('ens5')}"
+    pins = f"pins {TrafCount.pin_path(run.pins)}"
     assert left_behind("ens5", dut) == {"clsact", "egress filter", pins}
     run.proc.send_signal(signal.SIGKILL)
     run.proc.wait(timeout=10)
     assert left_behind("ens5", dut) == {"clsact", "egress filter", pins}, "killed: nothing undone"
-    detach = trafcount("-i", "ens5", "--detach")
+    detach = trafcount("-i", "ens5", "--netns", dut, "--detach")
     again = trafcount("-i", "ens5", "--netns", dut, "-a", "xdp")
     for done in (detach, again):
         assert done.returncode != 0 and "was killed" in done.stderr, done.stderr

@@ -44,7 +44,9 @@ flows: 100
 sizes: {imix: [[128, 7], [590, 4], [1514, 1]]}
 count: 50
 """
-ALLOWLIST = '{\n "version": "1.0",\n "flat_ip_list": ["10.0.0.1", "172.16.0.0/12", "2001:db8::/32"]\n}\n'
+ALLOWLIST = (
+    '{\n "version": "1.0",\n "flat_ip_list": ["10.0.0.1", "172.16.0.0/12", "2001:db8::/32"]\n}\n'
+)
 ARGUS = "interface: ens5\noutput_dir: /tmp/argus\nbuckets: 4\nhash: jhash\n"
 RESULTS = {"testbed": "veth", "time": "2026-12-03T10:00:00Z", "fingerprint": {}, "figures": []}
 
