@@ -9,6 +9,13 @@ falls behind finds the entries the other created, a cheaper path than creating t
 up; from there the two miss the same new flow together and race to insert it. Not for anything a
 single CPU can show.
 
+``extreme_frames`` holds frames whose fields sit at the ends of their ranges: a bug that looks only
+at the low bits of a field passes tests that use small values.
+
+``disagreeing_lengths`` holds frames whose length fields disagree with each other: a header that
+claims more than its IP packet holds, while Ethernet padding after the packet makes the frame long
+enough, so a parser that checks against the frame's end instead of the packet's reads the padding.
+
 ``udp_checksum`` solves for the 16-bit word of a UDP packet that makes its checksum compute to
 0, which RFC 768 sends as 0xffff (0 means "no checksum"): a case random tests almost never hit.
 """
@@ -20,11 +27,14 @@ import os
 import threading
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
-from scapy.layers.inet import IP, UDP, in4_chksum
-from scapy.layers.inet6 import IPv6, in6_chksum
-from scapy.layers.l2 import Ether
+from scapy.layers.inet import IP, TCP, UDP, in4_chksum
+from scapy.layers.inet6 import IPv6, IPv6ExtHdrFragment, in6_chksum
+from scapy.layers.l2 import Dot1AD, Dot1Q, Ether
+from scapy.layers.ppp import PPP, PPPoE
+from scapy.packet import Raw
 
 import bpf
 from bpf.libbpf import TestRunOpts, lib
@@ -138,3 +148,157 @@ class UdpChecksum:
 @pytest.fixture
 def udp_checksum() -> UdpChecksum:
     return UdpChecksum()
+
+
+MACS = {"src": "02:00:00:00:00:01", "dst": "02:00:00:00:00:02"}
+V4 = {"src": "192.0.2.1", "dst": "198.51.100.2"}
+V6 = {"src": "2001:db8::1", "dst": "2001:db8:0:1::2"}
+PORT_ENDS = [(0, 0xFFFF), (0xFFFF, 0), (1, 0xFFFE), (0x8000, 0x7FFF), (0xFF, 0x100)]
+ADDRESS_ENDS = {
+    4: [
+        ("0.0.0.0", "255.255.255.255"),
+        ("255.255.255.255", "0.0.0.0"),
+        ("128.0.0.0", "127.255.255.255"),
+        ("0.0.0.128", "0.0.128.0"),
+    ],
+    6: [
+        ("::", "ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff"),
+        ("ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff", "::"),
+        ("8000::", "::8000:0:0"),
+        ("::ffff:ffff", "ffff:0:0:0:8000::"),
+    ],
+}
+# Protocols without ports, none of them an IPv6 extension header (0 is hop-by-hop there)
+PROTOCOL_ENDS = {4: [0, 1, 2, 132, 253, 254, 255], 6: [58, 59, 132, 253, 254, 255]}
+VLAN_ENDS = [0, 1, 0x7FF, 0x800, 4094, 4095]
+SESSION_ENDS = [0, 1, 0xFF, 0x100, 0xFFFE, 0xFFFF]
+FRAGMENT_ENDS = [1, 0xFF, 0x100, 0x1000, 0x1FFF]  # 13-bit offsets, 8-byte units
+
+
+@pytest.fixture(scope="session")
+def extreme_frames() -> dict[str, bytes]:
+    """Frames of every data plane's kinds, each with a field at an end of its range: ports,
+    addresses, protocol numbers, VLAN ids (with priority and DEI), PPPoE session ids, fragment
+    offsets, and the header fields no data plane reads."""
+    frames: dict[str, Any] = {}
+    ips = {4: IP(**V4), 6: IPv6(**V6)}
+    for v, ip in ips.items():
+        for l4 in (TCP, UDP):
+            for sport, dport in PORT_ENDS:
+                frames[f"ipv{v} {l4.__name__} ports {sport}->{dport}"] = (
+                    Ether(**MACS) / ip / l4(sport=sport, dport=dport) / Raw(b"p")
+                )
+        for src, dst in ADDRESS_ENDS[v]:
+            frames[f"ipv{v} {src} -> {dst}"] = (
+                Ether(**MACS) / (IP if v == 4 else IPv6)(src=src, dst=dst) / UDP(sport=7, dport=9)
+            )
+        for proto in PROTOCOL_ENDS[v]:
+            header = IP(**V4, proto=proto) if v == 4 else IPv6(**V6, nh=proto)
+            frames[f"ipv{v} protocol {proto}"] = Ether(**MACS) / header / Raw(bytes(8))
+        for vid in VLAN_ENDS:
+            # priority 7 and DEI set: the TCI's top bits beside the id
+            frames[f"ipv{v} vlan {vid}"] = (
+                Ether(**MACS) / Dot1Q(prio=7, dei=1, vlan=vid) / ip / UDP(sport=vid, dport=5)
+            )
+        frames[f"ipv{v} qinq 4095/4095"] = (
+            Ether(**MACS)
+            / Dot1AD(prio=7, dei=1, vlan=4095)
+            / Dot1Q(prio=7, dei=1, vlan=4095)
+            / ip
+            / TCP(sport=0xFFFF, dport=0xFFFF)
+        )
+        for sid in SESSION_ENDS:
+            ppp = PPP(proto=0x21 if v == 4 else 0x57)
+            frames[f"ipv{v} pppoe session {sid:#x}"] = (
+                Ether(**MACS) / PPPoE(sessionid=sid) / ppp / ip / UDP(sport=sid, dport=6)
+            )
+    for offset in FRAGMENT_ENDS:
+        for more in ("MF", 0):
+            frames[f"ipv4 udp fragment at {offset:#x} {more or 'last'}"] = (
+                Ether(**MACS)
+                / IP(**V4, proto=17, frag=offset, flags=more, id=0xFFFF)
+                / Raw(bytes(range(16)))
+            )
+            frag6 = IPv6ExtHdrFragment(nh=17, offset=offset, m=int(bool(more)), id=0xFFFFFFFF)
+            frames[f"ipv6 udp fragment at {offset:#x} {more or 'last'}"] = (
+                Ether(**MACS) / IPv6(**V6) / frag6 / Raw(bytes(range(16)))
+            )
+    frames["ipv4 tos, id, ttl 0xff"] = (
+        Ether(**MACS) / IP(**V4, tos=0xFF, id=0xFFFF, ttl=255) / TCP(sport=1, dport=2)
+    )
+    frames["ipv6 traffic class and flow label at their ends"] = (
+        Ether(**MACS) / IPv6(**V6, tc=0xFF, fl=0xFFFFF, hlim=255) / TCP(sport=1, dport=2)
+    )
+    return {name: bytes(frame) for name, frame in frames.items()}
+
+
+def _ipv4(l4: bytes, proto: int, tot_len: int | None = None, ihl: int = 5) -> bytes:
+    """An IPv4 header (its checksum right) with ``l4`` after it; ``tot_len`` may disagree."""
+    options = bytes(4 * (ihl - 5))
+    length = tot_len if tot_len is not None else 4 * ihl + len(l4)
+    return bytes(IP(**V4, ihl=ihl, len=length, proto=proto, options=options))[: 4 * ihl] + l4
+
+
+def _ipv6(l4: bytes, nh: int, payload_len: int | None = None) -> bytes:
+    length = payload_len if payload_len is not None else len(l4)
+    return bytes(IPv6(**V6, nh=nh, plen=length))[:40] + l4
+
+
+@pytest.fixture(scope="session")
+def disagreeing_lengths() -> dict[str, bytes]:
+    """Frames whose TCP data offset, UDP length, IPv4 IHL and total length, IPv6 payload length or
+    extension header length disagree, under Ethernet, a VLAN tag and PPPoE, padded past the IP
+    packet; and IP packets shorter than their frames, for byte counts."""
+    pad = bytes(range(64)) * 34  # enough for any header to fit in the frame: 2176 bytes
+    tcp = bytes(TCP(sport=1000, dport=80, flags="PA"))  # 20 bytes, doff 5
+    tcp_doff = {d: tcp[:12] + bytes([d << 4]) + tcp[13:] for d in (6, 8, 15)}
+    udp = bytes(UDP(sport=1000, dport=53, len=8 + 4)) + b"data"
+    packets = {
+        "tcp offset 15, packet holds 20 bytes of tcp": _ipv4(tcp_doff[15], 6),
+        "tcp offset 6, packet holds 20 bytes of tcp": _ipv4(tcp_doff[6], 6),
+        "tcp offset 8, packet holds exactly its 32 bytes": _ipv4(tcp_doff[8] + bytes(12), 6),
+        "tcp header cut by the total length": _ipv4(tcp, 6, tot_len=20 + 12),
+        "udp length 4000 in a 32-byte packet": _ipv4(bytes(UDP(len=4000)) + b"data", 17),
+        "udp length 8, 4 bytes of data after it": _ipv4(bytes(UDP(len=8)) + b"data", 17),
+        "udp header cut by the total length": _ipv4(udp, 17, tot_len=20 + 4),
+        "udp, total length ending at the udp header": _ipv4(udp, 17, tot_len=20 + 8),
+        "icmp cut by the total length": _ipv4(bytes(8), 1, tot_len=20 + 4),
+        "ihl 15, total length 40": _ipv4(bytes(40), 17, tot_len=40, ihl=15),
+        "ihl 15, total length 60: no udp header": _ipv4(udp, 17, tot_len=60, ihl=15),
+        "ihl 6, total length 24": _ipv4(udp, 17, tot_len=24, ihl=6),
+        "ipv4 total length 19": _ipv4(udp, 17, tot_len=19),
+        "ipv6 tcp offset 15, packet holds 20 bytes": _ipv6(tcp_doff[15], 6),
+        "ipv6 udp cut by the payload length": _ipv6(udp, 17, payload_len=4),
+        "ipv6 hop-by-hop of 2048 bytes in a 16-byte payload": _ipv6(
+            bytes([17, 255]) + bytes(6) + udp[:8], 0
+        ),
+        "ipv6 routing header ending at the payload's end, no udp": _ipv6(
+            bytes([17, 0]) + bytes(6), 43
+        ),
+        "ipv6 ah of 1024 bytes in a 16-byte payload": _ipv6(
+            bytes([17, 254]) + bytes(6) + udp[:8], 51
+        ),
+        "ipv6 fragment header cut by the payload length": _ipv6(
+            bytes([17, 0, 0, 1]) + bytes(4) + udp, 44, payload_len=4
+        ),
+        "ipv6 payload length 0": _ipv6(udp, 17, payload_len=0),
+        "ipv4 udp, 18 bytes of padding": _ipv4(udp, 17),
+        "ipv4 tcp, 40 bytes of padding": _ipv4(tcp, 6),
+        "ipv6 udp, 30 bytes of padding": _ipv6(udp, 17),
+    }
+    padding = {"ipv4 udp, 18 bytes of padding": 18, "ipv4 tcp, 40 bytes of padding": 40}
+    padding["ipv6 udp, 30 bytes of padding"] = 30
+    frames = {}
+    for name, packet in packets.items():
+        tail = pad[: padding.get(name, len(pad))]
+        v6 = packet[0] >> 4 == 6
+        ether = bytes(Ether(**MACS, type=0x86DD if v6 else 0x0800))
+        frames[name] = ether + packet + tail
+        if name in padding:
+            continue
+        vlan = bytes(Ether(**MACS) / Dot1Q(vlan=7, type=0x86DD if v6 else 0x0800))
+        frames[f"vlan, {name}"] = vlan + packet + tail
+        ppp = PPP(proto=0x57 if v6 else 0x21)
+        pppoe = bytes(Ether(**MACS) / PPPoE(sessionid=9, len=2 + len(packet)) / ppp)
+        frames[f"pppoe, {name}"] = pppoe + packet + tail
+    return frames

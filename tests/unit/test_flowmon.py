@@ -170,6 +170,30 @@ def test_crafted_frames_counted_as_the_model_says(storage, hook):
         assert sum(model.unparsed.values()) == 3 * 4, model.unparsed
 
 
+@pytest.mark.parametrize("hook", list(Hook), ids=lambda h: h.value)
+def test_fields_at_the_ends_of_their_ranges(storage, hook, extreme_frames):
+    """Ports, addresses, protocol numbers, VLAN ids, PPPoE session ids and fragment offsets at
+    both ends of their ranges, in every storage and at every hook: the table the model holds."""
+    config = Config(storage=storage, entries=256)
+    with FlowMon(config) as fm:
+        model = Model(config)
+        for frame in extreme_frames.values():
+            feed(fm, model, frame, hook)
+        check(fm, model, f"{storage.value} at {hook.value}, fields at their ends")
+
+
+@pytest.mark.parametrize("hook", list(Hook), ids=lambda h: h.value)
+def test_lengths_that_disagree_stop_at_the_ip_packets_end(hook, disagreeing_lengths):
+    """Headers that claim more than their IP packet holds, the frame padded long enough, and IP
+    packets shorter than their frames: parse status, keys and wire bytes as the model says."""
+    config = Config()
+    with FlowMon(config) as fm:
+        model = Model(config)
+        for frame in disagreeing_lengths.values():
+            feed(fm, model, frame, hook)
+        check(fm, model, f"lengths that disagree at {hook.value}")
+
+
 def test_ports_zero_for_fragments_and_portless_protocols():
     config = Config()
     with FlowMon(config) as fm:

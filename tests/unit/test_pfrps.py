@@ -101,6 +101,36 @@ def test_hash_is_bit_exact(residues, alg, side, src, dst):
         assert got == worker_of(mac, modulus, alg), f"{alg.name} of {mac.hex(':')} mod {modulus}"
 
 
+# Every byte at 0x00, 0xff, or one high bit alone: a hash that reads a byte as signed, or a word
+# short, gives another worker for some of these.
+MAC_ENDS = [
+    bytes(6),
+    b"\xff" * 6,
+    b"\x80" + bytes(5),
+    bytes(5) + b"\x80",
+    b"\x7f" + b"\xff" * 5,
+    b"\xff" * 5 + b"\x7f",
+    bytes(2) + b"\x80" + bytes(3),
+    b"\xff\xff" + bytes(4),
+]
+
+
+@pytest.mark.parametrize("side", list(MacSide))
+@pytest.mark.parametrize("alg", list(HashAlg))
+def test_macs_at_the_ends_of_their_range(residues, alg, side):
+    for src in MAC_ENDS:
+        for dst in MAC_ENDS:
+            for ethertype in (0x8863, 0x8864):
+                frame = pppoe_frame(src, dst, ethertype)
+                mac = frame_mac(frame, side)
+                for modulus in MODULI:
+                    program = residues[alg, side, modulus].programs["pfrps_fanout"]
+                    got = program.test_run(frame).verdict
+                    assert got == worker_of(mac, modulus, alg), (
+                        f"{alg.name} of {mac.hex(':')} ({ethertype:#06x}) mod {modulus}"
+                    )
+
+
 @pytest.mark.parametrize("workers", [1, 3, 6, 8, 16])
 @pytest.mark.parametrize("alg", list(HashAlg))
 def test_exactly_the_models_worker_accepts_whole(alg, workers):

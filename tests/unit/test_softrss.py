@@ -172,6 +172,22 @@ def test_fragments_and_icmp_key_without_ports(pair):
     assert fragments.packets == 2, "both fragments of the datagram are one flow in one bucket"
 
 
+def test_fields_at_the_ends_of_their_ranges(pair, extreme_frames):
+    """Ports, addresses, protocol numbers, VLAN ids, PPPoE session ids and fragment offsets at
+    both ends of their ranges: hash, bucket, key and counts as the model says."""
+    for frame in extreme_frames.values():
+        check_frame(*pair, frame)
+    rss, model = pair
+    assert len(rss.flows()) == len(model.flows)
+
+
+def test_lengths_that_disagree_stop_at_the_ip_packets_end(pair, disagreeing_lengths):
+    """Headers that claim more than their IP packet holds, the frame padded long enough: parse
+    status, key and byte counts as the model says."""
+    for frame in disagreeing_lengths.values():
+        check_frame(*pair, frame)
+
+
 TEMPLATES = {
     "udp4": templates.udp4(),
     "tcp4": templates.tcp4(),

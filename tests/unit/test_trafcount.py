@@ -132,6 +132,34 @@ def test_crafted_frames_counted_as_the_model_says(name, hook):
     assert sum(model.unparsed.values()) == 3 * len(NOT_PARSED), model.unparsed
 
 
+@pytest.mark.parametrize("name", CONFIGS)
+@pytest.mark.parametrize("hook", list(Hook), ids=lambda h: h.value)
+def test_fields_at_the_ends_of_their_ranges(name, hook, extreme_frames):
+    """Addresses, protocol numbers, ports, VLAN ids, PPPoE session ids and fragment offsets at
+    both ends of their ranges, by either address and either byte count: the model's table."""
+    config = CONFIGS[name]
+    with TrafCount(config) as tc:
+        model = Model(config)
+        for frame in extreme_frames.values():
+            if feed(tc, model, frame, hook):
+                model.feed(frame, hook)
+        check(tc, model, f"{name} at {hook.value}, fields at their ends")
+
+
+@pytest.mark.parametrize("name", CONFIGS)
+@pytest.mark.parametrize("hook", list(Hook), ids=lambda h: h.value)
+def test_lengths_that_disagree_stop_at_the_ip_packets_end(name, hook, disagreeing_lengths):
+    """Headers that claim more than their IP packet holds, the frame padded long enough, and IP
+    packets shorter than their frames: parse status and IP or wire bytes as the model says."""
+    config = CONFIGS[name]
+    with TrafCount(config) as tc:
+        model = Model(config)
+        for frame in disagreeing_lengths.values():
+            if feed(tc, model, frame, hook):
+                model.feed(frame, hook)
+        check(tc, model, f"{name} at {hook.value}, lengths that disagree")
+
+
 def test_seed_line_counts_l3_bytes_by_source():
     """The seed's example: 12 TCP packets of 60 IP bytes (720) and 3 UDP ones of 40 (120)."""
     tcp = bytes(Ether(**MACS) / IP(src="129.57.178.31", dst=V4["dst"]) / TCP() / Raw(bytes(20)))

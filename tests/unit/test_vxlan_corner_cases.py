@@ -1,11 +1,14 @@
-"""The VXLAN pipeline's NAT on every kind of inner packet, through BPF_PROG_TEST_RUN, held to its model.
+"""VXLAN pipeline corner cases through BPF_PROG_TEST_RUN, held to its model: NAT on every kind of
+inner packet, fields at the ends of their ranges, and lengths that disagree.
 
 Inner TCP, UDP (with and without a checksum), first and later fragments of both (offsets up to the
 largest, 0x1fff), ICMP, and protocols without ports whose payload looks like ports, under no NAT, a
 port rule, a default target, and both; IPv6 fragments beside them (NAT targets are IPv4). Each must
 leave byte-identical to the model's frame, with checksums that verify where one packet can show it,
 the address each target says, and a later fragment's payload untouched. A UDP checksum that the NAT
-makes compute to exactly 0 must leave as 0xffff. The rest of the pipeline: tests/unit/test_vxlan.py.
+makes compute to exactly 0 must leave as 0xffff. VNIs from 0 to 2^24 - 1 against VNI filters at
+those values; inner frames with ports, addresses, VLAN ids, PPPoE session ids and fragment offsets at
+their ends, NAT rules on ports 0 and 65535. The rest of the pipeline: tests/unit/test_vxlan.py.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from scapy.utils import checksum
 
 import bpf
 from bpf.vxlan import Allowlist, Config, Mode, Model, NatTarget, Verdict, VxlanPipeline
+from bpf.vxlan.model import Outcome
 from injector import templates
 
 MACS = {"src": "02:00:00:00:01:01", "dst": "02:00:00:00:01:02"}
@@ -78,14 +82,31 @@ NAT = {
     "port rule and default": (True, DEFAULT),
 }
 MODES = {"xdp": Mode.REDIRECT, "tc": Mode.TC}
-FORWARDED = {Mode.REDIRECT: bpf.XdpAction.REDIRECT, Mode.TC: bpf.TcAction.REDIRECT}
+VERDICTS = {
+    Mode.REDIRECT: {
+        Verdict.PASS: bpf.XdpAction.PASS,
+        Verdict.DROP: bpf.XdpAction.DROP,
+        Verdict.FORWARD: bpf.XdpAction.REDIRECT,
+    },
+    Mode.TC: {
+        Verdict.PASS: bpf.TcAction.OK,
+        Verdict.DROP: bpf.TcAction.SHOT,
+        Verdict.FORWARD: bpf.TcAction.REDIRECT,
+    },
+}
 
 
-def pipeline(mode: Mode, rule: bool, default: NatTarget | None) -> tuple[VxlanPipeline, Model]:
-    vx = VxlanPipeline(Config(mode=mode, default_nat=default))
+def pipeline(
+    mode: Mode,
+    rule: bool,
+    default: NatTarget | None,
+    vni: int | None = None,
+    allowed: tuple[str, ...] = (V4["src"], "2001:db8:1::/48"),
+) -> tuple[VxlanPipeline, Model]:
+    vx = VxlanPipeline(Config(mode=mode, default_nat=default, vni=vni))
     vx.set_egress("lo", NEXT_HOP, src_mac=EGRESS_SRC)
     model = Model(vx.config, egress=vx.egress())
-    allowlist = Allowlist.of([f"{V4['src']}", "2001:db8:1::/48"])
+    allowlist = Allowlist.of(list(allowed))
     vx.set_allowlist(allowlist)
     model.hosts, model.prefixes = set(allowlist.hosts), set(allowlist.prefixes)
     if rule:
@@ -94,18 +115,25 @@ def pipeline(mode: Mode, rule: bool, default: NatTarget | None) -> tuple[VxlanPi
     return vx, model
 
 
+def run(vx: VxlanPipeline, model: Model, frame: bytes, what: str) -> Outcome:
+    """``frame`` through the kernel: the model's verdict, and if forwarded its frame, byte for byte."""
+    want = model.predict(frame)
+    got = vx.program.test_run(frame)
+    verdict = VERDICTS[vx.config.mode][want.verdict]
+    assert got.verdict is verdict, f"{what}: kernel said {got.verdict!r}, model {want}"
+    if want.verdict is Verdict.FORWARD:
+        assert got.packet == want.frame, (
+            f"{what}: kernel sent {got.packet.hex()}\nmodel sends  {want.frame.hex()}\n"
+            f"input frame  {frame.hex()}"
+        )
+    return want, got.packet
+
+
 def forward(vx: VxlanPipeline, model: Model, inner: bytes, what: str) -> bytes:
     """The inner frame as the kernel forwards it, which must be the model's, byte for byte."""
-    frame = bytes(templates.vxlan(Ether(inner), vni=42))
-    want = model.predict(frame)
+    want, out = run(vx, model, bytes(templates.vxlan(Ether(inner), vni=42)), what)
     assert want.verdict is Verdict.FORWARD, f"{what}: the model forwards it ({want})"
-    run = vx.program.test_run(frame)
-    assert run.verdict is FORWARDED[vx.config.mode], f"{what}: kernel said {run.verdict!r}"
-    assert run.packet == want.frame, (
-        f"{what}: kernel sent {run.packet.hex()}\nmodel sends  {want.frame.hex()}\n"
-        f"input frame  {frame.hex()}"
-    )
-    return run.packet
+    return out
 
 
 def ip_target(kind: str, rule: bool, default: NatTarget | None) -> str:
@@ -161,3 +189,50 @@ def test_nat_making_the_udp_checksum_zero_sends_ffff(mode, udp_checksum):
     assert Ether(out)[UDP].chksum == 0xFFFF, (
         f"a computed 0 goes out as 0xffff, got {Ether(out)[UDP].chksum:#06x}"
     )
+
+
+VNI_ENDS = [0, 1, 0xFF, 0x100, 0xFFFF, 0x10000, 0x800000, 0xFFFFFE, 0xFFFFFF]
+
+
+@pytest.mark.parametrize("vni", [None, *VNI_ENDS], ids=lambda v: "any" if v is None else hex(v))
+@pytest.mark.parametrize("mode", MODES)
+def test_vnis_at_the_ends_of_their_range(mode, vni):
+    """Frames of every VNI end against a filter on each: only the filter's VNI (all, with none)
+    is forwarded, the rest dropped for their VNI, as the model says."""
+    vx, model = pipeline(MODES[mode], False, None, vni=vni)
+    with vx:
+        for frame_vni in VNI_ENDS:
+            frame = bytes(templates.vxlan(Ether(bytes(INNER["udp"])), vni=frame_vni))
+            want, _ = run(vx, model, frame, f"{mode}, filter {vni}, frame VNI {frame_vni:#x}")
+            forwarded = want.verdict is Verdict.FORWARD
+            assert forwarded == (vni is None or vni == frame_vni), f"model: {want}"
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_inner_fields_at_the_ends_of_their_ranges(mode, extreme_frames):
+    """Every inner frame of the shared catalogue, every address allowed, NAT rules on ports 0 and
+    65535 and a default target: the model's verdict and frame."""
+    vx, model = pipeline(MODES[mode], False, DEFAULT, allowed=("0.0.0.0/0", "::/0"))
+    with vx:
+        for port, target in (
+            (0, RULE),
+            (0xFFFF, NatTarget(ipaddress.IPv4Address("255.255.255.255"), 0xFFFF)),
+        ):
+            vx.add_nat(port, str(target.addr), target.port)
+            model.nat[port] = target
+        for name, inner in extreme_frames.items():
+            frame = bytes(templates.vxlan(Ether(inner), vni=0xFFFFFF))
+            run(vx, model, frame, f"{mode}, inner {name}")
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_inner_lengths_that_disagree(mode, disagreeing_lengths):
+    """Inner headers that claim more than their IP packet holds, padded long enough; and inner
+    packets claiming more than the outer packet holds, the outer frame padded: the inner frame
+    ends with the outer IP packet."""
+    vx, model = pipeline(MODES[mode], True, DEFAULT, allowed=("0.0.0.0/0", "::/0"))
+    with vx:
+        for name, inner in disagreeing_lengths.items():
+            run(vx, model, bytes(templates.vxlan(Ether(inner), vni=42)), f"{mode}, inner {name}")
+            claimed = bytes(templates.vxlan(Ether(inner[: 14 + 20]), vni=42)) + inner[14 + 20 :]
+            run(vx, model, claimed, f"{mode}, outer packet ends inside inner {name}")
