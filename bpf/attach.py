@@ -392,6 +392,14 @@ def pin_object(fd: int, path: Path) -> None:
     _pins[path] = journal.current().record("pin", path=str(shown))
 
 
+def keep_pin(path: Path) -> None:
+    """``path`` outlives this process on purpose (a table the next run reopens): strike it from the
+    journal, so that ``harness clean`` leaves it once this process has gone."""
+    entry = _pins.pop(path, None)
+    if entry is not None:
+        journal.current().strike(entry)
+
+
 def unpin_object(path: Path) -> None:
     if path in _pins:
         journal.current().undo(_pins.pop(path))

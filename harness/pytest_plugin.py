@@ -24,6 +24,7 @@ This plugin does not build networks itself (``harness.topology``) nor send traff
 from __future__ import annotations
 
 import dataclasses
+import fcntl
 import importlib
 import random
 import re
@@ -141,14 +142,6 @@ def pytest_report_header(config: pytest.Config) -> str:
 
 def pytest_sessionstart(session: pytest.Session) -> None:
     cleanup.clean_once()
-
-
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    # nic_standin puts the DUT's NICs and the route to its peer in the host namespace: two such
-    # tests at once (pytest-xdist workers) would share one address, so they share one worker.
-    for item in items:
-        if "nic_standin" in getattr(item, "fixturenames", ()):
-            item.add_marker(pytest.mark.xdist_group("host namespace"))
 
 
 def pytest_runtest_setup(item: pytest.Item) -> None:
@@ -339,8 +332,22 @@ class NicStandIn:
         return SshPeer(address, STANDIN_BIN, config=self.sshd.client_config)
 
 
+HOST_NAMESPACE_LOCK = Path("/run/bpflab/host-namespace.lock")
+
+
 @pytest.fixture
-def nic_standin(topology, tmp_path: Path) -> Iterator[NicStandIn]:
+def _host_namespace() -> Iterator[None]:
+    """Held while a topology that puts fixed addresses in the host namespace is up: two of them at
+    once (pytest-xdist workers, two sessions) would share one address. Requested before the
+    topology, it is released after the topology is down."""
+    HOST_NAMESPACE_LOCK.parent.mkdir(parents=True, exist_ok=True)
+    with HOST_NAMESPACE_LOCK.open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
+
+
+@pytest.fixture
+def nic_standin(_host_namespace, topology, tmp_path: Path) -> Iterator[NicStandIn]:
     """``nic_standin`` up with Debian's sshd started in its peer namespace, a key generated for
     it (``harness.sshd``): what ``--nic``/``--peer`` runs are tested with here. IPv6 stays on, as
     on a real NIC; tests count their own IPv4 frames."""

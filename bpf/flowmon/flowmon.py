@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from bpf import BpfObject, LibbpfError, MapType, XdpMode
-from bpf.attach import TcDirection, pin_dir, pin_object, unpin_present
+from bpf.attach import TcDirection, keep_pin, pin_dir, pin_object, unpin_present
 from bpf.btf import fields_of
 from bpf.flowmon.model import (
     TCP_FLAG_FIN,
@@ -362,7 +362,8 @@ class FlowMon:
         return fm
 
     def pin(self, ifname: str) -> Path:
-        """Pin every map under ``pin_dir("flowmon")/IFNAME/`` (journaled; ``unpin`` removes them)."""
+        """Pin every map under ``pin_dir("flowmon")/IFNAME/``: journaled while this object lives
+        (a killed process's pins are ``harness clean``'s), kept on ``close``, until ``unpin``."""
         directory = self.pin_path(ifname)
         for name in self.PINNED:  # not Map.pin: these pins outlive the object
             pin_object(self.obj.maps[name].fd, directory / name)
@@ -406,6 +407,8 @@ class FlowMon:
             config = self.obj.maps["config"]
             if config.lookup(0) is not None and config[0].owner_pid == os.getpid():
                 config[0] = {**fields_of(config[0]), "owner_pid": 0}
+            for name in self.PINNED:  # left for the next run: no longer this run's to clean up
+                keep_pin(self.pinned / name)
         self.obj.close()
 
     def __enter__(self) -> FlowMon:

@@ -21,7 +21,7 @@ import time
 import pytest
 
 from bpf import POSSIBLE_CPUS, netns
-from bpf.attach import ifindex
+from bpf.attach import ifindex, pin_name
 from bpf.flowmon import Config, FlowMon, Hook, Model, Storage
 from bpf.flowmon.demo import check_flowmon
 from harness.counters import delta, interface_stats
@@ -188,7 +188,7 @@ def test_tc_counts_gso_packets_as_their_segments(two_host, storage):
 
 def test_reopened_pins_keep_the_counts_and_go_on(two_host):
     injector, dut = two_host
-    name = "ens5"
+    name = pin_name("ens5", dut)
     config = Config(storage=Storage.LRU_PERCPU_HASH)
     try:
         with FlowMon(config) as first:
