@@ -3,8 +3,8 @@ packets whose checksum computes to exactly 0.
 
 ``two_cpus`` runs an XDP program through the flow rotator (``bpf/flowmon/flowmon_bench.bpf.c``) on
 both CPUs at once: one thread pinned to each, a barrier before every batch, each batch one
-test_run of ``repeat`` runs that steps a 16-bit field of the frame through ``flows`` values, so the
-two CPUs meet the same new flows in the same order. They stay in step by themselves: the CPU that
+test_run of ``flows`` x ``laps`` runs that steps a 16-bit field of the frame through ``flows``
+values, so the two CPUs meet the same new flows in the same order. They stay in step by themselves: the CPU that
 falls behind finds the entries the other created, a cheaper path than creating them, and catches
 up; from there the two miss the same new flow together and race to insert it. Not for anything a
 single CPU can show.
@@ -282,23 +282,23 @@ def disagreeing_lengths() -> dict[str, bytes]:
             bytes([17, 0, 0, 1]) + bytes(4) + udp, 44, payload_len=4
         ),
         "ipv6 payload length 0": _ipv6(udp, 17, payload_len=0),
-        "ipv4 udp, 18 bytes of padding": _ipv4(udp, 17),
-        "ipv4 tcp, 40 bytes of padding": _ipv4(tcp, 6),
-        "ipv6 udp, 30 bytes of padding": _ipv6(udp, 17),
     }
-    padding = {"ipv4 udp, 18 bytes of padding": 18, "ipv4 tcp, 40 bytes of padding": 40}
-    padding["ipv6 udp, 30 bytes of padding"] = 30
+    padded = {  # for byte counts: the IP packet ends before the frame does
+        "ipv4 udp, 18 bytes of padding": (_ipv4(udp, 17), 18),
+        "ipv4 tcp, 40 bytes of padding": (_ipv4(tcp, 6), 40),
+        "ipv6 udp, 30 bytes of padding": (_ipv6(udp, 17), 30),
+    }
     frames = {}
     for name, packet in packets.items():
-        tail = pad[: padding.get(name, len(pad))]
         v6 = packet[0] >> 4 == 6
-        ether = bytes(Ether(**MACS, type=0x86DD if v6 else 0x0800))
-        frames[name] = ether + packet + tail
-        if name in padding:
-            continue
-        vlan = bytes(Ether(**MACS) / Dot1Q(vlan=7, type=0x86DD if v6 else 0x0800))
-        frames[f"vlan, {name}"] = vlan + packet + tail
-        ppp = PPP(proto=0x57 if v6 else 0x21)
-        pppoe = bytes(Ether(**MACS) / PPPoE(sessionid=9, len=2 + len(packet)) / ppp)
-        frames[f"pppoe, {name}"] = pppoe + packet + tail
+        ethertype, ppp = (0x86DD, PPP(proto=0x57)) if v6 else (0x0800, PPP(proto=0x21))
+        pppoe = PPPoE(sessionid=9, len=2 + len(packet)) / ppp
+        frames[name] = bytes(Ether(**MACS, type=ethertype)) + packet + pad
+        frames[f"vlan, {name}"] = (
+            bytes(Ether(**MACS) / Dot1Q(vlan=7, type=ethertype)) + packet + pad
+        )
+        frames[f"pppoe, {name}"] = bytes(Ether(**MACS) / pppoe) + packet + pad
+    for name, (packet, size) in padded.items():
+        ethertype = 0x86DD if packet[0] >> 4 == 6 else 0x0800
+        frames[name] = bytes(Ether(**MACS, type=ethertype)) + packet + pad[:size]
     return frames
