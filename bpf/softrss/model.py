@@ -192,7 +192,9 @@ def flow_hash(flow: ParsedFlow, config: Config) -> int:
     data = hash_input(flow, config.symmetric)
     if config.hash is HashKind.TOEPLITZ:
         return toeplitz_hash(config.key, data)
-    return jhash(data, config.jhash_initval)
+    # jhash always takes the port word, zero when the ports are not hashed: the flow's key (its
+    # ports zero then) decides its hash. Toeplitz is linear: zero bytes would add nothing.
+    return jhash(data if flow.hashes_ports else data + bytes(4), config.jhash_initval)
 
 
 def bucket_of(hash_value: int, reta: list[int]) -> int:

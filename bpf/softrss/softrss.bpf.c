@@ -269,17 +269,27 @@ static __always_inline __u32 hash_input(const struct flow *in, bool ports)
 		return tbl ? toeplitz_flow(tbl, in, ports) : 0;
 	}
 
-	/* jhash over the same bytes as the Toeplitz input, read as CPU-order words. */
+	/* jhash over the Toeplitz input read as CPU-order words, the port word always taken, 0 when
+	 * the ports are not hashed. A flow's key zeroes those ports too, so equal keys give equal
+	 * hashes, which the flow cache relies on when it hands out a cached flow's hash. Hashing the
+	 * addresses alone made a UDP datagram with ports 0 and 0 hash apart from a fragment of the
+	 * same addresses, one key: the cache gave the second the first's hash. (Toeplitz is linear:
+	 * zero bytes add nothing, so it needs no such word.)
+	 */
 	if (in->l3_proto == bpf_htons(ETH_P_IPV6)) {
 		__builtin_memcpy(words, &in->saddr, 16);
 		__builtin_memcpy(&words[4], &in->daddr, 16);
 		__builtin_memcpy(&words[8], &in->sport, 4);	/* sport, dport */
-		return ports ? jhash2(words, 9, jhash_initval) : jhash2(words, 8, jhash_initval);
+		if (!ports)
+			words[8] = 0;
+		return jhash2(words, 9, jhash_initval);
 	}
 	words[0] = in->saddr.v4;
 	words[1] = in->daddr.v4;
 	__builtin_memcpy(&words[2], &in->sport, 4);
-	return ports ? jhash2(words, 3, jhash_initval) : jhash2(words, 2, jhash_initval);
+	if (!ports)
+		words[2] = 0;
+	return jhash2(words, 3, jhash_initval);
 }
 
 /* The hash of @f; symmetric mode XORs the source and destination fields pairwise first. */

@@ -456,6 +456,22 @@ def _one_part_apart(version: int, part: str) -> tuple[FlowKey, FlowKey]:
     raise AssertionError(f"no two flows one {part} apart share a cache set")
 
 
+def test_ports_zero_and_a_fragment_of_the_same_addresses_bucket_alike(on_cpu0, pair):
+    """A UDP datagram with ports 0 and 0 and a fragment between the same addresses have one flow
+    key (a fragment's ports count as 0): the flow cache gives the second the first's hash, so
+    both must hash alike, each packet in the bucket the model computes for it."""
+    rss, model = pair
+    for ip in (IP(**V4), IPv6(**V6)):
+        fragment = ip / IPv6ExtHdrFragment(m=1) if IPv6 in ip else ip.copy()
+        if IP in fragment:
+            fragment.flags = "MF"
+        first = bytes(Ether(**MACS) / fragment / UDP(sport=9, dport=10))
+        zero_ports = bytes(Ether(**MACS) / ip / UDP(sport=0, dport=0))
+        for frame in (first, zero_ports, first, zero_ports):
+            check_frame(rss, model, frame)
+        assert parse(first).flow.key() == parse(zero_ports).flow.key()
+
+
 # Not the IPv4 protocol alone: in cache_index() it moves the index by a multiple of the fixed
 # (q - p) << 32 * FLOW_CACHE_MUL1, and no two protocol numbers land in one set.
 KEY_PARTS = {
