@@ -115,6 +115,12 @@ def pipeline(
     return vx, model
 
 
+def encapsulated(inner: bytes, vni: int = 42) -> bytes:
+    """``inner`` in VXLAN, every byte of it inside the outer packet: scapy would leave an inner
+    Ether()'s padding after the outer IP packet's end."""
+    return bytes(templates.vxlan(Raw(inner), vni=vni))
+
+
 def run(vx: VxlanPipeline, model: Model, frame: bytes, what: str) -> Outcome:
     """``frame`` through the kernel: the model's verdict, and if forwarded its frame, byte for byte."""
     want = model.predict(frame)
@@ -131,7 +137,7 @@ def run(vx: VxlanPipeline, model: Model, frame: bytes, what: str) -> Outcome:
 
 def forward(vx: VxlanPipeline, model: Model, inner: bytes, what: str) -> bytes:
     """The inner frame as the kernel forwards it, which must be the model's, byte for byte."""
-    want, out = run(vx, model, bytes(templates.vxlan(Ether(inner), vni=42)), what)
+    want, out = run(vx, model, encapsulated(inner), what)
     assert want.verdict is Verdict.FORWARD, f"{what}: the model forwards it ({want})"
     return out
 
@@ -202,7 +208,7 @@ def test_vnis_at_the_ends_of_their_range(mode, vni):
     vx, model = pipeline(MODES[mode], False, None, vni=vni)
     with vx:
         for frame_vni in VNI_ENDS:
-            frame = bytes(templates.vxlan(Ether(bytes(INNER["udp"])), vni=frame_vni))
+            frame = encapsulated(bytes(INNER["udp"]), frame_vni)
             want, _ = run(vx, model, frame, f"{mode}, filter {vni}, frame VNI {frame_vni:#x}")
             forwarded = want.verdict is Verdict.FORWARD
             assert forwarded == (vni is None or vni == frame_vni), f"model: {want}"
@@ -221,8 +227,7 @@ def test_inner_fields_at_the_ends_of_their_ranges(mode, extreme_frames):
             vx.add_nat(port, str(target.addr), target.port)
             model.nat[port] = target
         for name, inner in extreme_frames.items():
-            frame = bytes(templates.vxlan(Ether(inner), vni=0xFFFFFF))
-            run(vx, model, frame, f"{mode}, inner {name}")
+            run(vx, model, encapsulated(inner, 0xFFFFFF), f"{mode}, inner {name}")
 
 
 @pytest.mark.parametrize("mode", MODES)
@@ -233,6 +238,6 @@ def test_inner_lengths_that_disagree(mode, disagreeing_lengths):
     vx, model = pipeline(MODES[mode], True, DEFAULT, allowed=("0.0.0.0/0", "::/0"))
     with vx:
         for name, inner in disagreeing_lengths.items():
-            run(vx, model, bytes(templates.vxlan(Ether(inner), vni=42)), f"{mode}, inner {name}")
-            claimed = bytes(templates.vxlan(Ether(inner[: 14 + 20]), vni=42)) + inner[14 + 20 :]
+            run(vx, model, encapsulated(inner), f"{mode}, inner {name}")
+            claimed = encapsulated(inner[: 14 + 20]) + inner[14 + 20 :]
             run(vx, model, claimed, f"{mode}, outer packet ends inside inner {name}")
