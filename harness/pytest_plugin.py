@@ -421,6 +421,19 @@ def _children() -> set[str]:
     return found
 
 
+def _pins() -> list[str]:
+    """Pins, and directories of pins left empty: a directory holding another run's pins (an xdist
+    sibling's, named with its namespace) is that run's."""
+
+    def counted(path: Path) -> bool:
+        try:
+            return not path.is_dir() or not any(path.iterdir())
+        except OSError:  # removed by its owner while we looked
+            return False
+
+    return [str(p) for p in PIN_ROOT.rglob("*") if counted(p)] if PIN_ROOT.is_dir() else []
+
+
 @dataclass(frozen=True)
 class Snapshot:
     """What exists outside the test process that a test could leave behind."""
@@ -438,7 +451,7 @@ class Snapshot:
             else [],
             "host interfaces": [link.get("ifname") for link in links],
             "XDP/TC attachments": attachments,
-            "pins": [str(p) for p in PIN_ROOT.rglob("*")] if PIN_ROOT.is_dir() else [],
+            "pins": _pins(),
             "child processes": _children(),
         }
         return Snapshot({kind: frozenset(filter(_ours, names)) for kind, names in kinds.items()})

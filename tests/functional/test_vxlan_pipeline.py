@@ -399,7 +399,7 @@ def test_allowlist_and_nat_change_while_traffic_flows(mirror, tmp_path):
     mirror.allowlist, full = empty, mirror.allowlist
     inner = templates.udp4(src="10.0.0.1", dst="10.0.0.2", dport=80, **INNER)
     spec = TrafficSpec(templates.vxlan(inner, **OUTER))
-    packets, rate = 100_000, 20_000.0  # 5 s: the last change happens mid-stream
+    chunk, rate = 10_000, 20_000.0  # half-second chunks until the last change, then one more
 
     def counters(run: Running) -> dict:
         time.sleep(0.5)
@@ -412,9 +412,16 @@ def test_allowlist_and_nat_change_while_traffic_flows(mirror, tmp_path):
         XdpSender(spec.resolve(), "eth0", mirror.mirror) as sender,
     ):
         before = interface_stats("eth0", mirror.mirror), interface_stats("ens6", mirror.dut)
-        report = []
-        stream = threading.Thread(target=lambda: report.append(sender.send(packets, rate)))
-        stream.start()
+        reports, changed = [], threading.Event()
+
+        def stream() -> None:
+            # However long the commands take on a loaded machine, frames flow after the last one.
+            while not changed.is_set():
+                reports.append(sender.send(chunk, rate))
+            reports.append(sender.send(chunk, rate))
+
+        streaming = threading.Thread(target=stream)
+        streaming.start()
         steps = [counters(run)]
         for command in (
             ("allowlist", "load", str(full)),
@@ -424,18 +431,18 @@ def test_allowlist_and_nat_change_while_traffic_flows(mirror, tmp_path):
             done = vxlan_pipeline(*command)
             assert done.returncode == 0, done.stderr
             steps.append(counters(run))
-        stream.join()
+        changed.set()
+        streaming.join()
+        sent = sum(r.packets for r in reports)
         final = run.stats()
-        forwarded_nat = [
-            f.data for f in arrived.frames(count=packets, timeout=1.0) if not f.outgoing
-        ]
+        forwarded_nat = [f.data for f in arrived.frames(count=sent, timeout=1.0) if not f.outgoing]
         arrived_count = sink.settled(FrameClass.IPV4, final["counters"].get("forwarded", 0))
         lost_mirror = delta(before[0], interface_stats("eth0", mirror.mirror))["tx_dropped"]
         lost_ens6 = delta(before[1], interface_stats("ens6", mirror.dut))["tx_dropped"]
     c = final["counters"]
     assert final["balanced"], c
     # Every injected frame is VXLAN to us; the kernel's own frames on ens5 (ARP...) pass beside them.
-    assert report[0].packets - lost_mirror == c["vxlan"], (report[0], lost_mirror, c)
+    assert sent - lost_mirror == c["vxlan"], (sent, lost_mirror, c)
     assert c["total"] == c.get("passed", 0) + c["forwarded"] + final["dropped"]
     assert c["forwarded"] == arrived_count + lost_ens6
     empty_phase, allowed, natted, unnatted = steps[:4]
