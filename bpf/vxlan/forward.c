@@ -41,6 +41,7 @@
 #define DRAIN_TIMEOUT_NS 5000000000LL	/* the kernel takes no frame for this long: give up */
 
 struct vxlan_forward {
+	int ring_fd;
 	int sock;
 	uint64_t *consumer;		/* the consumer page: its first word is our position */
 	const uint64_t *producer;	/* the producer page: its first word is the kernel's */
@@ -213,6 +214,17 @@ long vxlan_forward_batch(struct vxlan_forward *f, uint32_t budget)
 	return err ? err : records;
 }
 
+long vxlan_forward_poll(struct vxlan_forward *f, int timeout_ms)
+{
+	/* The kernel makes the ring's fd readable when it commits a record to a ring we emptied. */
+	struct pollfd ring = { .fd = f->ring_fd, .events = POLLIN };
+	int ready = poll(&ring, 1, timeout_ms);
+
+	if (ready < 0)
+		return errno == EINTR ? 0 : -errno;
+	return ready ? vxlan_forward_batch(f, VXLAN_FORWARD_BATCH) : 0;
+}
+
 static int tx_ring(struct vxlan_forward *f, const char *ifname)
 {
 	int version = TPACKET_V2, on = 1;
@@ -258,6 +270,7 @@ struct vxlan_forward *vxlan_forward_open(int ring_fd, uint32_t ring_size, const 
 	if (!f)
 		return NULL;
 	f->sock = -1;
+	f->ring_fd = ring_fd;
 	f->counts = counts;
 	f->ring_size = ring_size;
 	f->mask = ring_size - 1;

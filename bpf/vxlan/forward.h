@@ -31,6 +31,10 @@ struct vxlan_forward *vxlan_forward_open(int ring_fd, uint32_t ring_size, const 
  * -errno (a send error other than the refusals of a loaded or down link).
  */
 long vxlan_forward_batch(struct vxlan_forward *f, uint32_t budget);
+/* Sleep up to `timeout_ms` until records wait, then forward a batch of them: the records read (0
+ * after the timeout), or -errno. One call per wake-up, so that a frame waits for no interpreter.
+ */
+long vxlan_forward_poll(struct vxlan_forward *f, int timeout_ms);
 void vxlan_forward_close(struct vxlan_forward *f);
 
 #endif

@@ -14,10 +14,11 @@ with VxlanPipeline(Config(mode=Mode.RINGBUF, rings=2)) as vx:
 
 ``Reinjector`` empties one ring through the compiled core ``forward.c`` (``libvxlan_forward.so``,
 built ahead of time by ``bpf.build``): each record is copied once, from the ring's memory into a
-slot of an AF_PACKET TX ring, and a batch of up to ``BATCH`` goes out with one ``send()``. Python
-only sleeps in ``select()`` on the ring's fd (readable when the kernel commits a record to an empty
-ring) and makes one call per batch: a loop over the records in Python cost about as much as the
-kernel's whole send of each frame (the README's profile).
+slot of an AF_PACKET TX ring, and a batch of up to ``BATCH`` goes out with one ``send()``. The
+core also sleeps, in ``poll()`` on the ring's fd (readable when the kernel commits a record to an
+empty ring), so Python makes one call per wake-up and a frame waits for no interpreter: a loop
+over the records in Python cost about as much as the kernel's whole send of each frame (the
+README's profile).
 
 ``Reinjectors`` runs one ``Reinjector`` per ring in a forked process pinned to the CPUs whose frames
 the ring takes (ring ``i``: CPUs ``c`` with ``c % rings == i``), so a CPU's frames are forwarded on
@@ -38,7 +39,6 @@ import ctypes
 import functools
 import multiprocessing
 import os
-import select
 import signal
 from ctypes import POINTER, c_char_p, c_int, c_long, c_uint32, c_uint64, c_void_p
 from dataclasses import dataclass
@@ -74,6 +74,8 @@ def _core() -> ctypes.CDLL:
     core.vxlan_forward_open.argtypes = [c_int, c_uint32, c_char_p, POINTER(ForwardCounts)]
     core.vxlan_forward_batch.restype = c_long
     core.vxlan_forward_batch.argtypes = [c_void_p, c_uint32]
+    core.vxlan_forward_poll.restype = c_long
+    core.vxlan_forward_poll.argtypes = [c_void_p, c_int]
     core.vxlan_forward_close.restype = None
     core.vxlan_forward_close.argtypes = [c_void_p]
     return core
@@ -113,16 +115,17 @@ class Reinjector:
         MTU, refused by the kernel as malformed, or taken back from a link that was down."""
         return self.counts.failed
 
-    def fileno(self) -> int:
-        """The ring's fd: readable (for select/poll) when records are waiting."""
-        return self.ring.fd
+    def _done(self, records: int) -> int:
+        if records < 0:
+            raise OSError(-records, f"re-injector: send on {self.ifname}: {os.strerror(-records)}")
+        return records
 
-    def forward(self) -> int:
-        """Forward one batch of what is waiting now, without sleeping; returns the records read."""
-        done = self._core.vxlan_forward_batch(self._handle, BATCH)
-        if done < 0:
-            raise OSError(-done, f"re-injector: send on {self.ifname}: {os.strerror(-done)}")
-        return done
+    def forward(self, timeout: float = 0.0) -> int:
+        """Forward a batch of what waits, sleeping up to ``timeout`` seconds for the first record
+        (in C, with the GIL released); returns the records read, 0 if none came."""
+        if timeout:
+            return self._done(self._core.vxlan_forward_poll(self._handle, round(timeout * 1e3)))
+        return self._done(self._core.vxlan_forward_batch(self._handle, BATCH))
 
     def drain(self) -> None:
         """Forward everything left, once the producer has stopped (the program detached)."""
@@ -162,10 +165,8 @@ def _work(out: Reinjector, cpus: set[int], stop) -> None:
     os.sched_setaffinity(0, cpus)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent stops its workers through ``stop``
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    fd = out.fileno()
     while not stop.is_set():
-        if select.select([fd], [], [], POLL_INTERVAL)[0]:
-            out.forward()
+        out.forward(POLL_INTERVAL)
     out.drain()
 
 

@@ -13,7 +13,6 @@
  */
 #define _GNU_SOURCE
 #include <errno.h>
-#include <poll.h>
 #include <sched.h>
 #include <signal.h>
 #include <stdio.h>
@@ -58,10 +57,10 @@ int main(int argc, char **argv)
 	struct vxlan_forward_counts counts = { 0 };
 	struct sigaction action = { .sa_handler = on_signal };
 	struct vxlan_forward *f;
-	struct pollfd ring = { .events = POLLIN };
 	cpu_set_t cpus;
 	__u32 size;
 	long done;
+	int ring;
 
 	if (argc < 4) {
 		fprintf(stderr, "usage: %s RINGS_PIN RING IFNAME [CPU...]\n", argv[0]);
@@ -76,12 +75,12 @@ int main(int argc, char **argv)
 			return 1;
 		}
 	}
-	ring.fd = ring_of(argv[1], strtoul(argv[2], NULL, 10), &size);
-	if (ring.fd < 0) {
+	ring = ring_of(argv[1], strtoul(argv[2], NULL, 10), &size);
+	if (ring < 0) {
 		fprintf(stderr, "%s: ring %s of %s: %s\n", argv[0], argv[2], argv[1], strerror(errno));
 		return 1;
 	}
-	f = vxlan_forward_open(ring.fd, size, argv[3], &counts);
+	f = vxlan_forward_open(ring, size, argv[3], &counts);
 	if (!f) {
 		fprintf(stderr, "%s: TX ring on %s: %s\n", argv[0], argv[3], strerror(errno));
 		return 1;
@@ -90,9 +89,7 @@ int main(int argc, char **argv)
 	sigaction(SIGINT, &action, NULL);
 	fprintf(stderr, "ready\n");
 	while (!stopping) {
-		if (poll(&ring, 1, 100) <= 0)
-			continue;
-		done = vxlan_forward_batch(f, VXLAN_FORWARD_BATCH);
+		done = vxlan_forward_poll(f, 100);
 		if (done < 0)
 			goto failed;
 	}
