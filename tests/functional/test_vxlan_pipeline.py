@@ -435,8 +435,12 @@ def test_allowlist_and_nat_change_while_traffic_flows(mirror, tmp_path):
         streaming.join()
         sent = sum(r.packets for r in reports)
         final = run.stats()
-        forwarded_nat = [f.data for f in arrived.frames(count=sent, timeout=1.0) if not f.outgoing]
-        arrived_count = sink.settled(FrameClass.IPV4, final["counters"].get("forwarded", 0))
+        # Python reads a capture at ~100k frames/s: give it time for every forwarded frame.
+        forwarded = final["counters"].get("forwarded", 0)
+        forwarded_nat = [
+            f.data for f in arrived.frames(count=forwarded, timeout=5.0) if not f.outgoing
+        ]
+        arrived_count = sink.settled(FrameClass.IPV4, forwarded)
         lost_mirror = delta(before[0], interface_stats("eth0", mirror.mirror))["tx_dropped"]
         lost_ens6 = delta(before[1], interface_stats("ens6", mirror.dut))["tx_dropped"]
     c = final["counters"]
