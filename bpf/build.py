@@ -177,6 +177,11 @@ def require_object(source: Path, root: Path = SOURCE_ROOT) -> Path:
     return obj
 
 
+def natives(root: Path = SOURCE_ROOT) -> list[Native]:
+    """The ``NATIVE`` artefacts whose sources ``root`` holds (a tree may hold some packages only)."""
+    return [n for n in NATIVE if all((root / source).exists() for source in n.sources)]
+
+
 def _native_manifest(artefact: Path) -> Path:
     return artefact.with_name(artefact.name + ".json")
 
@@ -249,7 +254,7 @@ def build(
     for source in sources(root):
         if force or out_root is not None or not is_fresh(source, root):
             built.append(compile_source(source, root, out_root))
-    for native in NATIVE:
+    for native in natives(root):
         if force or out_root is not None or not native_is_fresh(native, root):
             built.append(compile_native(native, root, out_root))
     return built
@@ -268,7 +273,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     for obj in built:
         print(f"built {obj.relative_to(SOURCE_ROOT)}")
-    print(f"{len(built)} built, {len(sources()) + len(NATIVE) - len(built)} fresh")
+    print(f"{len(built)} built, {len(sources()) + len(natives()) - len(built)} fresh")
     return 0
 
 
