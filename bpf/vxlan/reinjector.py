@@ -28,8 +28,9 @@ straight into memory shared with the parent.
 Accounting: every record read is ``forwarded`` (queued to the TX ring) or ``failed`` (longer than a
 TX slot or the egress's MTU, refused by the kernel as malformed, or queued while the egress was
 down), so each ring's ``queued`` (``VxlanPipeline.queued_per_ring()``) equals its
-``forwarded + failed`` once the ring is empty. A frame the egress drops after the TX ring (a full
-veth peer) is the egress's ``tx_dropped``. Not for: reading frames to look at them
+``forwarded + failed`` once the ring is empty. The egress's ``tx_dropped`` are not losses: a
+veth that drops a frame from the TX ring frees it at once, and the kernel marks its slot for
+sending again (ENOBUFS), so it goes out with the next flush. Not for: reading frames to look at them
 (``VxlanPipeline.frames``).
 """
 
