@@ -9,10 +9,11 @@ from scapy.layers.inet import IP, UDP
 from scapy.layers.l2 import Ether
 
 import bpf
-from bpf import build
+from bpf import build, journal
 from bpf.attach import pin_dir
 from bpf.btf import Btf, BtfError
 from bpf.ringbuf import RingBuffer, RingReader
+from harness.topology import host_ifname
 
 SELFTEST = Path(bpf.__file__).parent / "selftest"
 
@@ -218,7 +219,7 @@ def test_ring_buffer_raw_records(sample):
 
 
 def test_pins_are_removed_with_the_object():
-    directory = pin_dir("test-binding")
+    directory = pin_dir(host_ifname(journal.current().run_id, "binding"))
     with bpf.BpfObject.open(SELFTEST / "binding.bpf.c") as obj:
         obj.load()
         obj.maps["lru"].pin(directory / "lru")

@@ -27,9 +27,11 @@ from scapy.layers.ppp import PPP, PPPoE
 from scapy.packet import Raw
 
 import bpf
+from bpf import journal
 from bpf.flowmon import Config, FlowMon, Full, Hook, Model, Storage
 from bpf.flowmon.flowmon import now_coarse_ns
 from bpf.flowmon.model import RING_RECORD_BYTES, Direction, FlowKey, slot_of
+from harness.topology import host_ifname
 from injector import malformed, templates
 
 MACS = {"src": "02:00:00:00:00:01", "dst": "02:00:00:00:00:02"}
@@ -548,7 +550,7 @@ def test_two_cpus_count_the_same_flows_exactly(two_cpus, storage):
 
 
 def test_pinned_maps_reopen_with_their_counts_and_configuration():
-    name = f"fmunit{os.getpid() % 100000}"
+    name = host_ifname(journal.current().run_id, "fmunit")  # the run's own: xdist-safe
     config = Config(storage=Storage.LRU_PERCPU_HASH, entries=1000)
     with FlowMon(config) as fm:
         fm.program(Hook.XDP).test_run(udp4(1), repeat=5)

@@ -8,7 +8,6 @@ harness builds a shell command line (a user's interface or file name must never 
 from __future__ import annotations
 
 import ast
-import os
 import shutil
 import stat
 import subprocess
@@ -17,9 +16,11 @@ from pathlib import Path
 
 import pytest
 
+from bpf import journal
 from bpf.cli import NOT_PERMITTED
 from bpf.flowmon import FlowMon
 from bpf.trafcount import TrafCount
+from harness.topology import host_ifname
 
 ROOT = Path(__file__).resolve().parents[2]
 COMMANDS = {
@@ -49,7 +50,7 @@ def test_without_capabilities_a_command_says_what_it_needs(command):
 
 @pytest.mark.parametrize("kind", [TrafCount, FlowMon])
 def test_pins_are_root_only(kind):
-    ifname = f"hostile{os.getpid()}"
+    ifname = host_ifname(journal.current().run_id, "hostile")
     with kind() as plane:
         directory = plane.pin(ifname)
         try:

@@ -27,6 +27,7 @@ from scapy.layers.ppp import PPP, PPPoE
 from scapy.packet import Raw
 
 import bpf
+from bpf import journal
 from bpf.trafcount import ByteCount, Config, Hook, Key, Model, TrafCount, TrafKey
 from bpf.trafcount.metrics import TrafCollector, serve
 from bpf.trafcount.model import DEFAULT_ENTRIES
@@ -37,6 +38,7 @@ from bpf.trafcount.series import (
     parse_json_line,
     read_binary,
 )
+from harness.topology import host_ifname
 
 MACS = {"src": "02:00:00:00:00:01", "dst": "02:00:00:00:00:02"}
 V4 = {"src": "192.0.2.1", "dst": "198.51.100.2"}
@@ -325,7 +327,7 @@ def test_two_cpus_inserting_the_same_new_addresses_lose_nothing(two_cpus):
 
 
 def test_pins_show_the_seeds_fields_in_bpftool_until_close():
-    name = f"tcunit{os.getpid() % 100000}"
+    name = host_ifname(journal.current().run_id, "tcunit")  # the run's own: xdist-safe
     config = Config(key=Key.DST, bytes=ByteCount.WIRE, entries=300)
     with TrafCount(config) as tc:
         tc.program(Hook.TC_EGRESS).test_run(udp4(), repeat=5)

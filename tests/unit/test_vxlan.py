@@ -31,6 +31,7 @@ from scapy.packet import Raw
 from scapy.utils import checksum
 
 import bpf
+from bpf import journal
 from bpf.parse import ETH_HLEN
 from bpf.ringbuf import RingBuffer
 from bpf.vxlan import (
@@ -46,6 +47,7 @@ from bpf.vxlan import (
     VxlanPipeline,
 )
 from bpf.vxlan.model import FRAME_MAX
+from harness.topology import host_ifname
 from injector import malformed, templates
 
 EGRESS_SRC, NEXT_HOP = "02:00:00:00:03:01", "02:00:00:00:03:02"
@@ -849,7 +851,7 @@ def test_egress_and_mode_errors():
 @pytest.mark.skipif(not os.path.ismount("/sys/fs/bpf"), reason="no bpffs at /sys/fs/bpf")
 def test_pins_for_other_processes():
     with VxlanPipeline(Config(mode=Mode.RINGBUF)) as vx:
-        directory = vx.pin(f"unit-{os.getpid()}")
+        directory = vx.pin(host_ifname(journal.current().run_id, "unit"))
         assert sorted(p.name for p in directory.iterdir()) == sorted(
             [
                 *("allow_hosts", "allow_prefixes", "allow_hosts6", "allow_prefixes6"),
