@@ -364,6 +364,30 @@ def test_ringbuf_workers_forward_each_cpus_ring(mirror):
         )
 
 
+def test_ringbuf_counts_a_frame_past_the_egress_mtu_as_failed(mirror):
+    """With ens6's MTU lowered to 1500 before ``run`` starts, a 3000-byte inner frame is queued to
+    a ring but cannot leave: its worker counts it failed (the kernel would fail the whole batch),
+    sends the small frame behind it, and the ring's queued frames are re-injected + failed."""
+    inner = {"src": "10.0.0.1", "dst": "10.0.0.2", **INNER}
+    frames = [
+        bytes(templates.vxlan(templates.udp4(payload=bytes(3000), **inner), **OUTER)),
+        bytes(templates.vxlan(templates.udp4(**inner), **OUTER)),
+    ]
+    with IPRoute(netns=mirror.dut) as ipr:
+        ens6 = ipr.link_lookup(ifname="ens6")[0]
+        ipr.link("set", index=ens6, mtu=1500)
+        try:
+            with running(mirror, "ringbuf", "--workers", "1") as run:
+                _, received, _ = through(
+                    mirror, lambda: send_packets(frames, "eth0", mirror.mirror)
+                )
+        finally:
+            ipr.link("set", index=ens6, mtu=3498)
+    (ring,) = run.lines[-1]["reinjector"]["rings"]
+    assert ring == {"queued": 2, "forwarded": 1, "failed": 1}, ring
+    assert [len(f) for f in received] == [len(frames[1]) - 50], "the small frame, decapsulated"
+
+
 def test_tc_decapsulating_ipv6_sets_the_inner_protocol(mirror):
     """An IPv4 frame mirrored over IPv6, decapsulated at TC, leaves ens6 with skb->protocol IPv4
     (what AF_PACKET reports as the frame's protocol), not the outer IPv6."""
