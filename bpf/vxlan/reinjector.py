@@ -61,10 +61,13 @@ class ForwardCounts(ctypes.Structure):
 
     @property
     def forwarded(self) -> int:
+        """Frames handed to the egress (the kernel took them from the TX ring)."""
         return self.queued - self.rejected - self.refused
 
     @property
     def failed(self) -> int:
+        """Frames read from the ring that did not go out: too long for a TX slot or the egress's
+        MTU, refused by the kernel as malformed, or taken back from a link that was down."""
         return self.too_big + self.rejected + self.refused
 
 
@@ -104,17 +107,6 @@ class Reinjector:
             err = ctypes.get_errno()
             where = f"{ifname} in namespace {netns}" if netns else ifname
             raise OSError(err, f"re-injector on {where}: {os.strerror(err)}")
-
-    @property
-    def forwarded(self) -> int:
-        """Frames handed to the egress (the kernel took them from the TX ring)."""
-        return self.counts.forwarded
-
-    @property
-    def failed(self) -> int:
-        """Frames read from the ring that did not go out: too long for a TX slot or the egress's
-        MTU, refused by the kernel as malformed, or taken back from a link that was down."""
-        return self.counts.failed
 
     def _done(self, records: int) -> int:
         if records < 0:
@@ -171,6 +163,10 @@ def _work(out: Reinjector, cpus: set[int], stop) -> None:
     out.drain()
 
 
+def _ended(worker: multiprocessing.process.BaseProcess) -> str:
+    return f"{worker.name} (pid {worker.pid}) exited with {worker.exitcode}"
+
+
 class Reinjectors:
     """One ``Reinjector`` per ring, each in a forked worker process pinned to its ring's CPUs. The
     TX rings are opened here, before ``start()``, so a bad egress fails in the caller's process."""
@@ -204,18 +200,10 @@ class Reinjectors:
     def counts(self) -> list[RingCount]:
         return [RingCount(c.forwarded, c.failed) for c in self._counts]
 
-    @property
-    def forwarded(self) -> int:
-        return sum(count.forwarded for count in self.counts())
-
-    @property
-    def failed(self) -> int:
-        return sum(count.failed for count in self.counts())
-
     def dead(self) -> list[str]:
         """Workers that exited before ``stop()``: what each was and how it ended."""
         return [
-            f"{worker.name} (pid {worker.pid}) exited with {worker.exitcode}"
+            _ended(worker)
             for worker in self._workers
             if worker.exitcode is not None and not self._stop.is_set()
         ]
@@ -231,7 +219,7 @@ class Reinjectors:
                 worker.kill()
                 worker.join()
             if worker.exitcode:
-                failed.append(f"{worker.name} (pid {worker.pid}) exited with {worker.exitcode}")
+                failed.append(_ended(worker))
         self._workers = []
         if failed:
             raise RuntimeError(f"re-injector workers failed: {'; '.join(failed)}")
