@@ -104,6 +104,20 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         help=f"where a failed test's bundle goes (harness.bundle; default {bundle.DEFAULT_DIR})",
     )
     group.addoption(
+        "--soak-seconds",
+        type=float,
+        default=600.0,
+        metavar="S",
+        help="how long each soak test runs its data plane under traffic (tox -e soak: 10 minutes)",
+    )
+    group.addoption(
+        "--soak-rate",
+        type=float,
+        default=20_000.0,
+        metavar="PPS",
+        help="the soak's steady rate (well under every data plane's zero-loss rate on veth)",
+    )
+    group.addoption(
         "--fuzz-frames",
         type=int,
         default=2000,
