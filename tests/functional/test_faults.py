@@ -1,0 +1,133 @@
+"""Faults in the middle of traffic: a process killed with SIGKILL while frames flow.
+
+- The test process itself (a child that built ``two_host``, loaded flow metrics at XDP and the
+  traffic counter at TC with their pins, and is sending): ``harness clean`` removes every
+  namespace, attachment and pin it left, and its journal.
+- The flow metrics command: its pinned table keeps the counts it had; a new run reopens it and
+  counts every later frame exactly; the frames sent while no one counted are the interface's.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+from bpf import journal
+from bpf.attach import PIN_ROOT, pin_name
+from bpf.flowmon import FlowMon
+from bpf.netns import NETNS_RUN_DIR
+from harness.counters import delta, interface_stats, silence_ipv6_everywhere
+from injector import templates
+from injector.spec import TrafficSpec
+from injector.xdp import XdpSender
+
+BIN = Path(sys.executable).parent
+MACS = {"eth_src": "02:00:00:00:01:01", "eth_dst": "02:00:00:00:01:02"}
+SOURCE, SPORT = "10.0.9.7", 4077
+
+KILLED_MID_TRAFFIC = """
+import json, sys
+from bpf.attach import pin_name
+from bpf.flowmon import FlowMon, Hook
+from bpf.trafcount import Hook as TrafHook, TrafCount
+from harness.topology import Topology
+from injector import templates
+from injector.spec import TrafficSpec
+from injector.xdp import XdpSender
+
+topo = Topology.load("two_host").up()
+injector, dut = topo.node("injector").netns, topo.node("dut").netns
+fm, tc = FlowMon(), TrafCount()
+fm.attach("ens5", [Hook.XDP], dut)
+tc.attach("ens5", TrafHook.TC_INGRESS, dut)
+pins = [str(fm.pin(pin_name("ens5", dut))), str(tc.pin(pin_name("ens5", dut)))]
+print(json.dumps({"run_id": topo.run_id, "pins": pins}), flush=True)
+spec = TrafficSpec(templates.udp4(dst="10.0.0.2", eth_src="02:00:00:00:01:01", eth_dst="02:00:00:00:01:02"))
+with XdpSender(spec.resolve(), "veth0", injector) as sender:
+    while True:
+        sender.send(count=20_000, rate_pps=20_000)
+"""
+
+
+def test_a_test_process_killed_mid_traffic_is_cleaned_up():
+    child = subprocess.Popen(
+        [sys.executable, "-c", KILLED_MID_TRAFFIC], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        built = json.loads(child.stdout.readline())
+        time.sleep(1.0)  # sending
+    finally:
+        child.send_signal(signal.SIGKILL)
+        child.wait()
+        child.stdout.close()
+    namespaces = list(NETNS_RUN_DIR.glob(f"bl-{built['run_id']}-*"))
+    assert namespaces and all(Path(p).exists() for p in built["pins"]), "it left nothing to clean"
+    done = subprocess.run(
+        [str(BIN / "harness"), "clean"], capture_output=True, text=True, check=True
+    )
+    assert not list(NETNS_RUN_DIR.glob(f"bl-{built['run_id']}-*")), done.stdout
+    assert not any(Path(p).exists() for p in built["pins"]), done.stdout
+    assert not [p for p in PIN_ROOT.rglob("*") if built["run_id"] in p.name], done.stdout
+    assert not (journal.JOURNAL_DIR / f"{built['run_id']}.jsonl").exists()
+
+
+def _flowmon(dut: str, directory: Path) -> subprocess.Popen:
+    argv = [str(BIN / "flowmon"), "-i", "ens5", "--netns", dut, "-a", "xdp", "-s", "0.5", "--json"]
+    process = subprocess.Popen(
+        argv, stdout=(directory / "out").open("w"), stderr=(directory / "err").open("w")
+    )
+    deadline = time.monotonic() + 20
+    while "counting on" not in (directory / "err").read_text():
+        assert process.poll() is None and time.monotonic() < deadline, (
+            directory / "err"
+        ).read_text()
+        time.sleep(0.05)
+    return process
+
+
+def _ours(fm: FlowMon) -> int:
+    return sum(f.packets for f in fm.flows() if str(f.key.src) == SOURCE)
+
+
+def test_flowmon_killed_mid_traffic_keeps_its_counts_and_a_new_run_goes_on(topology, tmp_path):
+    topo = topology("two_host")
+    silence_ipv6_everywhere(topo)
+    injector, dut = topo.node("injector").netns, topo.node("dut").netns
+    pins = pin_name("ens5", dut)
+    spec = TrafficSpec(templates.udp4(src=SOURCE, dst="10.0.0.2", sport=SPORT, **MACS))
+    first_dir, second_dir = tmp_path / "first", tmp_path / "second"
+    first_dir.mkdir()
+    second_dir.mkdir()
+    before = interface_stats("ens5", dut)
+    try:
+        first = _flowmon(dut, first_dir)
+        with XdpSender(spec.resolve(), "veth0", injector) as sender:
+            sent = []
+            stream = threading.Thread(target=lambda: sent.append(sender.send(40_000, 20_000.0)))
+            stream.start()
+            time.sleep(1.0)  # halfway through the stream
+            first.send_signal(signal.SIGKILL)
+            first.wait(timeout=10)
+            stream.join()
+            with FlowMon.reopen(pins) as kept:
+                survived = _ours(kept)
+            assert 0 < survived < sent[0].packets, (survived, sent[0].packets)
+            second = _flowmon(dut, second_dir)
+            assert "reopened" in (second_dir / "err").read_text()
+            later = sender.send(10_000, 20_000.0).packets
+        time.sleep(0.5)
+        with FlowMon.reopen(pins) as table:
+            counted = _ours(table)
+        second.send_signal(signal.SIGINT)
+        assert second.wait(timeout=15) == 0, (second_dir / "err").read_text()
+    finally:
+        FlowMon.unpin(pins)
+    arrived = delta(before, interface_stats("ens5", dut))["rx_packets"]
+    assert counted == survived + later, (counted, survived, later)
+    # Every frame arrived; those sent between the kill and the new run were counted by no one.
+    assert arrived >= sent[0].packets + later, (arrived, sent[0].packets, later)
