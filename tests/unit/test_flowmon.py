@@ -113,20 +113,12 @@ def model_table(model: Model) -> dict:
     return {k: (c.packets, c.bytes, c.tcp_flags, c.syn, c.fin) for k, c in model.flows.items()}
 
 
-def tc_test_run_refuses(frame: bytes) -> bool:
-    """test_run of a TC program refuses (EINVAL) a frame whose ethertype is IPv4 or IPv6 and whose
-    IP header is cut short: it builds the skb as the stack would and pulls that header."""
-    ethertype = frame[12:14]
-    return (ethertype == b"\x08\x00" and len(frame) < 14 + 20) or (
-        ethertype == b"\x86\xdd" and len(frame) < 14 + 40
-    )
-
-
 def feed(fm: FlowMon, model: Model, frame: bytes, hook: Hook, ctx: bytes | None = None) -> bool:
     """Run ``frame`` through the kernel and the model; False if TC cannot be given it."""
-    if not hook.xdp and tc_test_run_refuses(frame):
+    program = fm.program(hook)
+    if not program.test_run_takes(frame):
         return False  # no skb reaches TC with less than the IP header its ethertype announces
-    verdict = fm.program(hook).test_run(frame, ctx=ctx).verdict
+    verdict = program.test_run(frame, ctx=ctx).verdict
     assert verdict == PASS[hook], (
         f"{hook.value} must pass every frame, got {verdict!r}: {frame.hex()}"
     )

@@ -90,18 +90,11 @@ CONFIGS = {
 }
 
 
-def tc_test_run_refuses(frame: bytes) -> bool:
-    """test_run of a TC program refuses (EINVAL) a frame whose IP header is cut short."""
-    ethertype = frame[12:14]
-    return (ethertype == b"\x08\x00" and len(frame) < 34) or (
-        ethertype == b"\x86\xdd" and len(frame) < 54
-    )
-
-
 def feed(tc: TrafCount, model: Model, frame: bytes, hook: Hook, ctx: bytes | None = None) -> bool:
-    if not hook.xdp and tc_test_run_refuses(frame):
+    program = tc.program(hook)
+    if not program.test_run_takes(frame):
         return False
-    verdict = tc.program(hook).test_run(frame, ctx=ctx).verdict
+    verdict = program.test_run(frame, ctx=ctx).verdict
     assert verdict == PASS[hook], f"{hook.value} must pass every frame, got {verdict!r}"
     return True
 

@@ -32,7 +32,6 @@ from scapy.utils import checksum
 
 import bpf
 from bpf import journal
-from bpf.parse import ETH_HLEN
 from bpf.ringbuf import RingBuffer
 from bpf.vxlan import (
     Allowlist,
@@ -92,19 +91,10 @@ class Pair:
             self.vx.del_nat(port)
         self.model.nat.clear()
 
-    def runs(self, frame: bytes) -> bool:
-        """Whether test_run takes ``frame``: for an skb it refuses (EINVAL) one whose ethertype says
-        IPv4 or IPv6 without that header following. XDP takes any frame.
-        """
-        if self.vx.config.mode is not Mode.TC:
-            return True
-        l3 = {0x0800: 20, 0x86DD: 40}.get(int.from_bytes(frame[12:14], "big"), 0)
-        return len(frame) >= ETH_HLEN + l3
-
     def check(self, frame: bytes) -> tuple:
         """Kernel and model on ``frame``: (the model's outcome, the kernel's output frame or None)."""
         frame = bytes(frame)
-        if not self.runs(frame):
+        if not self.vx.program.test_run_takes(frame):
             return self.model.predict(frame), None
         kernel_before, model_before = self.vx.stats().counts(), dict(self.model.stats)
         want = self.model.feed(frame)
@@ -719,7 +709,7 @@ def test_hypothesis_nothing_unlisted_is_forwarded(shared_pair, frame):
     """
     vx = shared_pair.vx
     shared_pair.clear_nat()  # the fixture is shared with a test that turns NAT on
-    if not shared_pair.runs(frame):
+    if not vx.program.test_run_takes(frame):
         return
     run = vx.program.test_run(frame)
     sent = vx.frames() if vx.config.mode is Mode.RINGBUF else []
