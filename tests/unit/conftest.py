@@ -25,6 +25,7 @@ from __future__ import annotations
 import ctypes
 import os
 import threading
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -103,6 +104,17 @@ class TwoCpus:
             f"every batch must run and pass on both CPUs (XDP_PASS {xdp_pass}; XDP_ABORTED: the "
             f"rotator's tail call failed; negative: test_run's errno): {verdicts}"
         )
+
+
+@pytest.fixture
+def one_cpu() -> Iterator[None]:
+    """The test runs on one CPU: per-CPU storages give a flow a slot on every CPU it runs on, and
+    the models count one."""
+    before = os.sched_getaffinity(0)
+    worker = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw"))
+    os.sched_setaffinity(0, {sorted(before)[worker % len(before)]})  # xdist workers: a CPU each
+    yield
+    os.sched_setaffinity(0, before)
 
 
 @pytest.fixture

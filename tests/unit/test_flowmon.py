@@ -15,7 +15,6 @@ from __future__ import annotations
 import ctypes
 import dataclasses
 import ipaddress
-import os
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -45,12 +44,7 @@ PASS = {
 }
 
 
-@pytest.fixture(autouse=True)
-def one_cpu():
-    before = os.sched_getaffinity(0)
-    os.sched_setaffinity(0, {min(before)})
-    yield
-    os.sched_setaffinity(0, before)
+pytestmark = pytest.mark.usefixtures("one_cpu")  # the models count one CPU (conftest.py)
 
 
 def tcp4(sport: int, flags: str = "A", payload: bytes = b"") -> bytes:

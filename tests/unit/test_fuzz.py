@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import ipaddress
 import json
-import os
 from collections.abc import Callable, Iterator
 from itertools import cycle
 from pathlib import Path
@@ -33,13 +32,7 @@ BATCH = 1000  # frames between two table checks (and fresh loads)
 PASS = {"xdp": bpf.XdpAction.PASS, "tc": bpf.TcAction.OK}
 
 
-@pytest.fixture(autouse=True)
-def one_cpu():
-    """Per-CPU storages give a flow a slot on every CPU it runs on; the models count one CPU."""
-    before = os.sched_getaffinity(0)
-    os.sched_setaffinity(0, {min(before)})
-    yield
-    os.sched_setaffinity(0, before)
+pytestmark = pytest.mark.usefixtures("one_cpu")  # the models count one CPU (conftest.py)
 
 
 def _ip_templates() -> dict:

@@ -50,12 +50,7 @@ PASS = {
 }
 
 
-@pytest.fixture(autouse=True)
-def one_cpu():
-    before = os.sched_getaffinity(0)
-    os.sched_setaffinity(0, {min(before)})
-    yield
-    os.sched_setaffinity(0, before)
+pytestmark = pytest.mark.usefixtures("one_cpu")  # the models count one CPU (conftest.py)
 
 
 def udp4(src: str = V4["src"], payload: bytes = b"") -> bytes:
