@@ -54,9 +54,11 @@ with XdpSender(spec.resolve(), "veth0", injector) as sender:
 """
 
 
-def test_a_test_process_killed_mid_traffic_is_cleaned_up():
+def test_a_test_process_killed_mid_traffic_is_cleaned_up(tmp_path):
+    # Run outside the checkout: `python -c` imports from its working directory first, and a
+    # checkout's bpf/ has no compiled objects (the installed package has).
     child = subprocess.Popen(
-        [sys.executable, "-c", KILLED_MID_TRAFFIC], stdout=subprocess.PIPE, text=True
+        [sys.executable, "-c", KILLED_MID_TRAFFIC], stdout=subprocess.PIPE, text=True, cwd=tmp_path
     )
     try:
         built = json.loads(child.stdout.readline())
