@@ -209,6 +209,20 @@ def wait_until_up(pending: dict[IPRoute, set[str]], timeout: float = _CARRIER_TI
         time.sleep(0.001)
 
 
+def set_link(ifname: str, namespace: str | None, **changes: object) -> None:
+    """``changes`` to a link through netlink (``state="down"``, ``txqlen=1``); ``qdisc_limit``
+    replaces its root qdisc with a pfifo of that many frames. A link set up is waited for."""
+    limit = changes.pop("qdisc_limit", None)
+    with bpf_netns.entered(namespace), IPRoute() as ipr:
+        index = ipr.link_lookup(ifname=ifname)[0]
+        if changes:
+            ipr.link("set", index=index, **changes)
+        if limit is not None:
+            ipr.tc("replace", "pfifo", index, 0x10000, limit=limit)
+        if changes.get("state") == "up":
+            wait_until_up({ipr: {ifname}})
+
+
 @dataclass(frozen=True)
 class Node:
     """A built node: its namespace (None: the host's) and its interfaces' actual names."""

@@ -10,16 +10,15 @@ holds the accounting to it: every probe arrived or was counted lost, the refused
 import threading
 
 import pytest
-from pyroute2 import IPRoute
 from scapy.utils import wrpcap
 
-from bpf import XdpAction, netns
+from bpf import XdpAction
 from bpf.netns import silence_ipv6
 from bpf.txring import TxRing
 from harness.counters import pin_neighbour
 from harness.latency import ProbeTemplate, measure_latency
 from harness.sink import FrameClass, Sink
-from harness.topology import wait_until_up
+from harness.topology import set_link
 from injector import templates
 from injector.pcap_backend import replay_pcap
 from injector.scapy_backend import send_packets
@@ -40,20 +39,6 @@ def link(topology):
     silence_ipv6("veth0", injector)
     pin_neighbour("ens5", "10.0.0.1", INJECTOR_MAC, dut)
     return injector, dut
-
-
-def set_link(ifname: str, namespace: str, **changes) -> None:
-    """``changes`` to a link through netlink (``state="down"``, ``txqlen=1``); ``qdisc_limit``
-    replaces its root qdisc with a pfifo of that many frames. A link set up is waited for."""
-    limit = changes.pop("qdisc_limit", None)
-    with netns.entered(namespace), IPRoute() as ipr:
-        index = ipr.link_lookup(ifname=ifname)[0]
-        if changes:
-            ipr.link("set", index=index, **changes)
-        if limit is not None:
-            ipr.tc("replace", "pfifo", index, 0x10000, limit=limit)
-        if changes.get("state") == "up":
-            wait_until_up({ipr: {ifname}})
 
 
 def test_a_full_qdisc_refuses_every_frame_and_each_is_counted(link, tmp_path):
