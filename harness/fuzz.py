@@ -72,13 +72,8 @@ class Campaign:
 
     def _first_disagreement(self, batch: Sequence[Mutant]) -> Sequence[Mutant]:
         with self.subject() as subject:
-            for index, mutant in enumerate(batch):
-                try:
-                    subject.feed(mutant.frame)
-                    subject.check()
-                except Disagreement:
-                    return batch[: index + 1]
-        return batch  # only the whole batch shows it: keep it all
+            found = first_disagreement(subject, [m.frame for m in batch])
+        return batch if found is None else batch[: found[0] + 1]  # None: only the whole batch
 
     def _save(self, frames: Sequence[Mutant], seed: int) -> Path:
         case = {
@@ -99,6 +94,20 @@ class Campaign:
         return f"{self.plane}/{self.config}: {self.frames} frames, 0 disagreements; {verdicts}"
 
 
+def first_disagreement(
+    subject: Subject, frames: Iterable[bytes]
+) -> tuple[int, Disagreement] | None:
+    """Feed ``frames`` with a check after each: the index of the first where kernel and model
+    part, and how; None if they never do."""
+    for index, frame in enumerate(frames):
+        try:
+            subject.feed(frame)
+            subject.check()
+        except Disagreement as err:
+            return index, err
+    return None
+
+
 def saved_cases(directory: Path, plane: str) -> list[Path]:
     return sorted(directory.glob(f"{plane}-*.json"))
 
@@ -107,9 +116,7 @@ def replay(path: Path, subject: Callable[[str], Subject]) -> None:
     """Feed a saved case to a fresh subject of its configuration, checking after every frame."""
     case = json.loads(path.read_text())
     with subject(case["config"]) as s:
-        for name, frame in zip(case["mutations"], case["frames"], strict=True):
-            try:
-                s.feed(bytes.fromhex(frame))
-                s.check()
-            except Disagreement as err:
-                raise Disagreement(f"{path.name}, frame {name}: {err}") from None
+        found = first_disagreement(s, (bytes.fromhex(frame) for frame in case["frames"]))
+    if found is not None:
+        index, err = found
+        raise Disagreement(f"{path.name}, frame {case['mutations'][index]}: {err}")

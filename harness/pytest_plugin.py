@@ -33,6 +33,7 @@ import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 import pytest
 from pyroute2 import IPRoute
@@ -63,6 +64,7 @@ from harness.testbed import (
     load_testbed,
 )
 from harness.topology import Topology
+from injector import templates
 
 _TC_INGRESS, _TC_EGRESS = 0xFFFFFFF2, 0xFFFFFFF3
 _FUZZ_SEED = pytest.StashKey[int]()
@@ -311,6 +313,29 @@ class MirrorVxlan:
     dut: str
     collector: str
     allowlist: Path
+
+    VNI: ClassVar[int] = 42
+    MIRROR_MAC, DUT_MAC = "02:00:00:00:02:01", "02:00:00:00:02:02"  # the mirror's eth0, ens5
+    COLLECTOR_MAC = "02:00:00:00:03:02"
+
+    def pipeline_argv(self, mode: str, name: str, interval: float) -> list[str]:
+        """``vxlan-pipeline run`` in the dut's namespace: ens5 in, ens6 out to the collector, this
+        topology's VNI, the allowlist file, the counters as JSON every ``interval`` seconds."""
+        argv = [str(Path(STANDIN_BIN) / "vxlan-pipeline"), "run", "-i", "ens5", "-t", "ens6"]
+        argv += ["--mode", mode, "--name", name, "--next-hop-mac", self.COLLECTOR_MAC]
+        argv += ["--vni", str(self.VNI), "--allowlist", str(self.allowlist), "--json"]
+        return [*argv, "-s", str(interval), "--netns", self.dut]
+
+    def mirrored(self, inner: Packet) -> Packet:
+        """``inner`` as the mirror sends it to the dut: VXLAN over the topology's outer network."""
+        return templates.vxlan(
+            inner,
+            vni=self.VNI,
+            outer_src="10.1.0.1",
+            outer_dst="10.1.0.2",
+            eth_src=self.MIRROR_MAC,
+            eth_dst=self.DUT_MAC,
+        )
 
 
 @pytest.fixture

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from scapy.layers.inet import IP, TCP, UDP
 from scapy.layers.inet6 import IPv6
 from scapy.packet import Packet, raw
+from scapy.utils import checksum
 
 from injector.templates import layers_with_offsets
 
@@ -72,10 +73,7 @@ def _ipv4_checksum(buf: bytearray, l3: int) -> None:
     if ihl < 20 or l3 + ihl > len(buf):
         return
     _put16(buf, l3 + 10, 0)
-    total = sum(_u16(buf, i) for i in range(l3, l3 + ihl, 2))
-    while total >> 16:
-        total = (total & 0xFFFF) + (total >> 16)
-    _put16(buf, l3 + 10, ~total)
+    _put16(buf, l3 + 10, checksum(bytes(buf[l3 : l3 + ihl])))
 
 
 class Mutator:

@@ -40,6 +40,7 @@ from bpf.cli import (
     UsageError,
     add_stats_interval,
     check_interface,
+    failure,
     port_arg,
     stop_event,
 )
@@ -448,7 +449,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"{PROG}: {err}", file=sys.stderr)
         return 2
     except (LibbpfError, OSError, RuntimeError) as err:
-        print(f"{PROG}: {err}", file=sys.stderr)
+        print(failure(PROG, err), file=sys.stderr)
         return 1
 
 

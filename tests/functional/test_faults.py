@@ -85,18 +85,25 @@ def test_a_test_process_killed_mid_traffic_is_cleaned_up(tmp_path):
     assert not (journal.JOURNAL_DIR / f"{built['run_id']}.jsonl").exists()
 
 
+def _started(argv: list[str], ready: str, directory: Path) -> subprocess.Popen:
+    """``argv`` run with its output in ``directory`` (out, err), once its stderr says ``ready``."""
+    err = directory / "err"
+    process = subprocess.Popen(argv, stdout=(directory / "out").open("w"), stderr=err.open("w"))
+    deadline = time.monotonic() + 20
+    try:
+        while ready not in err.read_text():
+            assert process.poll() is None and time.monotonic() < deadline, err.read_text()
+            time.sleep(0.05)
+    except BaseException:  # never leave it running
+        process.kill()
+        process.wait()
+        raise
+    return process
+
+
 def _flowmon(dut: str, directory: Path) -> subprocess.Popen:
     argv = [str(BIN / "flowmon"), "-i", "ens5", "--netns", dut, "-a", "xdp", "-s", "0.5", "--json"]
-    process = subprocess.Popen(
-        argv, stdout=(directory / "out").open("w"), stderr=(directory / "err").open("w")
-    )
-    deadline = time.monotonic() + 20
-    while "counting on" not in (directory / "err").read_text():
-        assert process.poll() is None and time.monotonic() < deadline, (
-            directory / "err"
-        ).read_text()
-        time.sleep(0.05)
-    return process
+    return _started(argv, "counting on", directory)
 
 
 def _ours(fm: FlowMon) -> int:
@@ -151,19 +158,11 @@ def test_vxlan_egress_down_and_up_under_traffic_every_frame_accounted(mirror_vxl
     m = mirror_vxlan
     m.allowlist.write_text(json.dumps(Allowlist.of([SOURCE]).document()))
     name = f"bl-{journal.current().run_id}-flap"  # the run's own pins
-    argv = [str(BIN / "vxlan-pipeline"), "run", "-i", "ens5", "-t", "ens6", "--mode", mode]
-    argv += ["--name", name, "--next-hop-mac", "02:00:00:00:03:02", "--vni", "42"]
-    argv += ["--allowlist", str(m.allowlist), "--json", "-s", "60", "--netns", m.dut]
     inner = templates.udp4(src=SOURCE, dst="10.0.0.2", sport=SPORT, eth_src="02:00:00:00:2a:01")
-    outer = {"outer_src": "10.1.0.1", "outer_dst": "10.1.0.2", "eth_src": "02:00:00:00:02:01"}
-    spec = TrafficSpec(templates.vxlan(inner, vni=42, eth_dst="02:00:00:00:02:02", **outer))
+    spec = TrafficSpec(m.mirrored(inner))
     out, err = tmp_path / "out", tmp_path / "err"
-    run = subprocess.Popen(argv, stdout=out.open("w"), stderr=err.open("w"))
+    run = _started(m.pipeline_argv(mode, name, interval=60), "running as", tmp_path)
     try:
-        deadline = time.monotonic() + 20
-        while "running as" not in err.read_text():
-            assert run.poll() is None and time.monotonic() < deadline, err.read_text()
-            time.sleep(0.05)
         ingress, egress = interface_stats("ens5", m.dut), interface_stats("ens6", m.dut)
         with (
             Sink("eth0", m.collector, verdict=XdpAction.PASS) as sink,

@@ -124,12 +124,9 @@ def test_vxlan_pipeline(mirror_vxlan, budget, tmp_path, mode):
     m = mirror_vxlan
     m.allowlist.write_text(json.dumps(Allowlist.of([SOURCE]).document()))
     name = f"bl-{journal.current().run_id}-soak"  # the run's own pins
-    argv = [str(BIN / "vxlan-pipeline"), "run", "-i", "ens5", "-t", "ens6", "--mode", mode]
-    argv += ["--name", name, "--next-hop-mac", "02:00:00:00:03:02", "--vni", "42"]
-    argv += ["--allowlist", str(m.allowlist), "--json", "-s", "1", "--netns", m.dut]
+    argv = m.pipeline_argv(mode, name, interval=1)
     inner = templates.udp4(src=SOURCE, dst="10.0.0.2", sport=SPORT, eth_src="02:00:00:00:2a:01")
-    outer = {"outer_src": "10.1.0.1", "outer_dst": "10.1.0.2", "eth_src": "02:00:00:00:02:01"}
-    spec = TrafficSpec(templates.vxlan(inner, vni=42, eth_dst="02:00:00:00:02:02", **outer))
+    spec = TrafficSpec(m.mirrored(inner))
     result, delivered = run_soak(argv, "running as", spec, ("eth0", m.mirror), budget, tmp_path)
     last = last_json(result.stdout)
     assert last["balanced"] and last["counters"]["forwarded"] == delivered, last

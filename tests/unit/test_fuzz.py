@@ -30,6 +30,7 @@ from injector.mutate import Mutant, Mutator, Template
 CASES = Path(__file__).with_name("fuzz_cases")
 BATCH = 1000  # frames between two table checks (and fresh loads)
 PASS = {"xdp": bpf.XdpAction.PASS, "tc": bpf.TcAction.OK}
+REFUSED = "refused by test_run"  # a frame no skb hook is given (bpf.Program.test_run_takes)
 
 
 pytestmark = pytest.mark.usefixtures("one_cpu")  # the models count one CPU (conftest.py)
@@ -85,6 +86,17 @@ def _differ(what: str, kernel: dict, model: dict) -> str:
 
 def _frame(what: str, frame: bytes) -> str:
     return f"{what}; frame {frame.hex()}"
+
+
+def passed(program, hook, frame: bytes) -> str:
+    """A counting program (flow metrics, the traffic counter) on ``frame`` at ``hook``: it must
+    pass every frame; the verdict's name, or REFUSED when test_run cannot be given the frame."""
+    if not program.test_run_takes(frame):
+        return REFUSED
+    verdict = program.test_run(frame).verdict
+    if verdict != PASS["xdp" if hook.xdp else "tc"]:
+        raise Disagreement(_frame(f"{hook.value} must pass every frame, said {verdict!r}", frame))
+    return verdict.name
 
 
 # --- soft RSS ------------------------------------------------------------------------------------
@@ -173,16 +185,10 @@ class FlowMonSubject:
 
     def feed(self, frame: bytes) -> str:
         hook = next(self.hooks)
-        program = self.fm.program(hook)
-        if not program.test_run_takes(frame):
-            return "refused by test_run"
-        verdict = program.test_run(frame).verdict
-        self.model.feed(frame, hook, ifindex=1)  # test_run's device: the namespace's loopback
-        if verdict != PASS["xdp" if hook.xdp else "tc"]:
-            raise Disagreement(
-                _frame(f"{hook.value} must pass every frame, said {verdict!r}", frame)
-            )
-        return verdict.name
+        verdict = passed(self.fm.program(hook), hook, frame)
+        if verdict != REFUSED:
+            self.model.feed(frame, hook, ifindex=1)  # test_run's device: the namespace's loopback
+        return verdict
 
     def check(self) -> None:
         self.model.drain()
@@ -237,16 +243,10 @@ class TrafCountSubject:
 
     def feed(self, frame: bytes) -> str:
         hook = next(self.hooks)
-        program = self.tc.program(hook)
-        if not program.test_run_takes(frame):
-            return "refused by test_run"
-        verdict = program.test_run(frame).verdict
-        self.model.feed(frame, hook)
-        if verdict != PASS["xdp" if hook.xdp else "tc"]:
-            raise Disagreement(
-                _frame(f"{hook.value} must pass every frame, said {verdict!r}", frame)
-            )
-        return verdict.name
+        verdict = passed(self.tc.program(hook), hook, frame)
+        if verdict != REFUSED:
+            self.model.feed(frame, hook)
+        return verdict
 
     def check(self) -> None:
         kernel, model = self.tc.counts(), self.model.table()
@@ -302,7 +302,7 @@ class PfrpsSubject:
     def feed(self, frame: bytes) -> str:
         c = self.config
         if not self.objects[0].programs["pfrps_filter"].test_run_takes(frame):
-            return "refused by test_run"
+            return REFUSED
         ethertype = int.from_bytes(frame[12:14], "big")
         wanted = any(ethertype == ETHERTYPES[p] for p in ETHERTYPES if p & c.protocols)
         worker = worker_of(frame_mac(frame, c.mac), c.workers, c.hash)
@@ -368,7 +368,7 @@ class VxlanSubject:
 
     def feed(self, frame: bytes) -> str:
         if not self.vx.program.test_run_takes(frame):
-            return "refused by test_run"
+            return REFUSED
         want = self.model.feed(frame)
         run = self.vx.program.test_run(frame)
         mode = self.config.mode
