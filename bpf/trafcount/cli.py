@@ -36,7 +36,7 @@ import json
 import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
@@ -230,37 +230,52 @@ def _run(args: argparse.Namespace) -> int:
             flush=True,
         )
         totals_out = sys.stderr if args.hz else sys.stdout
-        sampler = _start_series(tc, args, stop, stack) if args.hz else None
+        series_done = _start_series(tc, args, stack) if args.hz else None
         while not stop.wait(args.stats_interval):
             print(report(tc, args, args.json) + ("" if args.json else "\n"), file=totals_out)
             totals_out.flush()
         # Stopped: detach first, so that the series' last bin and the last totals see the same.
         tc.detach()
-        if sampler is not None:
-            sampler.join()
+        failed = series_done() if series_done is not None else None
         print(report(tc, args, args.json) + ("" if args.json else "\n"), file=totals_out)
+        if failed is not None:
+            raise failed
     print(f"trafcount: detached from {where} and unpinned", file=sys.stderr)
     return 0
 
 
 def _start_series(
-    tc: TrafCount, args: argparse.Namespace, stop: threading.Event, stack: ExitStack
-) -> threading.Thread:
+    tc: TrafCount, args: argparse.Namespace, stack: ExitStack
+) -> Callable[[], OSError | None]:
+    """Start the time series in a thread of its own (the C reader, which writes to the output's fd
+    itself); the function that stops it, after a last bin, and gives what failed in it, if anything."""
     if args.binary is not None:
         out: Any = stack.enter_context(args.binary.open("wb"))
-        emit = series.BinaryWriter(out, args.hz)
+        form = series.Format.BINARY
     else:
         out = sys.stdout
-        emit = series.json_writer(out)
-    sampler = series.Sampler(tc)
+        form = series.Format.JSON
+    out.flush()
+    sampler = stack.enter_context(series.Sampler(tc, args.hz, out.fileno(), form))
+    failed: list[OSError] = []
 
     def run() -> None:
-        sampler.run(args.hz, emit, stop)
-        out.flush()
+        try:
+            sampler.run()
+        except OSError as err:
+            failed.append(err)
 
     thread = threading.Thread(target=run, name="trafcount-series")
     thread.start()
-    return thread
+    stack.callback(thread.join)  # then the sampler closes: never under a running thread
+    stack.callback(sampler.stop)
+
+    def done() -> OSError | None:
+        sampler.stop()
+        thread.join()
+        return failed[0] if failed else None
+
+    return done
 
 
 def _killed(ifname: str, pid: int) -> str:

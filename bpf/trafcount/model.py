@@ -17,13 +17,30 @@ The rules:
 - the tables are LRUs: a new address beyond ``entries`` evicts one, in an order the kernel does not
   promise; the model keeps every address, and tests of eviction check what the kernel must keep.
 
-The model runs on one CPU. Not for: talking to the kernel (``bpf.trafcount.trafcount``), or speed.
+The model runs on one CPU.
+
+``SeriesModel`` is the time series' specification (``series.c`` is held to it): given successive
+reads of both tables, the bins they make, and each bin's bytes in the two formats
+(``json_line``, ``binary_bin``; ``bpf.trafcount.series`` documents both). Its rules:
+
+- a delta is a key's packets and bytes since the read before; a key that read did not see (new, or
+  gone and back) is all new, and so is one whose packets or bytes went down (evicted and created
+  again in between); an unchanged key makes no delta, a new one always does (even of zeros);
+- the deltas come in the order of the read; what the bins add up to is kept per key, in the order
+  keys were first seen;
+- in the binary format a delta whose packets or bytes pass a u32 is written as several deltas of
+  the same key, each of at most 2^32 - 1 packets and bytes, which add up to it (the bin's count
+  counts them all).
+
+Not for: talking to the kernel (``bpf.trafcount.trafcount``), or speed.
 """
 
 from __future__ import annotations
 
 import enum
 import ipaddress
+import json
+import struct
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,7 +57,18 @@ IPPROTO_TCP, IPPROTO_UDP = 6, 17
 
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
 
-__all__ = ["ByteCount", "Config", "Hook", "Key", "Model", "TrafKey", "classify", "default_key"]
+__all__ = [
+    "Bin",
+    "ByteCount",
+    "Config",
+    "Hook",
+    "Key",
+    "Model",
+    "SeriesModel",
+    "TrafKey",
+    "classify",
+    "default_key",
+]
 
 
 class Key(enum.Enum):
@@ -157,3 +185,86 @@ class Model:
 
     def table(self) -> dict[TrafKey, tuple[int, int]]:
         return {k: (p, b) for k, (p, b) in self.counts.items()}
+
+
+# --- the time series ---
+
+FILE_HEADER = struct.Struct("<4sHH")  # b"TCTS", format version, hz
+BIN_HEADER = struct.Struct("<QQI")  # bin, t_ns, count
+DELTA = struct.Struct("<BB16sII")  # IP version, protocol, address, packets, bytes
+MAGIC, FORMAT_VERSION = b"TCTS", 1
+U32_MAX = (1 << 32) - 1
+
+
+@dataclass(frozen=True)
+class Bin:
+    index: int
+    t_ns: int  # CLOCK_MONOTONIC at the read
+    deltas: list[tuple[TrafKey, int, int]]  # (key, packets, bytes) gained since the last read
+
+
+def key_of(raw: bytes) -> TrafKey:
+    """A raw struct traf_key4 (8 bytes) or traf_key6 (20 bytes) as a TrafKey."""
+    size = 4 if len(raw) == 8 else 16
+    return TrafKey(4 if size == 4 else 6, raw[:size], raw[size])
+
+
+@dataclass
+class SeriesModel:
+    """Bins from successive reads of the tables (module docstring: the rules)."""
+
+    bins: int = 0
+    totals: dict[bytes, list[int]] = field(default_factory=dict)  # raw key -> [packets, bytes]
+    _last: dict[bytes, tuple[int, int]] = field(default_factory=dict)
+
+    def read(self, table: dict[bytes, tuple[int, int]], t_ns: int) -> Bin:
+        """The bin of one read: {raw key: (packets, bytes)} in the order read, at ``t_ns``."""
+        deltas = []
+        for raw, (p, b) in table.items():
+            before = self._last.get(raw)
+            if before is not None:
+                if (p, b) == before:
+                    continue
+                if p >= before[0] and b >= before[1]:
+                    p, b = p - before[0], b - before[1]
+            total = self.totals.setdefault(raw, [0, 0])
+            total[0] += p
+            total[1] += b
+            deltas.append((key_of(raw), p, b))
+        self._last = dict(table)
+        self.bins += 1
+        return Bin(self.bins - 1, t_ns, deltas)
+
+    def summed(self) -> dict[TrafKey, tuple[int, int]]:
+        """What the bins so far add up to, per address and protocol."""
+        return {key_of(raw): (p, b) for raw, (p, b) in self.totals.items()}
+
+
+def json_line(bin_: Bin) -> str:
+    """The bin as a JSON line, with its newline."""
+    deltas = [[str(k.address), k.proto, p, b] for k, p, b in bin_.deltas]
+    return json.dumps({"bin": bin_.index, "t_ns": bin_.t_ns, "deltas": deltas}) + "\n"
+
+
+def binary_file_header(hz: int) -> bytes:
+    return FILE_HEADER.pack(MAGIC, FORMAT_VERSION, hz)
+
+
+def binary_pieces(packets: int, bytes_: int) -> list[tuple[int, int]]:
+    """A delta as the binary format's deltas: one, or several of at most a u32 each."""
+    pieces = [(min(packets, U32_MAX), min(bytes_, U32_MAX))]
+    packets, bytes_ = packets - pieces[0][0], bytes_ - pieces[0][1]
+    while packets or bytes_:
+        pieces.append((min(packets, U32_MAX), min(bytes_, U32_MAX)))
+        packets, bytes_ = packets - pieces[-1][0], bytes_ - pieces[-1][1]
+    return pieces
+
+
+def binary_bin(bin_: Bin) -> bytes:
+    """The bin in the binary format."""
+    deltas = [
+        DELTA.pack(k.version, k.proto, k.packed, p, b)
+        for k, packets, bytes_ in bin_.deltas
+        for p, b in binary_pieces(packets, bytes_)
+    ]
+    return BIN_HEADER.pack(bin_.index, bin_.t_ns, len(deltas)) + b"".join(deltas)

@@ -13,9 +13,11 @@ with TrafCount(Config(key=Key.SRC, entries=4096)) as tc:
 Leaving detaches and unpins: a TrafCount leaves nothing behind, unless its process is killed, when
 the journal lets ``harness clean`` remove its TC filter and pins.
 
-``snapshot()`` is the reader the time-series sampler runs a thousand times a second: the raw keys
-and values of both tables through ``BPF_MAP_LOOKUP_BATCH`` into buffers allocated once, unpacked
-with ``struct`` (no ctypes object per entry), keyed by the raw key (``key_of`` makes it a TrafKey). Every struct comes from the object's BTF.
+``snapshot()`` reads both tables for ``counts()``, ``totals()`` and the Prometheus scrape: the raw
+keys and values through ``BPF_MAP_LOOKUP_BATCH`` into buffers allocated once, unpacked with
+``struct`` (no ctypes object per entry), keyed by the raw key (``key_of`` makes it a TrafKey). The
+time series, which reads the tables a thousand times a second, has its reader in C
+(``bpf.trafcount.series``). Every struct comes from the object's BTF.
 
 Not for: the command line (``bpf.trafcount.cli``), the time series (``bpf.trafcount.series``) or
 the model (``bpf.trafcount.model``).
@@ -37,7 +39,7 @@ from bpf.attach import TcDirection, pin_dir, pin_object, unpin_present
 from bpf.btf import fields_of
 from bpf.flowmon.flowmon import read_pinned_struct
 from bpf.libbpf import MapBatchOpts, lib
-from bpf.trafcount.model import ByteCount, Config, Hook, Key, TrafKey
+from bpf.trafcount.model import ByteCount, Config, Hook, Key, TrafKey, key_of
 
 SOURCE = Path(__file__).with_name("trafcount.bpf.c")
 PIN_OWNER = "trafcount"
@@ -105,12 +107,6 @@ class _BatchReader:
             self._in.value, first = self._out.value, False
 
 
-def key_of(raw: bytes) -> TrafKey:
-    """A struct traf_key4 (8 bytes) or traf_key6 (20 bytes) as a TrafKey."""
-    size = 4 if len(raw) == KEY4_SIZE else 16
-    return TrafKey(4 if size == 4 else 6, raw[:size], raw[size])
-
-
 class TrafCount:
     """The loaded data plane. Use as a context manager: leaving detaches it, removes the pins made
     by ``pin`` and closes it."""
@@ -139,7 +135,9 @@ class TrafCount:
             sizes = (self._readers[4].key_size, self._readers[6].key_size)
             if sizes != (KEY4_SIZE, KEY6_SIZE):
                 raise RuntimeError(f"struct traf_key4/traf_key6 are {sizes} bytes, not 8 and 20")
-            self._reading = threading.Lock()  # the sampler and the metrics server share the buffers
+            self._reading = (
+                threading.Lock()
+            )  # the command's printer and the metrics server share them
         except BaseException:
             self.obj.close()
             raise
@@ -225,7 +223,8 @@ class TrafCount:
 
     def snapshot(self) -> dict[bytes, tuple[int, int]]:
         """Both tables as {raw key: (packets, bytes)}, the key's length telling IPv4 (8 bytes) from
-        IPv6 (20): the sampler's fast read. ``key_of`` makes a key a TrafKey."""
+        IPv6 (20), in the order read (addrs4 then addrs6, each in the kernel's bucket order).
+        ``key_of`` makes a key a TrafKey."""
         found: dict[bytes, tuple[int, int]] = {}
         with self._reading:
             for reader in self._readers.values():

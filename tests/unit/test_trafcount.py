@@ -4,13 +4,12 @@ For every hook, key side and byte count, the kernel's table (per address and pro
 bytes), its frames not parsed by status and its entries created must be what
 ``bpf.trafcount.model`` predicts: on crafted corner cases and hypothesis-generated frames. GSO
 packets at TC, an LRU holding more addresses than entries (evictions counted, what is kept exact),
-two CPUs inserting the same new addresses at once (the seed's BPF_ANY race), pins for bpftool; the
-time series' bins (an evicted address starting again) in both formats, a Prometheus scrape.
+two CPUs inserting the same new addresses at once (the seed's BPF_ANY race), pins for bpftool, a
+Prometheus scrape. The time series has its own file (``test_trafcount_series.py``).
 """
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import subprocess
@@ -31,13 +30,6 @@ from bpf import journal
 from bpf.trafcount import ByteCount, Config, Hook, Key, Model, TrafCount, TrafKey
 from bpf.trafcount.metrics import TrafCollector, serve
 from bpf.trafcount.model import DEFAULT_ENTRIES
-from bpf.trafcount.series import (
-    BinaryWriter,
-    Sampler,
-    json_writer,
-    parse_json_line,
-    read_binary,
-)
 from harness.topology import host_ifname
 
 MACS = {"src": "02:00:00:00:00:01", "dst": "02:00:00:00:00:02"}
@@ -340,56 +332,6 @@ def test_pins_show_the_seeds_fields_in_bpftool_until_close():
 def test_bad_entries_named(entries):
     with pytest.raises(ValueError, match=f"--entries {entries}"):
         Config(entries=entries)
-
-
-# --- the time series -----------------------------------------------------------------------------
-
-
-def test_bins_add_up_to_the_table_and_an_evicted_address_starts_again():
-    a, b = udp4("10.3.0.1", b"a"), udp4("10.3.0.2", b"bb")
-    with TrafCount() as tc:
-        sampler = Sampler(tc)
-        xdp = tc.program(Hook.XDP)
-        first = sampler.sample()
-        assert first.deltas == [] and first.index == 0
-        xdp.test_run(a, repeat=3)
-        xdp.test_run(b, repeat=2)
-        second = sampler.sample()
-        assert sorted((str(k.address), p, n) for k, p, n in second.deltas) == [
-            ("10.3.0.1", 3, 3 * 29),
-            ("10.3.0.2", 2, 2 * 30),
-        ]
-        xdp.test_run(a, repeat=4)
-        third = sampler.sample()
-        assert [(str(k.address), p) for k, p, _ in third.deltas] == [("10.3.0.1", 4)], (
-            "only what changed"
-        )
-        assert sampler.summed() == tc.counts()
-        # The LRU evicts 10.3.0.1 (here: deleted), which then comes back with fewer packets.
-        (key_a,) = [k for k in tc.obj.maps["addrs4"] if k.addr == 0x0100030A]
-        tc.obj.maps["addrs4"].delete(key_a)
-        xdp.test_run(a, repeat=1)
-        fourth = sampler.sample()
-        assert [(str(k.address), p, n) for k, p, n in fourth.deltas] == [("10.3.0.1", 1, 29)]
-        assert sampler.summed()[TrafKey(4, bytes([10, 3, 0, 1]), 17)] == (8, 8 * 29)
-
-
-def test_binary_and_json_lines_carry_the_same_bins():
-    with TrafCount() as tc:
-        sampler = Sampler(tc)
-        tc.program(Hook.XDP).test_run(udp4("10.4.0.1"), repeat=2)
-        v6 = bytes(Ether(**MACS) / IPv6(**V6) / TCP() / Raw(b"6"))
-        tc.program(Hook.XDP).test_run(v6, repeat=5)
-        bins = [sampler.sample(), sampler.sample()]
-    binary, text = io.BytesIO(), io.StringIO()
-    write_binary, write_json = BinaryWriter(binary, 1000), json_writer(text)
-    for b in bins:
-        write_binary(b)
-        write_json(b)
-    hz, read = read_binary(binary.getvalue())
-    from_json = [parse_json_line(line) for line in text.getvalue().splitlines()]
-    assert hz == 1000 and list(read) == bins == from_json
-    assert len(binary.getvalue()) == 8 + 2 * 20 + 2 * 26, "the documented sizes"
 
 
 # --- Prometheus ----------------------------------------------------------------------------------
