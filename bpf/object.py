@@ -359,6 +359,19 @@ class Map:
             raise LibbpfError(-ret, f"map {self.name!r}: delete {key!r}")
         return True
 
+    def lookup_and_delete(self, key: Any, default: Any = None) -> Any:
+        """Remove ``key`` and return its value as the removal found it (one syscall: nothing a
+        program adds between a lookup and a delete is lost), or ``default`` if absent. Hash kinds
+        only (the kernel refuses arrays)."""
+        raw = self._out_value()
+        with captured():
+            ret = lib.bpf_map_lookup_and_delete_elem(self.fd, ctypes.byref(self._key(key)), raw)
+        if ret == -errno.ENOENT:
+            return default
+        if ret < 0:
+            raise LibbpfError(-ret, f"map {self.name!r}: lookup and delete {key!r}")
+        return self._decode_value(raw)
+
     def __getitem__(self, key: Any) -> Any:
         value = self.lookup(key)
         if value is None:

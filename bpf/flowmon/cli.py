@@ -3,6 +3,7 @@
     flowmon -i IF -a xdp|tc [--netns NS] [--direction ingress|egress|both] [--storage KIND]
             [--entries N] [--full drop|evict|spill] [--ring-bytes N] [--mode native|generic]
             [-s SECONDS] [--top N] [--sort packets|bytes] [--json]
+            [--ipfix HOST:PORT [--active-timeout S] [--idle-timeout S]]
     flowmon -i IF -u
 
 The first form loads the data plane (or reopens the maps pinned for IF by an earlier run: the counts
@@ -11,8 +12,12 @@ ingress; TC: ingress, egress or both, egress by default as the seed's ``-a tc``)
 table every ``-s`` seconds with the seed's columns (flow start, flow end, protocol, source ip:port,
 destination ip:port, packets, bytes), or one JSON object a line with ``--json``, until SIGINT or
 SIGTERM; then it prints the table a last time and detaches. The maps stay pinned for the next run
-or for ``bpftool map dump pinned``. ``-u`` stops the flowmon counting on IF, if one runs, and removes
-the pins: nothing of flowmon is left on IF.
+or for ``bpftool map dump pinned``. With ``--ipfix`` the flows also go to an IPFIX collector
+(``bpf.flowmon.ipfix``): the table is read every ``-s`` or every second, whichever is shorter; an
+ended flow is exported and leaves the table, a long one is re-exported every active timeout, and
+on exit every flow left is exported (flowEndReason 4) and the table emptied, so that a next run
+sends nothing twice. ``-u`` stops the flowmon counting on IF, if one runs, and removes the pins:
+nothing of flowmon is left on IF.
 
 Every argument is checked before anything is loaded or attached. This module parses and prints; the
 work is in ``bpf.flowmon.flowmon``.
@@ -24,6 +29,7 @@ import argparse
 import json
 import os
 import sys
+import threading
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -37,10 +43,12 @@ from bpf.cli import (
     failure,
     positive_int,
     process_alive,
+    seconds_arg,
     stop_event,
     stop_process,
 )
 from bpf.flowmon.flowmon import Flow, FlowMon, wall_time
+from bpf.flowmon.ipfix import IPFIX_PORT, Collector, FlowExporter, IpfixSender, Timeouts
 from bpf.flowmon.model import DEFAULT_ENTRIES, RING_BYTES, Config, Full, Hook, Storage
 
 PROTOCOL_NAMES = {1: "icmp", 6: "tcp", 17: "udp", 47: "gre", 58: "ipv6-icmp", 132: "sctp"}
@@ -51,6 +59,7 @@ HOOKS = {
     ("tc", "both"): [Hook.TC_INGRESS, Hook.TC_EGRESS],
 }
 STOP_WAIT_S = 5.0  # how long -u waits for the running flowmon to detach and exit
+EXPORT_READ_S = 1.0  # with --ipfix, the table is read at least this often (the timeouts' checks)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -92,6 +101,25 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--top", type=positive_int, help="print only the N biggest flows")
     parser.add_argument("--sort", choices=["packets", "bytes"], default="packets")
     parser.add_argument("--json", action="store_true", help="one JSON object a line")
+    parser.add_argument(
+        "--ipfix",
+        metavar="HOST:PORT",
+        help=f"export the flows as IPFIX (RFC 7011) over UDP to a collector (port {IPFIX_PORT})",
+    )
+    parser.add_argument(
+        "--active-timeout",
+        type=seconds_arg,
+        metavar="S",
+        help=f"--ipfix: re-export a flow still going every S seconds (default "
+        f"{Timeouts.active_s:g})",
+    )
+    parser.add_argument(
+        "--idle-timeout",
+        type=seconds_arg,
+        metavar="S",
+        help=f"--ipfix: a flow without a packet for S seconds has ended (default "
+        f"{Timeouts.idle_s:g})",
+    )
     parser.add_argument(
         "-u", "--unload", action="store_true", help="stop the flowmon on IF and remove its pins"
     )
@@ -191,6 +219,27 @@ def _hooks(args: argparse.Namespace) -> list[Hook]:
     return HOOKS[(args.attach, direction)]
 
 
+def _ipfix(args: argparse.Namespace) -> tuple[Collector, Timeouts] | None:
+    """The collector and timeouts of ``--ipfix``, or None; UsageError for a bad one."""
+    if args.ipfix is None:
+        for option, value in (
+            ("--active-timeout", args.active_timeout),
+            ("--idle-timeout", args.idle_timeout),
+        ):
+            if value is not None:
+                raise UsageError(f"{option}: only with --ipfix HOST:PORT (a timeout of the export)")
+        return None
+    try:
+        collector = Collector.parse(args.ipfix)
+    except ValueError as err:
+        raise UsageError(f"--ipfix {err}") from None
+    timeouts = Timeouts(
+        active_s=args.active_timeout or Timeouts.active_s,
+        idle_s=args.idle_timeout or Timeouts.idle_s,
+    )
+    return collector, timeouts
+
+
 def _reuse(args: argparse.Namespace) -> bool:
     """True if IF's pinned maps are to be reopened; UsageError if they clash with the options."""
     found = FlowMon.pinned_config(args.pins)
@@ -220,6 +269,7 @@ def _reuse(args: argparse.Namespace) -> bool:
 def _run(args: argparse.Namespace) -> int:
     hooks = _hooks(args)
     config = _config(args)
+    ipfix = _ipfix(args)
     check_interface(args.interface, args.netns)
     reuse = _reuse(args)
     stop = stop_event()
@@ -229,33 +279,35 @@ def _run(args: argparse.Namespace) -> int:
             fm.pin(args.pins)
         fm.attach(args.interface, hooks, args.netns, XdpMode[args.mode.upper()])
         where = f"{args.interface}@{args.netns}" if args.netns else args.interface
+        exporting = ""
+        exporter = None
+        if ipfix is not None:
+            collector, timeouts = ipfix
+            exporter = FlowExporter(fm.table, IpfixSender(collector), timeouts)
+            exporter.start()
+            exporting = (
+                f"; IPFIX to {collector} (active timeout {timeouts.active_s:g} s, idle "
+                f"{timeouts.idle_s:g} s)"
+            )
         print(
             f"flowmon: counting on {where} at {', '.join(h.value for h in hooks)} in "
             f"{fm.config.storage.value} ({fm.config.entries} entries, full: "
             f"{fm.config.full.value}); maps {'reopened' if reuse else 'pinned'} at "
-            f"{FlowMon.pin_path(args.pins)}",
+            f"{FlowMon.pin_path(args.pins)}{exporting}",
             file=sys.stderr,
             flush=True,
         )
-        while True:
-            stopping = stop.wait(args.stats_interval)
-            flows = ordered(fm.flows(), args.sort, args.top)
-            misses, unparsed = fm.misses(), fm.unparsed()
-            if args.json:
-                line = {
-                    "time": round(time.time(), 3),
-                    "interface": args.interface,
-                    "storage": fm.config.storage.value,
-                    "flows": [flow_dict(f) for f in flows],
-                    "misses": misses,
-                    "unparsed": unparsed,
-                    "activity": fm.activity(),
-                }
-                print(json.dumps(line), flush=True)
-            else:
-                print(flow_table(flows, misses, unparsed) + "\n", flush=True)
-            if stopping:
-                break
+        _loop(args, fm, exporter, stop)
+        if exporter is not None:
+            fm.detach()  # nothing counts any more: what is left is final
+            exporter.finish()
+            exporter.sender.close()
+            sent = exporter.sender
+            print(
+                f"flowmon: exported {sent.records} flow records in {sent.messages} messages to "
+                f"{sent.collector}" + (f" ({sent.errors} sends failed)" if sent.errors else ""),
+                file=sys.stderr,
+            )
     print(
         f"flowmon: detached from {where}; the counts stay pinned "
         f"(`flowmon -i {args.interface}{_netns_option(args)} -u` removes them)",
@@ -264,8 +316,54 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _loop(
+    args: argparse.Namespace, fm: FlowMon, exporter: FlowExporter | None, stop: threading.Event
+) -> None:
+    """Read the table (and export) every read period, print it every ``-s``, until ``stop``."""
+    period = args.stats_interval if exporter is None else min(args.stats_interval, EXPORT_READ_S)
+    printed, errors = time.monotonic(), 0
+    while True:
+        stopping = stop.wait(period)
+        if exporter is not None:
+            exporter.cycle()
+            if exporter.sender.errors > errors:
+                errors = exporter.sender.errors
+                print(f"flowmon: IPFIX: {exporter.sender.last_error}", file=sys.stderr, flush=True)
+        if not stopping and time.monotonic() - printed < args.stats_interval - period / 2:
+            continue
+        printed = time.monotonic()
+        flows = ordered(fm.flows(), args.sort, args.top)
+        misses, unparsed = fm.misses(), fm.unparsed()
+        if args.json:
+            line = {
+                "time": round(time.time(), 3),
+                "interface": args.interface,
+                "storage": fm.config.storage.value,
+                "flows": [flow_dict(f) for f in flows],
+                "misses": misses,
+                "unparsed": unparsed,
+                "activity": fm.activity(),
+            }
+            if exporter is not None:
+                line["ipfix"] = exporter.sender.counts()
+            print(json.dumps(line), flush=True)
+        else:
+            print(flow_table(flows, misses, unparsed) + "\n", flush=True)
+        if stopping:
+            return
+
+
 def _unload(args: argparse.Namespace) -> int:
-    if args.attach or args.storage or args.entries or args.full or args.top or args.direction:
+    exporting = args.ipfix or args.active_timeout or args.idle_timeout
+    if (
+        args.attach
+        or args.storage
+        or args.entries
+        or args.full
+        or args.top
+        or args.direction
+        or (exporting)
+    ):
         raise UsageError("-u: takes -i only (it stops whatever flowmon runs on the interface)")
     found = FlowMon.pinned_config(args.pins)
     if found is None:

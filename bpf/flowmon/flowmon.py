@@ -112,6 +112,11 @@ class _Stats:
         self.syn = min(self.syn, syn) if self.syn and syn else self.syn or syn
         self.fin = min(self.fin, fin) if self.fin and fin else self.fin or fin
 
+    def merge(self, other: _Stats) -> None:
+        self.add(
+            other.packets, other.bytes, other.first, other.last, other.flags, other.syn, other.fin
+        )
+
     def add_value(self, v: Any) -> None:
         """Add a struct flow_stats."""
         self.add(
@@ -203,15 +208,7 @@ class FlowTable:
         self.drain()
         merged: dict[tuple[int, bytes], _Stats] = {}
         for (version, raw), stats in self._from_ring.items():
-            merged.setdefault((version, raw), _Stats()).add(
-                stats.packets,
-                stats.bytes,
-                stats.first,
-                stats.last,
-                stats.flags,
-                stats.syn,
-                stats.fin,
-            )
+            merged.setdefault((version, raw), _Stats()).merge(stats)
         storage = self.config.storage
         for version, (hash_name, slots_name) in _TABLES.items():
             if storage in _HASH_TYPES:
@@ -253,11 +250,49 @@ class FlowTable:
         """Flows created and packets spilled (struct flow_activity), summed over CPUs."""
         return fields_of(self.obj.maps["activity"].lookup_sum(0))
 
-    def forget(self) -> None:
-        """Empty the table, the ring and the counters."""
+    @property
+    def removable(self) -> bool:
+        """True if a flow can leave the table while the program counts (``take``): a hash entry
+        is read and deleted by one syscall, the ring's flows are the reader's own. An array slot
+        cannot: it keeps its key for the table's life, because the program counts into a claimed
+        slot without a lock that a reader could take."""
+        return not self.config.storage.array
+
+    def take(self, keys: Iterable[FlowKey]) -> dict[FlowKey, Flow]:
+        """Remove the flows of ``keys`` from the table and return each as its removal found it
+        (a key not in the table is not in the answer). The ring is drained first; a hash entry is
+        read and deleted in one BPF_MAP_LOOKUP_AND_DELETE_ELEM, so a packet the program counted
+        before it is in the flow returned and one after it makes a new entry: none is lost
+        between a read and a delete. Not for the array kinds (``removable``)."""
+        if not self.removable:
+            raise ValueError(f"{self.config.storage.value}: a slot cannot leave the table")
+        self.drain()
+        hashed = self.config.storage in _HASH_TYPES
+        taken = {}
+        for key in keys:
+            raw = key.raw()
+            stats = self._from_ring.pop((key.version, raw), None) or _Stats()
+            if hashed:
+                value = self.obj.maps[_TABLES[key.version][0]].lookup_and_delete(raw)
+                for v in [] if value is None else value if isinstance(value, list) else [value]:
+                    stats.add_value(v)
+            if stats.packets:
+                taken[key] = self._flow(key.version, raw, stats)
+        return taken
+
+    def clear(self) -> None:
+        """Empty the flow table: the kernel's entries or slots, and the ring's flows (drained
+        first). A program counting meanwhile may count into an array slot being zeroed: clear an
+        array table once detached."""
         self.drain()
         self._from_ring.clear()
-        for name in ("flows4", "flows6", "slots4", "slots6", "misses", "activity"):
+        for name in ("flows4", "flows6", "slots4", "slots6"):
+            self.obj.maps[name].clear()
+
+    def forget(self) -> None:
+        """Empty the table, the ring and the counters."""
+        self.clear()
+        for name in ("misses", "activity"):
             self.obj.maps[name].clear()
 
 

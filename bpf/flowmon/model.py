@@ -30,6 +30,7 @@ from __future__ import annotations
 import enum
 import ipaddress
 from collections import Counter
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -42,6 +43,7 @@ SLOT_HASH_INITVAL = c_define(FLOWTABLE_H, "FLOW_SLOT_HASH_INITVAL")
 RING_BYTES = c_define(FLOWTABLE_H, "FLOW_RING_BYTES")
 TCP_FLAG_FIN = c_define(FLOWTABLE_H, "TCP_FLAG_FIN")
 TCP_FLAG_SYN = c_define(FLOWTABLE_H, "TCP_FLAG_SYN")
+TCP_FLAG_RST = 0x04  # the TCP header's byte 13, as tcp_flags holds it
 # struct flow_record (64 bytes) and the ring's 8-byte record header, rounded up to 8 as the kernel
 # rounds every record; the unit tests check the size against the object's BTF.
 RING_RECORD_BYTES = 64 + 8
@@ -162,9 +164,9 @@ class FlowKey:
             self.proto,
         )
 
-    def words(self) -> list[int]:
-        """``struct flow_key4``/``flow_key6`` as the CPU-order (little-endian) words jhash2 reads."""
-        raw = (
+    def raw(self) -> bytes:
+        """``struct flow_key4``/``flow_key6`` as the kernel holds it (a map key)."""
+        return (
             self.ifindex.to_bytes(4, "little")
             + self.src.packed
             + self.dst.packed
@@ -172,6 +174,10 @@ class FlowKey:
             + self.dport.to_bytes(2, "big")
             + bytes((self.proto, self.direction, 0, 0))
         )
+
+    def words(self) -> list[int]:
+        """The key as the CPU-order (little-endian) words jhash2 reads."""
+        raw = self.raw()
         return [int.from_bytes(raw[i : i + 4], "little") for i in range(0, len(raw), 4)]
 
     def __str__(self) -> str:
@@ -331,3 +337,87 @@ class Model:
                 self.spilled += packet.packets
             return
         self.misses[reason] += packet.packets
+
+
+# --- what an IPFIX export of the table must be (bpf.flowmon.ipfix) ---
+
+
+class EndReason(enum.IntEnum):
+    """flowEndReason (IANA information element 136, RFC 5102 section 5.11.3)."""
+
+    IDLE_TIMEOUT = 1  # no packet for the idle timeout: the flow has ended
+    ACTIVE_TIMEOUT = 2  # the flow goes on: its counts since its previous record
+    END_OF_FLOW = 3  # TCP FIN or RST seen, then no packet for a read of the table
+    FORCED_END = 4  # the exporter stopped
+
+    @property
+    def ends(self) -> bool:
+        return self is not EndReason.ACTIVE_TIMEOUT
+
+
+@dataclass(frozen=True)
+class FlowRecord:
+    """One exported flow record: a flow's packets and bytes since its previous record (delta
+    counts), the flow's first and last packet (epoch milliseconds), its TCP flags so far."""
+
+    key: FlowKey
+    packets: int
+    bytes: int
+    start_ms: int
+    end_ms: int
+    tcp_flags: int
+    reason: EndReason
+
+
+def export_problems(
+    records: Iterable[FlowRecord], flows: Mapping[FlowKey, Counts], finished: bool
+) -> list[str]:
+    """What is wrong with ``records`` (in the order sent) as the export of ``flows``: empty if
+    nothing is. The rules, per flow:
+
+    - its records' packets and bytes add up to its counts (delta counts: nothing lost, nothing
+      twice), and no record is of a flow not in ``flows``;
+    - its records are runs of ACTIVE_TIMEOUT records, each with packets, closed by one ending record
+      (IDLE_TIMEOUT, END_OF_FLOW or FORCED_END); a flow that starts again after its end (its entry
+      deleted and made anew) starts a new run; once the exporter has ``finished``, every run is
+      closed, and FORCED_END, if there, is the last record;
+    - within a run the start is the same and the ends do not go back; no record starts after it
+      ends; no record carries a TCP flag the flow never had.
+    """
+    problems: list[str] = []
+    by_key: dict[FlowKey, list[FlowRecord]] = {}
+    for r in records:
+        by_key.setdefault(r.key, []).append(r)
+    for key in sorted(by_key.keys() - flows.keys()):
+        problems.append(f"{key}: {len(by_key[key])} records of a flow the table does not have")
+    for key, counts in sorted(flows.items()):
+        got = by_key.get(key, [])
+        packets, octets = sum(r.packets for r in got), sum(r.bytes for r in got)
+        if (packets, octets) != (counts.packets, counts.bytes):
+            problems.append(
+                f"{key}: records add up to {packets} packets, {octets} bytes; the flow has "
+                f"{counts.packets} packets, {counts.bytes} bytes ({[r.reason.name for r in got]})"
+            )
+        run_start: int | None = None
+        last_end = 0
+        for i, r in enumerate(got):
+            where = f"{key}: record {i + 1} of {len(got)} ({r.reason.name})"
+            if r.reason is EndReason.ACTIVE_TIMEOUT and not r.packets:
+                problems.append(f"{where}: an active-timeout record without packets")
+            if r.start_ms > r.end_ms:
+                problems.append(f"{where}: starts at {r.start_ms} ms, after its end {r.end_ms} ms")
+            if run_start is not None and (r.start_ms != run_start or r.end_ms < last_end):
+                problems.append(
+                    f"{where}: in a run that started at {run_start} ms and got to {last_end} ms, "
+                    f"it spans {r.start_ms}..{r.end_ms} ms"
+                )
+            if r.tcp_flags & ~counts.tcp_flags:
+                problems.append(
+                    f"{where}: TCP flags {r.tcp_flags:#x}, the flow {counts.tcp_flags:#x}"
+                )
+            if r.reason is EndReason.FORCED_END and i != len(got) - 1:
+                problems.append(f"{where}: records after the exporter's forced end")
+            run_start, last_end = (None, 0) if r.reason.ends else (r.start_ms, r.end_ms)
+        if finished and got and not got[-1].reason.ends:
+            problems.append(f"{key}: the exporter has finished, its last record does not end it")
+    return problems
