@@ -9,6 +9,7 @@ export on the injector's veth0; tshark's IPFIX dissector decodes it.
   (flowEndReason 1) and leave the table (the array kinds keep their slots); the IPv4 flows sent
   again are new flows, exported when flowmon stops (4). Per flow, the records add up to what was
   sent (the model), their times are the sending's, sequence numbers count the data records.
+- A TCP flow that sends its FIN is exported as ended (3) at the next read, and leaves the table.
 - A flow that keeps going is re-exported every active timeout with the packets since its previous
   record (2), and its rest at the stop (4); the records add up to what was sent.
 - Bad ``--ipfix`` arguments are refused by name, before anything loads.
@@ -62,14 +63,19 @@ class Flowmon:
         argv = ["ip", "netns", "exec", dut, str(FLOWMON), "-i", "ens5", "-a", "xdp", *args]
         with self.out.open("w") as out, self.err.open("w") as err:
             self.proc = subprocess.Popen(argv, stdout=out, stderr=err)
-        self._wait(lambda: "counting on" in self.err.read_text(), "flowmon started")
+        try:
+            self._wait(lambda: "counting on" in self.err.read_text(), "flowmon started")
+        except BaseException:
+            self.close()
+            raise
 
     def line_after(self, when: float, ok=lambda line: True) -> dict:
         """The first JSON line printed after wall time ``when`` for which ``ok`` holds."""
         found: list[dict] = []
 
         def look() -> bool:
-            lines = [json.loads(text) for text in self.out.read_text().splitlines()]
+            complete = self.out.read_text().split("\n")[:-1]  # the last may be half written
+            lines = [json.loads(text) for text in complete]
             found[:] = [line for line in lines if line["time"] > when and ok(line)][:1]
             return bool(found)
 
@@ -92,6 +98,12 @@ class Flowmon:
         self.proc.send_signal(signal.SIGINT)
         assert self.proc.wait(timeout=30) == 0, self.err.read_text()
         return self.err.read_text()
+
+    def close(self) -> None:
+        """Kill it if it still runs (a failed test)."""
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
 
 
 class Collector:
@@ -177,8 +189,8 @@ def test_idle_flows_exported_and_gone_then_the_rest_at_stop(two_host, collector,
     model = Model(Config(storage=storage, entries=4096))
     ens5 = ifindex("ens5", dut)
     ports = range(4000, 7000)
+    run = Flowmon(dut, args, tmp_path)
     try:
-        run = Flowmon(dut, args, tmp_path)
         began = time.time()
         first = send(injector, V4) + send(injector, V6)
         sent = time.time()
@@ -196,6 +208,7 @@ def test_idle_flows_exported_and_gone_then_the_rest_at_stop(two_host, collector,
         with FlowMon.reopen(pin_name("ens5", dut)) as left:
             assert left.flows() == [], "the exit's export empties the table"
     finally:
+        run.close()
         FlowMon.unpin(pin_name("ens5", dut))
     for frame in first + again:
         model.feed(frame, Hook.XDP, ens5)
@@ -235,8 +248,8 @@ def test_a_long_flow_reexported_every_active_timeout(two_host, collector, tmp_pa
     args += ["--active-timeout", "1", "--idle-timeout", "5"]
     model = Model(Config(storage=storage))
     ens5 = ifindex("ens5", dut)
+    run = Flowmon(dut, args, tmp_path)
     try:
-        run = Flowmon(dut, args, tmp_path)
         started = time.monotonic()
         frames: list[bytes] = []
         while time.monotonic() - started < 3.3:
@@ -247,6 +260,7 @@ def test_a_long_flow_reexported_every_active_timeout(two_host, collector, tmp_pa
         )
         run.stop()
     finally:
+        run.close()
         FlowMon.unpin(pin_name("ens5", dut))
     for frame in frames:
         model.feed(frame, Hook.XDP, ens5)
@@ -263,6 +277,42 @@ def test_a_long_flow_reexported_every_active_timeout(two_host, collector, tmp_pa
         f"3.3 s of a flow with a 1 s active timeout: {[(r.reason.name, r.packets) for r in records]}"
     )
     assert len({r.start_ms for r in records}) == 1, "every record starts at the flow's start"
+
+
+def test_a_tcp_flow_ends_at_its_fin(two_host, collector, tmp_path):
+    """SYN, data, FIN: exported as ended (flowEndReason 3) a read after its last packet, long
+    before the idle timeout, and gone from the table."""
+    injector, dut = two_host
+    idle = 20.0
+    args = ["-s", "0.2", "--json", "--ipfix", ":".join(map(str, COLLECTOR))]
+    args += ["--idle-timeout", f"{idle}"]
+    model = Model(Config())
+    ens5 = ifindex("ens5", dut)
+    segment = {**ADDRESSED, "sport": 7100, "dport": 443}
+    run = Flowmon(dut, args, tmp_path)
+    try:
+        frames = send(injector, TrafficSpec(templates.tcp4(**segment, flags="S"), count=1))
+        data = templates.tcp4(**segment, flags="PA", payload=b"d" * 500)
+        frames += send(injector, TrafficSpec(data, count=20))
+        frames += send(injector, TrafficSpec(templates.tcp4(**segment, flags="FA"), count=1))
+        sent = time.time()
+        seen = run.line_after(sent, lambda line: 7100 in in_table(line, range(7100, 7101)))
+        gone = run.line_after(seen["time"], lambda line: not in_table(line, range(7100, 7101)))
+        assert gone["time"] - sent < idle / 4, "ended at its FIN, not at the idle timeout"
+        run.stop()
+    finally:
+        run.close()
+        FlowMon.unpin(pin_name("ens5", dut))
+    for frame in frames:
+        model.feed(frame, Hook.XDP, ens5)
+
+    messages = collector.messages()
+    check_messages(messages)
+    records = ours(messages, range(7100, 7101))
+    assert not export_problems(records, model.flows, finished=True)
+    assert [(r.reason, r.packets, r.tcp_flags) for r in records] == [
+        (EndReason.END_OF_FLOW, 22, 0x02 | 0x08 | 0x10 | 0x01)  # SYN PSH ACK FIN
+    ]
 
 
 @pytest.mark.parametrize(

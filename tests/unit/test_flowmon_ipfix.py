@@ -5,7 +5,8 @@
   lengths and padding to 4 bytes (a template of an odd record length), messages split at the
   size limit, sequence numbers counting the data records sent before. tshark decodes every message
   of a pcap written with scapy into the records given.
-- ``Collector.parse`` and the sender's template refresh.
+- ``Collector.parse`` and the sender's template refresh; Debian's nfdump collector (nfcapd) takes
+  the messages without a sequence error and prints the records given.
 - The exporter against the kernel's table (BPF_PROG_TEST_RUN frames, every storage): a TCP flow
   ends at its FIN (reason 3), long flows are re-exported at the active timeout with their deltas
   (2), idle ones end (1) and leave the table (the array kinds keep their slots), a flow back after
@@ -18,9 +19,14 @@
 
 from __future__ import annotations
 
+import calendar
 import ipaddress
+import os
+import shutil
+import signal
 import socket
 import struct
+import subprocess
 import threading
 import time
 
@@ -55,6 +61,9 @@ V6 = {"src": "2001:db8::1", "dst": "2001:db8:0:1::2"}
 LOOPBACK = 1  # test_run's device
 EXPORT_TIME = 1_796_000_000
 S = 1_000_000_000  # ns
+TICK_S = (
+    0.011  # the longest a CLOCK_MONOTONIC_COARSE stamp lags the clock (a jiffy at HZ=100), and 1 ms
+)
 
 
 def key4(sport: int = 1234, ifindex: int = 7, direction: Direction = Direction.INGRESS) -> FlowKey:
@@ -315,6 +324,68 @@ def test_templates_at_start_and_refreshed(receiver):
     sender.close()
 
 
+def free_udp_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def nfdump_time_ms(text: str) -> int:
+    """nfdump's ``2026-12-03 12:30:53.108`` (UTC) as epoch milliseconds."""
+    whole, _, ms = text.strip().partition(".")
+    return calendar.timegm(time.strptime(whole, "%Y-%m-%d %H:%M:%S")) * 1000 + int(ms)
+
+
+@pytest.mark.skipif(not shutil.which("nfcapd"), reason="nfdump's collector nfcapd not installed")
+def test_nfdump_collects_the_export(tmp_path):
+    """Debian's nfcapd, a collector independent of tshark, takes the messages (split, both IP
+    versions, the templates first) without a sequence error, and nfdump prints the records."""
+    port = free_udp_port()
+    log = tmp_path / "nfcapd.log"
+    with log.open("w") as out:
+        nfcapd = subprocess.Popen(
+            ["nfcapd", "-w", str(tmp_path), "-b", "127.0.0.1", "-p", str(port), "-t", "3600"],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        deadline = time.monotonic() + 10
+        while "Startup" not in log.read_text() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        sender = IpfixSender(Collector.parse(f"127.0.0.1:{port}"))
+        records = [record(key4(p)) for p in range(60)] + [record(key6(p)) for p in range(40)]
+        sender.send(records[:50])
+        sender.send(records[50:])
+        assert sender.messages >= 5 and sender.errors == 0
+        sender.close()
+        time.sleep(0.3)
+    finally:
+        nfcapd.send_signal(signal.SIGTERM)
+        nfcapd.wait(timeout=10)
+    text = log.read_text()
+    assert "Flows: 100," in text and "Sequence Errors: 0," in text, text
+    (written,) = tmp_path.glob("nfcapd.2*")
+    fields = "%sa,%sp,%da,%dp,%pr,%pkt,%byt,%ts,%te,%in,%out"
+    done = subprocess.run(
+        ["nfdump", "-r", str(written), "-q", "-N", "-o", f"fmt:{fields}"],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={**os.environ, "TZ": "UTC"},
+    )
+    got = set()
+    for row in done.stdout.splitlines():
+        sa, sp, da, dp, pr, pkt, byt, ts, te, ingress, egress = (c.strip() for c in row.split(","))
+        got.add((sa, int(sp), da, int(dp), int(pr), int(pkt), int(byt)))
+        assert (nfdump_time_ms(ts), nfdump_time_ms(te)) == (1_796_000_000_123, 1_796_000_001_456)
+        assert (ingress, egress) in (("7", "0"), ("0", "8")), "the ifindex, in or out"
+    want = {
+        (str(r.key.src), r.key.sport, str(r.key.dst), r.key.dport, r.key.proto, r.packets, r.bytes)
+        for r in records
+    }
+    assert got == want
+
+
 # --- the exporter against the kernel's table ---
 
 
@@ -366,7 +437,9 @@ def test_exporter_timeouts_against_the_kernels_table(storage, receiver, tmp_path
         exporter.start()
         sent: list[FlowRecord] = []
 
+        before = time.time()
         feed(udp4(1000), udp4(1000), udp4(1000), udp6(2000), udp6(2000))
+        after = time.time()
         feed(tcp4("S"), tcp4("A"), tcp4("FA"))
         t0 = now_coarse_ns()
         sent += exporter.cycle(t0)
@@ -411,8 +484,12 @@ def test_exporter_timeouts_against_the_kernels_table(storage, receiver, tmp_path
     assert [m.sequence for m in got] == [
         sum(len(m.records) for m in got[:i]) for i in range(len(got))
     ]
-    start = next(r for r in sent if r.key.sport == 1000)
-    assert abs(start.start_ms / 1000 - time.time()) < 60, "epoch milliseconds"
+    first = next(r for r in sent if r.key.sport == 1000)
+    # The kernel's coarse clock lags by up to a tick (10 ms at HZ=100); milliseconds round down.
+    assert before - TICK_S <= first.start_ms / 1000 <= after + 0.001, (
+        f"the flow's first packet at {first.start_ms / 1000:.3f} s since the epoch, fed from "
+        f"{before:.3f} to {after:.3f}"
+    )
 
 
 @pytest.mark.parametrize(
