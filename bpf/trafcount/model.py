@@ -23,7 +23,8 @@ The model runs on one CPU.
 reads of both tables, the bins they make, and each bin's bytes in the two formats
 (``json_line``, ``binary_bin``; ``bpf.trafcount.series`` documents both). Its rules:
 
-- a delta is a key's packets and bytes since the read before; a key that read did not see (new, or
+- a key is an address and a protocol (the map key's pad bytes are no part of it); a delta is a
+  key's packets and bytes since the read before; a key that read did not see (new, or
   gone and back) is all new, and so is one whose packets or bytes went down (evicted and created
   again in between); an unchanged key makes no delta, a new one always does (even of zeros);
 - the deltas come in the order of the read; what the bins add up to is kept per key, in the order
@@ -214,30 +215,31 @@ class SeriesModel:
     """Bins from successive reads of the tables (module docstring: the rules)."""
 
     bins: int = 0
-    totals: dict[bytes, list[int]] = field(default_factory=dict)  # raw key -> [packets, bytes]
-    _last: dict[bytes, tuple[int, int]] = field(default_factory=dict)
+    totals: dict[TrafKey, list[int]] = field(default_factory=dict)  # key -> [packets, bytes]
+    _last: dict[TrafKey, tuple[int, int]] = field(default_factory=dict)
 
     def read(self, table: dict[bytes, tuple[int, int]], t_ns: int) -> Bin:
-        """The bin of one read: {raw key: (packets, bytes)} in the order read, at ``t_ns``."""
+        """The bin of one read: {raw map key: (packets, bytes)} in the order read, at ``t_ns``."""
         deltas = []
-        for raw, (p, b) in table.items():
-            before = self._last.get(raw)
+        now = {key_of(raw): counts for raw, counts in table.items()}
+        for key, (p, b) in now.items():
+            before = self._last.get(key)
             if before is not None:
                 if (p, b) == before:
                     continue
                 if p >= before[0] and b >= before[1]:
                     p, b = p - before[0], b - before[1]
-            total = self.totals.setdefault(raw, [0, 0])
+            total = self.totals.setdefault(key, [0, 0])
             total[0] += p
             total[1] += b
-            deltas.append((key_of(raw), p, b))
-        self._last = dict(table)
+            deltas.append((key, p, b))
+        self._last = now
         self.bins += 1
         return Bin(self.bins - 1, t_ns, deltas)
 
     def summed(self) -> dict[TrafKey, tuple[int, int]]:
         """What the bins so far add up to, per address and protocol."""
-        return {key_of(raw): (p, b) for raw, (p, b) in self.totals.items()}
+        return {key: (p, b) for key, (p, b) in self.totals.items()}
 
 
 def json_line(bin_: Bin) -> str:

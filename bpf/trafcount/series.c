@@ -32,31 +32,44 @@
 
 #define KEY4_SIZE	8	/* struct traf_key4: __be32 addr, __u8 proto, __u8 pad[3] */
 #define KEY6_SIZE	20	/* struct traf_key6: 16 bytes of address, __u8 proto, __u8 pad[3] */
-#define KEY_MAX		KEY6_SIZE
 #define VALUE_SIZE	16	/* struct traf_counts: __u64 packets, __u64 bytes */
 #define BATCH_MAX	16384	/* entries a BPF_MAP_LOOKUP_BATCH call returns at most */
+#define PREFETCH	8	/* entries of a batch ahead whose slot is fetched early */
 #define U32_MAX		0xffffffffULL
-#define NAME_MAX_LEN	64	/* a JSON delta's start: ["ffff:...:ffff", 255,  */
+#define NAME_MAX_LEN	59	/* a JSON delta's start: ["ffff:...:ffff", 255,  */
 #define BIN_HEADER	20	/* u64 bin, u64 t_ns, u32 count */
 #define DELTA		26	/* u8 version, u8 proto, 16 bytes of address, u32 packets, u32 bytes */
 
 _Static_assert(NAME_MAX_LEN + 2 * 20 + 8 <= TRAFCOUNT_SERIES_PIECE, "a JSON delta fits a piece");
 
-/* One key: the raw map key and its IP version, its counts at the last read that saw it, and what
- * its bins added up to. The first 64 bytes are what a read touches.
+/* A key: the address (IPv4: 4 bytes, then zeros), the protocol and the IP version (0: a free slot).
+ * The map key's pad bytes are no part of it.
  */
-struct key_state {
-	uint8_t key[KEY_MAX];	/* zero after an IPv4 key's 8 bytes */
+struct key {
+	uint8_t addr[16];
+	uint8_t proto;
 	uint8_t version;
-	uint8_t name_len;
 	uint8_t pad[2];
+};
+
+/* One key's slot in the hash table: what a read touches, in one cache line. */
+struct slot {
+	struct key key;
+	uint32_t id;		/* the key's place in the order first seen */
 	uint64_t seen;		/* the read that last saw it; 0: none yet */
-	uint64_t packets, bytes;
-	uint64_t sum_packets, sum_bytes;
+	uint64_t packets, bytes;	/* at that read */
+	uint64_t sum_packets, sum_bytes;	/* what its bins added up to */
+} __attribute__((aligned(64)));
+
+/* What only output and summed() need, by id. */
+struct key_text {
+	uint32_t slot;
+	uint8_t name_len;
 	char name[NAME_MAX_LEN];	/* made when the key is first seen */
 };
 
 struct delta {
+	struct key key;
 	uint32_t id;
 	uint64_t packets, bytes;
 };
@@ -66,15 +79,17 @@ struct table {
 	uint8_t version;
 	uint32_t key_size;
 	uint32_t batch;		/* entries the buffers hold */
-	uint8_t *keys, *values;
+	uint8_t *keys, *values;	/* as the kernel gives them */
+	struct key *parsed;		/* the batch's keys, and their hashes */
+	uint64_t *hashes;
 };
 
 struct trafcount_series {
 	struct table tables[2];
-	struct key_state *states;	/* in the order first seen: an id is an index */
-	uint32_t n_states, cap_states;
-	uint32_t *slots;		/* open addressing, linear probing: id + 1, 0 free */
-	uint32_t mask;
+	struct slot *slots;		/* open addressing, linear probing, at most half full */
+	uint64_t mask;
+	struct key_text *texts;
+	uint32_t n_keys, cap_keys;
 	struct delta *deltas;		/* the last read's */
 	uint32_t n_deltas, cap_deltas;
 	uint64_t pieces;		/* the binary deltas the last read makes (oversized ones split) */
@@ -105,15 +120,52 @@ static uint64_t mix(uint64_t h)
 	return h ^ (h >> 33);
 }
 
-static uint64_t hash_key(const uint8_t *key, uint8_t version)
+static uint64_t hash_words(uint64_t a, uint64_t b, uint32_t c)
 {
-	uint64_t a, b;
-	uint32_t c;
+	return mix(a ^ mix(b ^ mix(c)));
+}
 
-	memcpy(&a, key, 8);
-	memcpy(&b, key + 8, 8);
-	memcpy(&c, key + 16, 4);
-	return mix(a ^ mix(b ^ mix(((uint64_t)c << 8) | version)));
+/* The hash of a key in the table (key_from() computes the same from the map's key). */
+static uint64_t hash_key(const struct key *k)
+{
+	uint64_t a = 0, b = 0;
+	uint32_t v4;
+
+	if (k->version == 4) {
+		memcpy(&v4, k->addr, 4);
+		a = v4;
+	} else {
+		memcpy(&a, k->addr, 8);
+		memcpy(&b, k->addr + 8, 8);
+	}
+	return hash_words(a, b, k->proto | (uint32_t)k->version << 8);
+}
+
+/* The key of a map key, and its hash, with sizes the compiler knows (no call to memcpy). */
+static uint64_t key_from(uint8_t version, const uint8_t *raw, struct key *key)
+{
+	uint64_t a = 0, b = 0;
+	uint32_t v4;
+
+	memset(key, 0, sizeof(*key));
+	key->version = version;
+	if (version == 4) {
+		memcpy(key->addr, raw, 4);
+		memcpy(&v4, raw, 4);
+		a = v4;
+		key->proto = raw[4];
+	} else {
+		memcpy(key->addr, raw, 16);
+		memcpy(&a, raw, 8);
+		memcpy(&b, raw + 8, 8);
+		key->proto = raw[16];
+	}
+	return hash_words(a, b, key->proto | (uint32_t)version << 8);
+}
+
+static bool same_key(const struct key *a, const struct key *b)
+{
+	return !memcmp(a, b, sizeof(*a));
 }
 
 /* --- text, as Python's json.dumps and ipaddress write it --- */
@@ -175,42 +227,47 @@ static char *put_ipv6(char *p, const uint8_t *addr)
 	return p;
 }
 
-static void make_name(struct key_state *k)
+static void make_name(const struct key *key, struct key_text *t)
 {
-	char *p = k->name;
+	char *p = t->name;
 
 	*p++ = '[';
 	*p++ = '"';
-	if (k->version == 4) {
+	if (key->version == 4) {
 		for (int i = 0; i < 4; i++) {
 			if (i)
 				*p++ = '.';
-			p = put_u64(p, k->key[i]);
+			p = put_u64(p, key->addr[i]);
 		}
 	} else {
-		p = put_ipv6(p, k->key);
+		p = put_ipv6(p, key->addr);
 	}
 	memcpy(p, "\", ", 3);
-	p = put_u64(p + 3, k->key[k->version == 4 ? 4 : 16]);
+	p = put_u64(p + 3, key->proto);
 	memcpy(p, ", ", 2);
-	k->name_len = (uint8_t)(p + 2 - k->name);
+	t->name_len = (uint8_t)(p + 2 - t->name);
 }
 
 /* --- the keys --- */
 
 static int grow_slots(struct trafcount_series *s)
 {
-	uint32_t size = s->mask ? 2 * (s->mask + 1) : 1024;
-	uint32_t *slots = calloc(size, sizeof(*slots));
+	uint64_t size = s->mask ? 2 * (s->mask + 1) : 1024;
+	struct slot *slots = aligned_alloc(64, size * sizeof(*slots));
 
 	if (!slots)
 		return -ENOMEM;
-	for (uint32_t id = 0; id < s->n_states; id++) {
-		uint32_t i = hash_key(s->states[id].key, s->states[id].version) & (size - 1);
+	memset(slots, 0, size * sizeof(*slots));
+	for (uint64_t i = 0; s->mask && i <= s->mask; i++) {
+		uint64_t j;
 
-		while (slots[i])
-			i = (i + 1) & (size - 1);
-		slots[i] = id + 1;
+		if (!s->slots[i].key.version)
+			continue;
+		for (j = hash_key(&s->slots[i].key) & (size - 1); slots[j].key.version;
+		     j = (j + 1) & (size - 1))
+			;
+		slots[j] = s->slots[i];
+		s->texts[slots[j].id].slot = (uint32_t)j;
 	}
 	free(s->slots);
 	s->slots = slots;
@@ -218,62 +275,58 @@ static int grow_slots(struct trafcount_series *s)
 	return 0;
 }
 
-/* The key's state, made (seen 0) if new; NULL if out of memory. */
-static struct key_state *state_of(struct trafcount_series *s, const uint8_t *key, uint8_t version)
+/* The key's slot, made (seen 0) if new; NULL if out of memory. */
+static struct slot *slot_of(struct trafcount_series *s, const struct key *key, uint64_t h)
 {
-	uint64_t h = hash_key(key, version);
-	struct key_state *k;
-	uint32_t i;
+	struct key_text *t;
+	uint64_t i;
 
-	for (i = h & s->mask; s->slots[i]; i = (i + 1) & s->mask) {
-		k = &s->states[s->slots[i] - 1];
-		if (k->version == version && !memcmp(k->key, key, KEY_MAX))
-			return k;
+	for (i = h & s->mask; s->slots[i].key.version; i = (i + 1) & s->mask) {
+		if (same_key(&s->slots[i].key, key))
+			return &s->slots[i];
 	}
-	if (s->n_states == s->cap_states) {
-		uint32_t cap = s->cap_states ? 2 * s->cap_states : 1024;
-		struct key_state *states = realloc(s->states, (size_t)cap * sizeof(*states));
+	if (s->n_keys == s->cap_keys) {
+		uint32_t cap = s->cap_keys ? 2 * s->cap_keys : 1024;
+		struct key_text *texts = realloc(s->texts, (size_t)cap * sizeof(*texts));
 
-		if (!states)
+		if (!texts)
 			return NULL;
-		s->states = states;
-		s->cap_states = cap;
+		s->texts = texts;
+		s->cap_keys = cap;
 	}
-	if (2 * (s->n_states + 1) > s->mask + 1) {	/* at most half full */
+	if (2 * ((uint64_t)s->n_keys + 1) > s->mask + 1) {
 		if (grow_slots(s))
 			return NULL;
-		for (i = h & s->mask; s->slots[i]; i = (i + 1) & s->mask)
+		for (i = h & s->mask; s->slots[i].key.version; i = (i + 1) & s->mask)
 			;
 	}
-	k = &s->states[s->n_states];
-	memset(k, 0, sizeof(*k));
-	memcpy(k->key, key, KEY_MAX);
-	k->version = version;
-	make_name(k);
-	s->slots[i] = ++s->n_states;
-	return k;
+	s->slots[i] = (struct slot){ .key = *key, .id = s->n_keys };
+	t = &s->texts[s->n_keys++];
+	t->slot = (uint32_t)i;
+	make_name(key, t);
+	return &s->slots[i];
 }
 
 static uint64_t pieces_of(uint64_t packets, uint64_t bytes)
 {
-	uint64_t p = packets / U32_MAX + !!(packets % U32_MAX);
-	uint64_t b = bytes / U32_MAX + !!(bytes % U32_MAX);
+	uint64_t p, b;
 
-	return p > b ? p : (b ? b : 1);
+	if (packets <= U32_MAX && bytes <= U32_MAX)
+		return 1;
+	p = packets / U32_MAX + !!(packets % U32_MAX);
+	b = bytes / U32_MAX + !!(bytes % U32_MAX);
+	return p > b ? p : b;
 }
 
 /* One entry of a read: its delta against the read before, if any. */
-static int take(struct trafcount_series *s, const struct table *t, const uint8_t *raw,
-		const uint8_t *value)
+static int take(struct trafcount_series *s, const struct key *key, uint64_t h, const uint8_t *value)
 {
-	uint8_t key[KEY_MAX] = { 0 };
 	uint64_t packets, bytes, dp, db;
-	struct key_state *k;
+	struct slot *k;
 
-	memcpy(key, raw, t->key_size);
 	memcpy(&packets, value, 8);
 	memcpy(&bytes, value + 8, 8);
-	k = state_of(s, key, t->version);
+	k = slot_of(s, key, h);
 	if (!k)
 		return -ENOMEM;
 	dp = packets;
@@ -304,22 +357,52 @@ static int take(struct trafcount_series *s, const struct table *t, const uint8_t
 		s->deltas = deltas;
 		s->cap_deltas = cap;
 	}
-	s->deltas[s->n_deltas++] = (struct delta){ (uint32_t)(k - s->states), dp, db };
+	s->deltas[s->n_deltas++] = (struct delta){ *key, k->id, dp, db };
 	s->pieces += pieces_of(dp, db);
+	return 0;
+}
+
+/* A batch's entries: each key's slot is fetched PREFETCH entries ahead (the table outgrows the
+ * caches: a slot is a cache miss).
+ */
+static int take_batch(struct trafcount_series *s, struct table *t, uint32_t count)
+{
+	for (uint32_t i = 0; i < count; i++) {
+		t->hashes[i] = key_from(t->version, t->keys + (size_t)i * t->key_size, &t->parsed[i]);
+		if (i < PREFETCH)
+			__builtin_prefetch(&s->slots[t->hashes[i] & s->mask]);
+	}
+	for (uint32_t i = 0; i < count; i++) {
+		int err;
+
+		if (i + PREFETCH < count)
+			__builtin_prefetch(&s->slots[t->hashes[i + PREFETCH] & s->mask], 1);
+		err = take(s, &t->parsed[i], t->hashes[i], t->values + (size_t)i * VALUE_SIZE);
+		if (err)
+			return err;
+	}
 	return 0;
 }
 
 static int grow_batch(struct table *t, uint32_t batch)
 {
-	uint8_t *keys = realloc(t->keys, (size_t)batch * t->key_size);
+	void *p = realloc(t->keys, (size_t)batch * t->key_size);
 
-	if (!keys)
+	if (!p)
 		return -ENOMEM;
-	t->keys = keys;
-	keys = realloc(t->values, (size_t)batch * VALUE_SIZE);
-	if (!keys)
+	t->keys = p;
+	p = realloc(t->values, (size_t)batch * VALUE_SIZE);
+	if (!p)
 		return -ENOMEM;
-	t->values = keys;
+	t->values = p;
+	p = realloc(t->hashes, (size_t)batch * sizeof(*t->hashes));
+	if (!p)
+		return -ENOMEM;
+	t->hashes = p;
+	p = realloc(t->parsed, (size_t)batch * sizeof(*t->parsed));
+	if (!p)
+		return -ENOMEM;
+	t->parsed = p;
 	t->batch = batch;
 	return 0;
 }
@@ -337,6 +420,7 @@ static int read_table(struct trafcount_series *s, struct table *t)
 		uint32_t count = t->batch;
 		int ret = bpf_map_lookup_batch(t->fd, first ? NULL : &in, &out, t->keys, t->values,
 					       &count, &opts);
+		int err;
 
 		if (ret == -ENOSPC && !count) {	/* one bucket holds more than a batch */
 			ret = grow_batch(t, 2 * t->batch);
@@ -346,13 +430,9 @@ static int read_table(struct trafcount_series *s, struct table *t)
 		}
 		if (ret < 0 && ret != -ENOENT)
 			return ret;
-		for (uint32_t i = 0; i < count; i++) {
-			int err = take(s, t, t->keys + (size_t)i * t->key_size,
-				       t->values + (size_t)i * VALUE_SIZE);
-
-			if (err)
-				return err;
-		}
+		err = take_batch(s, t, count);
+		if (err)
+			return err;
 		if (ret == -ENOENT)
 			return 0;
 		in = out;
@@ -409,7 +489,6 @@ static int write_binary(struct trafcount_series *s, uint64_t index)
 	s->out_len += BIN_HEADER;
 	for (uint32_t i = 0; i < s->n_deltas; i++) {
 		const struct delta *d = &s->deltas[i];
-		const struct key_state *k = &s->states[d->id];
 		uint64_t packets = d->packets, bytes = d->bytes;
 
 		do {	/* more than a u32 holds: several deltas, which add up to it */
@@ -419,10 +498,9 @@ static int write_binary(struct trafcount_series *s, uint64_t index)
 			p = out_piece(s, &err);
 			if (!p)
 				return err;
-			p[0] = k->version;
-			p[1] = k->key[k->version == 4 ? 4 : 16];
-			memset(p + 2, 0, 16);
-			memcpy(p + 2, k->key, k->version == 4 ? 4 : 16);
+			p[0] = d->key.version;
+			p[1] = d->key.proto;
+			memcpy(p + 2, d->key.addr, 16);
 			u32 = htole32((uint32_t)tp);
 			memcpy(p + 18, &u32, 4);
 			u32 = htole32((uint32_t)tb);
@@ -451,7 +529,7 @@ static int write_json(struct trafcount_series *s, uint64_t index)
 	s->out_len += (size_t)(p + 13 - start);
 	for (uint32_t i = 0; i < s->n_deltas; i++) {
 		const struct delta *d = &s->deltas[i];
-		const struct key_state *k = &s->states[d->id];
+		const struct key_text *k = &s->texts[d->id];
 
 		start = p = (char *)out_piece(s, &err);
 		if (!p)
@@ -569,13 +647,13 @@ uint64_t trafcount_series_t_ns(const struct trafcount_series *s)
 	return s->t_ns;
 }
 
-static void export(const struct key_state *k, uint64_t packets, uint64_t bytes,
+static void export(const struct key *key, uint64_t packets, uint64_t bytes,
 		   struct trafcount_series_delta *out)
 {
 	memset(out, 0, sizeof(*out));
-	out->version = k->version;
-	out->proto = k->key[k->version == 4 ? 4 : 16];
-	memcpy(out->addr, k->key, k->version == 4 ? 4 : 16);
+	out->version = key->version;
+	out->proto = key->proto;
+	memcpy(out->addr, key->addr, 16);
 	out->packets = packets;
 	out->bytes = bytes;
 }
@@ -584,16 +662,19 @@ size_t trafcount_series_deltas(const struct trafcount_series *s, struct trafcoun
 			       size_t n)
 {
 	for (size_t i = 0; i < n && i < s->n_deltas; i++)
-		export(&s->states[s->deltas[i].id], s->deltas[i].packets, s->deltas[i].bytes, &out[i]);
+		export(&s->deltas[i].key, s->deltas[i].packets, s->deltas[i].bytes, &out[i]);
 	return s->n_deltas;
 }
 
 size_t trafcount_series_summed(const struct trafcount_series *s, struct trafcount_series_delta *out,
 			       size_t n)
 {
-	for (size_t i = 0; i < n && i < s->n_states; i++)
-		export(&s->states[i], s->states[i].sum_packets, s->states[i].sum_bytes, &out[i]);
-	return s->n_states;
+	for (size_t i = 0; i < n && i < s->n_keys; i++) {
+		const struct slot *k = &s->slots[s->texts[i].slot];
+
+		export(&k->key, k->sum_packets, k->sum_bytes, &out[i]);
+	}
+	return s->n_keys;
 }
 
 static bool stopped(struct trafcount_series *s)
@@ -673,10 +754,12 @@ void trafcount_series_close(struct trafcount_series *s)
 	for (int i = 0; i < 2; i++) {
 		free(s->tables[i].keys);
 		free(s->tables[i].values);
+		free(s->tables[i].hashes);
+		free(s->tables[i].parsed);
 	}
 	if (s->stop_fd >= 0)
 		close(s->stop_fd);
-	free(s->states);
+	free(s->texts);
 	free(s->slots);
 	free(s->deltas);
 	free(s->out);
