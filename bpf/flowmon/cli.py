@@ -321,17 +321,22 @@ def _loop(
 ) -> None:
     """Read the table (and export) every read period, print it every ``-s``, until ``stop``."""
     period = args.stats_interval if exporter is None else min(args.stats_interval, EXPORT_READ_S)
-    printed, errors = time.monotonic(), 0
+    printed, failed = time.monotonic(), 0
     while True:
         stopping = stop.wait(period)
         if exporter is not None:
             exporter.cycle()
-            if exporter.sender.errors > errors:
-                errors = exporter.sender.errors
-                print(f"flowmon: IPFIX: {exporter.sender.last_error}", file=sys.stderr, flush=True)
         if not stopping and time.monotonic() - printed < args.stats_interval - period / 2:
             continue
         printed = time.monotonic()
+        if exporter is not None and exporter.sender.errors > failed:
+            failed = exporter.sender.errors
+            print(
+                f"flowmon: IPFIX: {failed} sends failed so far, the last: "
+                f"{exporter.sender.last_error}",
+                file=sys.stderr,
+                flush=True,
+            )
         flows = ordered(fm.flows(), args.sort, args.top)
         misses, unparsed = fm.misses(), fm.unparsed()
         if args.json:

@@ -46,6 +46,7 @@ from __future__ import annotations
 
 import calendar
 import enum
+import functools
 import ipaddress
 import json
 import socket
@@ -74,6 +75,7 @@ SET_HEADER = struct.Struct("!HH")  # set id, length
 TEMPLATE_HEADER = struct.Struct("!HH")  # template id, field count
 FIELD_SPECIFIER = struct.Struct("!HH")  # information element id, length
 MAX_MESSAGE_BYTES = 1400
+MAX_UDP_PAYLOAD = 65507  # an IPv4 datagram's most (IPv6's is 65527)
 TEMPLATE_REFRESH_S = 30.0
 SET_ALIGN = 4
 
@@ -109,9 +111,9 @@ class Template:
     id: int
     fields: tuple[tuple[Element, int], ...]
 
-    def __post_init__(self) -> None:
-        fmt = "!" + "".join(_field_code(e, n) for e, n in self.fields)
-        object.__setattr__(self, "_struct", struct.Struct(fmt))
+    @functools.cached_property
+    def _struct(self) -> struct.Struct:
+        return struct.Struct("!" + "".join(_field_code(e, n) for e, n in self.fields))
 
     @property
     def record_bytes(self) -> int:
@@ -217,10 +219,11 @@ class Encoder:
             len(self.template_set),
             _padded(SET_HEADER.size + max(t.record_bytes for t in ordered)),
         )
-        if not smallest <= max_message_bytes <= 0xFFFF:
+        if not smallest <= max_message_bytes <= MAX_UDP_PAYLOAD:
             raise ValueError(
-                f"IPFIX message size {max_message_bytes} bytes: must be {smallest}..65535 (the "
-                "header with the template set, or with a set of the longest record)"
+                f"IPFIX message size {max_message_bytes} bytes: must be {smallest}.."
+                f"{MAX_UDP_PAYLOAD} (at least the header with the template set, or with a set of "
+                "the longest record; at most a UDP datagram)"
             )
 
     def messages(
@@ -352,6 +355,8 @@ class IpfixSender:
             self._templates_at = now
 
     def counts(self) -> dict[str, int]:
+        """Records given to send (in messages sent or failed), messages and bytes sent, and
+        sends failed."""
         return {
             "records": self.records,
             "messages": self.messages,

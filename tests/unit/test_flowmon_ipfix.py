@@ -237,9 +237,11 @@ def test_template_only_message_keeps_the_sequence_and_it_wraps():
     assert encoder.messages([], EXPORT_TIME) == []
 
 
-def test_a_size_limit_too_small_for_the_templates_is_refused():
-    with pytest.raises(ValueError, match=r"must be 244\.\.65535"):
+def test_a_size_limit_outside_what_fits_is_refused():
+    with pytest.raises(ValueError, match=r"must be 244\.\.65507"):
         Encoder(max_message_bytes=243)
+    with pytest.raises(ValueError, match=r"must be 244\.\.65507"):
+        Encoder(max_message_bytes=65508)
 
 
 @pytest.mark.parametrize(
@@ -322,6 +324,23 @@ def test_templates_at_start_and_refreshed(receiver):
         "send_errors": 0,
     }
     sender.close()
+
+
+def test_a_collector_not_listening_or_refused_does_not_stop_the_export():
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as closed:
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]
+    quiet = IpfixSender(Collector.parse(f"127.0.0.1:{port}"))  # ICMP port unreachable comes back
+    for _ in range(3):
+        quiet.send([record(key4())])
+    assert (quiet.messages, quiet.errors) == (3, 0), "an unconnected socket hears no ICMP error"
+    quiet.close()
+    refused = IpfixSender(Collector.parse(f"255.255.255.255:{IPFIX_PORT}"))  # no SO_BROADCAST
+    refused.send([record(key4())])
+    refused.send([record(key4())])
+    assert (refused.messages, refused.errors, refused.records) == (0, 2, 2)
+    assert "255.255.255.255:4739: Permission denied" in refused.last_error
+    refused.close()
 
 
 def free_udp_port() -> int:
