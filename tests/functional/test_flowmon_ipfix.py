@@ -12,6 +12,8 @@ export on the injector's veth0; tshark's IPFIX dissector decodes it.
 - A TCP flow that sends its FIN is exported as ended (3) at the next read, and leaves the table.
 - A flow that keeps going is re-exported every active timeout with the packets since its previous
   record (2), and its rest at the stop (4); the records add up to what was sent.
+- Real UDP both ways at TC ingress and egress: each flow's records name its interface as the
+  ingress or the egress one.
 - Bad ``--ipfix`` arguments are refused by name, before anything loads.
 """
 
@@ -31,7 +33,7 @@ from bpf import netns
 from bpf.attach import ifindex, pin_name
 from bpf.flowmon import Config, FlowMon, Hook, Model, Storage
 from bpf.flowmon.ipfix import IPFIX_PORT, MAX_MESSAGE_BYTES, tshark_messages
-from bpf.flowmon.model import EndReason, FlowRecord, export_problems
+from bpf.flowmon.model import Direction, EndReason, FlowRecord, export_problems
 from injector import templates
 from injector.spec import Range, TrafficSpec, Vary
 from injector.xdp import XdpSender
@@ -58,9 +60,9 @@ LONG = TrafficSpec(templates.udp4(**ADDRESSED, sport=7000, payload=b"L" * 100), 
 class Flowmon:
     """``flowmon`` in the dut's namespace, its JSON lines and its stderr in files."""
 
-    def __init__(self, dut: str, args: list[str], directory: Path) -> None:
+    def __init__(self, dut: str, args: list[str], directory: Path, attach: str = "xdp") -> None:
         self.out, self.err = directory / "flowmon.out", directory / "flowmon.err"
-        argv = ["ip", "netns", "exec", dut, str(FLOWMON), "-i", "ens5", "-a", "xdp", *args]
+        argv = ["ip", "netns", "exec", dut, str(FLOWMON), "-i", "ens5", "-a", attach, *args]
         with self.out.open("w") as out, self.err.open("w") as err:
             self.proc = subprocess.Popen(argv, stdout=out, stderr=err)
         try:
@@ -313,6 +315,48 @@ def test_a_tcp_flow_ends_at_its_fin(two_host, collector, tmp_path):
     assert [(r.reason, r.packets, r.tcp_flags) for r in records] == [
         (EndReason.END_OF_FLOW, 22, 0x02 | 0x08 | 0x10 | 0x01)  # SYN PSH ACK FIN
     ]
+
+
+def test_tc_both_ways_exported_with_their_interface(two_host, collector, tmp_path):
+    """Real UDP both ways through the stacks, counted at TC ingress and egress: the ingress flow's
+    records carry ingressInterface, the egress flow's egressInterface (their own templates)."""
+    injector, dut = two_host
+    args = ["--direction", "both", "-s", "0.2", "--json", "--ipfix", ":".join(map(str, COLLECTOR))]
+    ens5 = ifindex("ens5", dut)
+    run = Flowmon(dut, args, tmp_path, attach="tc")
+    try:
+        with netns.entered(dut):
+            server = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        server.bind(("10.0.0.2", 7777))
+        with netns.entered(injector):
+            client = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        client.bind(("10.0.0.1", 7778))
+        for _ in range(5):
+            client.sendto(b"ping", ("10.0.0.2", 7777))
+            _, peer = server.recvfrom(64)
+            server.sendto(b"pong", peer)
+            client.recvfrom(64)
+        client.close()
+        server.close()
+        run.line_after(time.time(), lambda line: len(in_table(line, range(7777, 7779))) == 2)
+        run.stop()
+    finally:
+        run.close()
+        FlowMon.unpin(pin_name("ens5", dut))
+
+    messages = collector.messages()
+    check_messages(messages)
+    frame = 14 + 20 + 8 + 4
+    got = {
+        (r.key.sport, r.key.direction, r.key.ifindex, r.reason, r.packets, r.bytes)
+        for r in ours(messages, range(7777, 7779))
+    }
+    assert got == {
+        (7778, Direction.INGRESS, ens5, EndReason.FORCED_END, 5, 5 * frame),
+        (7777, Direction.EGRESS, ens5, EndReason.FORCED_END, 5, 5 * frame),
+    }
+    sets = {set_id for m in messages for set_id, _ in m.sets}
+    assert {256, 257} <= sets, f"both IPv4 templates' data sets: {sets}"
 
 
 @pytest.mark.parametrize(
