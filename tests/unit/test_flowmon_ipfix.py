@@ -7,6 +7,7 @@
   of a pcap written with scapy into the records given.
 - ``Collector.parse`` and the sender's template refresh; Debian's nfdump collector (nfcapd) takes
   the messages without a sequence error and prints the records given.
+- The model's rules for an export (``model.export_problems``): each broken rule is found.
 - The exporter against the kernel's table (BPF_PROG_TEST_RUN frames, every storage): a TCP flow
   ends at its FIN (reason 3), long flows are re-exported at the active timeout with their deltas
   (2), idle ones end (1) and leave the table (the array kinds keep their slots), a flow back after
@@ -52,7 +53,14 @@ from bpf.flowmon.ipfix import (
     flow_template,
     tshark_messages,
 )
-from bpf.flowmon.model import Direction, EndReason, FlowKey, FlowRecord, export_problems
+from bpf.flowmon.model import (
+    Counts,
+    Direction,
+    EndReason,
+    FlowKey,
+    FlowRecord,
+    export_problems,
+)
 from harness.capture import write_pcap
 
 MACS = {"src": "02:00:00:00:00:01", "dst": "02:00:00:00:00:02"}
@@ -403,6 +411,47 @@ def test_nfdump_collects_the_export(tmp_path):
         for r in records
     }
     assert got == want
+
+
+# --- the model's rules for an export ---
+
+
+def test_export_problems_finds_each_broken_rule():
+    k = key4()
+    table = {k: Counts(packets=30, bytes=3000, tcp_flags=0x12)}
+
+    def rec(packets, reason, start=1000, end=2000, flags=0x10, key=k):
+        return FlowRecord(key, packets, packets * 100, start, end, flags, reason)
+
+    good = [rec(10, EndReason.ACTIVE_TIMEOUT), rec(10, EndReason.IDLE_TIMEOUT, end=3000)]
+    good.append(rec(10, EndReason.FORCED_END, start=5000, end=6000))
+    assert export_problems(good, table, finished=True) == []
+    still_going = [*good[:2], rec(10, EndReason.ACTIVE_TIMEOUT, 5000, 6000)]
+    assert export_problems(still_going, table, finished=False) == [], "an exporter still running"
+    broken = {
+        "records add up to 20 packets": good[:2],
+        "an active-timeout record without packets": [
+            *good,
+            rec(0, EndReason.ACTIVE_TIMEOUT, 7000, 7000),
+        ],
+        "starts at 2500 ms, after its end 2000": [
+            good[0],
+            rec(10, EndReason.END_OF_FLOW, 2500),
+            good[2],
+        ],
+        "in a run that started at 1000 ms": [
+            good[0],
+            rec(10, EndReason.IDLE_TIMEOUT, 900),
+            good[2],
+        ],
+        "TCP flags 0x1": [good[0], good[1], rec(10, EndReason.FORCED_END, 5000, 6000, flags=0x01)],
+        "records after the exporter's forced end": [good[2], good[0], good[1]],
+        "its last record does not end it": [*good[:2], rec(10, EndReason.ACTIVE_TIMEOUT, 5000)],
+        "a flow the table does not have": [*good, rec(1, EndReason.IDLE_TIMEOUT, key=key4(9))],
+    }
+    for expected, records in broken.items():
+        problems = export_problems(records, table, finished=True)
+        assert any(expected in p for p in problems), f"{expected!r} not in {problems}"
 
 
 # --- the exporter against the kernel's table ---
