@@ -112,7 +112,7 @@ def _receive(sock: socket.socket, index: int, counters, stop, cpu: int | None) -
         try:
             length = sock.recv_into(buffer)
         except TimeoutError:
-            if stop.is_set():
+            if stop.value:
                 return
             continue
         counters[frames] += 1
@@ -144,7 +144,8 @@ class Node:
         self._counters = self._context.RawArray(ctypes.c_uint64, 2 * config.workers)
         self._steered = [0] * config.workers
         self._dropped = [0] * config.workers
-        self._stop = self._context.Event()
+        # A flag, not an Event: a worker killed while it held an Event's lock would hang the node.
+        self._stop = self._context.RawValue(ctypes.c_bool, False)
         self._objects: list[BpfObject] = []
         self._sockets: list[socket.socket] = []
         self._workers: list[multiprocessing.process.BaseProcess | None] = []
@@ -232,7 +233,7 @@ class Node:
         """Restart every worker that died (on its own socket); the indexes restarted."""
         restarted = []
         for index, worker in enumerate(self._workers):
-            if worker is not None and worker.exitcode is not None and not self._stop.is_set():
+            if worker is not None and worker.exitcode is not None and not self._stop.value:
                 worker.join()
                 self._workers[index] = self._fork(index)
                 self.restarts[index] += 1
@@ -257,7 +258,7 @@ class Node:
 
     def stop(self, timeout: float = 5.0) -> None:
         """Let every worker drain its queue and exit; kill one that does not within ``timeout``."""
-        self._stop.set()
+        self._stop.value = True
         for worker in self._workers:
             if worker is None:
                 continue

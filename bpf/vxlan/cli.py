@@ -51,7 +51,7 @@ from bpf.vxlan.reinjector import Reinjectors
 
 PROG = "vxlan-pipeline"
 DEFAULT_NAME = "default"
-WATCH_INTERVAL = 0.5  # seconds between looks at the re-injector workers
+WATCH_INTERVAL = 0.1  # seconds between looks at the re-injector workers: a dead one is restarted
 
 
 # --- argument types ---
@@ -306,12 +306,15 @@ def stats_line(stats: Stats, verbose: bool) -> str:
 def reinjector_dict(vx: VxlanPipeline, reinjectors: Reinjectors) -> dict[str, Any]:
     """The re-injectors' counts, in total and per ring beside what the data plane queued to it."""
     rings = [
-        {"queued": queued, "forwarded": count.forwarded, "failed": count.failed}
-        for queued, count in zip(vx.queued_per_ring(), reinjectors.counts(), strict=True)
+        {"queued": queued, "forwarded": count.forwarded, "failed": count.failed, "restarts": r}
+        for queued, count, r in zip(
+            vx.queued_per_ring(), reinjectors.counts(), reinjectors.restarts, strict=True
+        )
     ]
     return {
         "forwarded": sum(r["forwarded"] for r in rings),
         "failed": sum(r["failed"] for r in rings),
+        "restarts": sum(r["restarts"] for r in rings),
         "rings": rings,
     }
 
@@ -378,13 +381,12 @@ def _run(args: argparse.Namespace) -> int:
 
 def _wait(stop, until: float, reinjectors: Reinjectors | None) -> bool:
     """Sleep until the monotonic time ``until``; True if told to stop first. A re-injector worker
-    that died stops the run: its ring would fill and drop everything."""
+    that died is restarted from its last commit (its ring would fill and drop everything)."""
     while (left := until - time.monotonic()) > 0:
         if stop.wait(min(left, WATCH_INTERVAL)):
             return True
-        dead = reinjectors.dead() if reinjectors is not None else []
-        if dead:
-            raise RuntimeError(f"re-injector worker died: {'; '.join(dead)}")
+        for ended in reinjectors.supervise() if reinjectors is not None else []:
+            print(f"{PROG}: re-injector {ended}: restarted", file=sys.stderr, flush=True)
     return False
 
 

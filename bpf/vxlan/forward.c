@@ -8,6 +8,14 @@
  * copies the frame into the skb's linear part instead of attaching the ring's pages (which a veth
  * peer must copy again: txring.py says why that is slower).
  *
+ * A batch, so that a process killed at any instruction loses and repeats nothing: (1) its records
+ * are copied into TX slots and marked, but not sent; (2) one commit (forward.h) says they are read,
+ * counted and in flight; (3) the ring's consumer position moves; (4) send() until the kernel has
+ * taken them; (5) a second commit counts what a down link refused and says the batch is done. The
+ * kernel takes marked slots only within our send(), so a process killed before (2) sent nothing:
+ * vxlan_forward_recover() unmarks its slots and their records are read again; one killed after (2)
+ * left committed frames, which recovery sends from where the kernel stopped.
+ *
  * Why C: a Python loop over the records costs ~1 us a frame (README), as much as the kernel's
  * whole send of it; here the copy and the status words cost tens of nanoseconds.
  */
@@ -39,17 +47,18 @@
 #define TX_VNET		TPACKET_ALIGN(sizeof(struct tpacket2_hdr))
 #define TX_DATA		(TX_VNET + sizeof(struct virtio_net_hdr))
 #define DRAIN_TIMEOUT_NS 5000000000LL	/* the kernel takes no frame for this long: give up */
+#define STUCK_NS	1000000000LL	/* the egress refuses the same frame for this long: drop it */
 
 struct vxlan_forward {
 	int ring_fd;
 	int sock;
+	char ifname[IF_NAMESIZE];
 	uint64_t *consumer;		/* the consumer page: its first word is our position */
 	const uint64_t *producer;	/* the producer page: its first word is the kernel's */
 	const uint8_t *data;
 	uint64_t mask;
 	size_t ring_size;
 	uint8_t *tx;
-	uint32_t next;			/* the TX slot for the next frame */
 	uint32_t largest;		/* the longest record that may be sent */
 	struct vxlan_forward_counts *counts;
 };
@@ -59,47 +68,56 @@ static uint32_t *slot_status(struct vxlan_forward *f, uint32_t slot)
 	return (uint32_t *)(f->tx + (size_t)slot * TX_SLOT);
 }
 
+static uint32_t status_of(struct vxlan_forward *f, uint32_t slot)
+{
+	return __atomic_load_n(slot_status(f, slot), __ATOMIC_ACQUIRE);
+}
+
+static void set_status(struct vxlan_forward *f, uint32_t slot, uint32_t status)
+{
+	__atomic_store_n(slot_status(f, slot), status, __ATOMIC_RELEASE);
+}
+
+static uint32_t next_slot(uint32_t slot)
+{
+	return slot + 1 == TX_SLOTS ? 0 : slot + 1;
+}
+
 static uint32_t previous_slot(uint32_t slot)
 {
 	return slot ? slot - 1 : TX_SLOTS - 1;
 }
 
-/* A down link takes no frame: unmark the run of slots the kernel did not take, which ends just
- * before `next` (the kernel's own position stays at the oldest of them, where we continue).
- */
-static void take_back(struct vxlan_forward *f)
+static int in_flight(const struct vxlan_forward_commit *c, uint32_t slot)
 {
-	for (uint32_t n = 0; n < TX_SLOTS; n++) {
-		uint32_t slot = previous_slot(f->next);
-		uint32_t *status = slot_status(f, slot);
+	uint32_t from_first = (slot + TX_SLOTS - c->first) % TX_SLOTS;
 
-		if (__atomic_load_n(status, __ATOMIC_ACQUIRE) != TP_STATUS_SEND_REQUEST)
-			break;
-		__atomic_store_n(status, TP_STATUS_AVAILABLE, __ATOMIC_RELEASE);
-		f->counts->refused++;
-		f->next = slot;
-	}
+	return c->sending && from_first < (c->next + TX_SLOTS - c->first) % TX_SLOTS;
 }
 
-/* Have the kernel send the marked slots. A loaded link (ENOBUFS, EAGAIN) leaves the slot it could
- * not send marked for the next flush; a down link (ENETDOWN) sends nothing.
- */
-static int flush(struct vxlan_forward *f)
+static const struct vxlan_forward_commit *latest(struct vxlan_forward *f)
 {
-	if (send(f->sock, NULL, 0, 0) >= 0 || errno == ENOBUFS || errno == EAGAIN)
-		return 0;
-	if (errno == ENETDOWN) {
-		take_back(f);
-		return 0;
-	}
-	return -errno;
+	return &f->counts->commit[f->counts->seq & 1];
 }
 
-static void wait_writable(struct vxlan_forward *f, int timeout_ms)
+/* Write the other commit, then count it: the latest stays whole whenever the writer dies. */
+static void publish(struct vxlan_forward *f, const struct vxlan_forward_commit *c)
 {
-	struct pollfd p = { .fd = f->sock, .events = POLLOUT };
+	uint64_t seq = f->counts->seq;
 
-	poll(&p, 1, timeout_ms);
+	f->counts->commit[(seq + 1) & 1] = *c;
+	__atomic_store_n(&f->counts->seq, seq + 1, __ATOMIC_RELEASE);
+}
+
+void vxlan_forward_read(const struct vxlan_forward_counts *counts, struct vxlan_forward_commit *out)
+{
+	uint64_t seq;
+
+	do {
+		seq = __atomic_load_n(&counts->seq, __ATOMIC_ACQUIRE);
+		*out = counts->commit[seq & 1];
+		__atomic_thread_fence(__ATOMIC_ACQUIRE);
+	} while (__atomic_load_n(&counts->seq, __ATOMIC_RELAXED) != seq);
 }
 
 static int64_t now_ns(void)
@@ -110,83 +128,204 @@ static int64_t now_ns(void)
 	return t.tv_sec * 1000000000LL + t.tv_nsec;
 }
 
-static int queue(struct vxlan_forward *f, const uint8_t *frame, uint32_t len)
+static void wait_writable(struct vxlan_forward *f, int timeout_ms)
 {
-	struct tpacket2_hdr *hdr;
-	struct virtio_net_hdr *vnet;
-	uint32_t status, slot;
-	int err;
+	struct pollfd p = { .fd = f->sock, .events = POLLOUT };
 
-	for (;;) {
-		slot = f->next;
-		hdr = (struct tpacket2_hdr *)(f->tx + (size_t)slot * TX_SLOT);
-		status = __atomic_load_n(&hdr->tp_status, __ATOMIC_ACQUIRE);
-		if (status == TP_STATUS_AVAILABLE)
-			break;
-		if (status == TP_STATUS_WRONG_FORMAT) {
-			f->counts->rejected++;
-			break;
-		}
-		err = flush(f);		/* the ring is full: have the kernel hand slots back */
-		if (err)
-			return err;
-		if (f->next == slot)	/* else slots were taken back: look at the new `next` */
-			wait_writable(f, 10);
+	poll(&p, 1, timeout_ms);
+}
+
+/* The egress's MTU now, which may have changed since the last batch. */
+static int refresh_largest(struct vxlan_forward *f)
+{
+	struct ifreq ifr = { 0 };
+
+	strncpy(ifr.ifr_name, f->ifname, IFNAMSIZ - 1);
+	if (ioctl(f->sock, SIOCGIFMTU, &ifr))
+		return -errno;
+	f->largest = FRAME_OFFSET + ifr.ifr_mtu + ETH_HLEN + VLAN_HLEN;
+	if (f->largest > FRAME_OFFSET + TX_SLOT - TX_DATA)
+		f->largest = FRAME_OFFSET + TX_SLOT - TX_DATA;
+	return 0;
+}
+
+static int fits(struct vxlan_forward *f, uint32_t slot)
+{
+	const struct tpacket2_hdr *hdr = (const struct tpacket2_hdr *)slot_status(f, slot);
+
+	return FRAME_OFFSET + hdr->tp_len - sizeof(struct virtio_net_hdr) <= f->largest;
+}
+
+/* Copy a frame into a TX slot and mark it for sending; a slot the kernel still holds (a frame
+ * sent, its skb not yet freed) comes back soon.
+ */
+static int fill(struct vxlan_forward *f, uint32_t slot, const uint8_t *frame, uint32_t len)
+{
+	struct tpacket2_hdr *hdr = (struct tpacket2_hdr *)slot_status(f, slot);
+	struct virtio_net_hdr *vnet = (struct virtio_net_hdr *)((uint8_t *)hdr + TX_VNET);
+	int64_t deadline = 0;
+
+	while (status_of(f, slot) != TP_STATUS_AVAILABLE) {
+		if (!deadline)
+			deadline = now_ns() + DRAIN_TIMEOUT_NS;
+		else if (now_ns() > deadline)
+			return -ETIMEDOUT;
+		wait_writable(f, 1);
 	}
-	vnet = (struct virtio_net_hdr *)((uint8_t *)hdr + TX_VNET);
 	memset(vnet, 0, sizeof(*vnet));
 	vnet->hdr_len = len;
 	memcpy((uint8_t *)hdr + TX_DATA, frame, len);
 	hdr->tp_len = hdr->tp_snaplen = len + sizeof(*vnet);
-	__atomic_store_n(&hdr->tp_status, TP_STATUS_SEND_REQUEST, __ATOMIC_RELEASE);
-	f->next = (slot + 1) % TX_SLOTS;
-	f->counts->queued++;
+	set_status(f, slot, TP_STATUS_SEND_REQUEST);
 	return 0;
 }
 
-/* Flush until the kernel has taken the last frame queued (it takes slots in order), then count the
- * `queued` slots before it that it marked malformed, and free them.
+/* After a commit: finish moving a frame, if one was moving, then free every slot marked but not in
+ * flight (frames queued and never committed, whose records are read again; frames the commit
+ * counted as refused or rejected). The kernel takes marked slots only in our send(), so none is
+ * taken meanwhile.
  */
-static int drain(struct vxlan_forward *f, uint32_t queued)
+static void tidy(struct vxlan_forward *f, struct vxlan_forward_commit *c)
 {
-	int64_t deadline = now_ns() + DRAIN_TIMEOUT_NS;
-	uint32_t *last, status, slot;
-	int err;
+	if (c->move_from != VXLAN_FORWARD_NO_SLOT) {
+		memcpy((uint8_t *)slot_status(f, c->move_to) + sizeof(uint32_t),
+		       (uint8_t *)slot_status(f, c->move_from) + sizeof(uint32_t),
+		       TX_SLOT - sizeof(uint32_t));
+		set_status(f, c->move_to, TP_STATUS_SEND_REQUEST);
+	}
+	for (uint32_t slot = 0; slot < TX_SLOTS; slot++) {
+		uint32_t status = status_of(f, slot);
+
+		if ((status == TP_STATUS_SEND_REQUEST || status == TP_STATUS_WRONG_FORMAT) &&
+		    !in_flight(c, slot))
+			set_status(f, slot, TP_STATUS_AVAILABLE);
+	}
+	if (c->move_from != VXLAN_FORWARD_NO_SLOT) {
+		c->move_from = c->move_to = VXLAN_FORWARD_NO_SLOT;
+		publish(f, c);
+	}
+}
+
+/* The first slot of the batch the kernel has not taken (its position), or VXLAN_FORWARD_NO_SLOT;
+ * `*refused` tells whether the kernel marked that frame malformed.
+ */
+static uint32_t kernel_position(struct vxlan_forward *f, const struct vxlan_forward_commit *c,
+				int *refused)
+{
+	for (uint32_t slot = c->first; slot != c->next; slot = next_slot(slot)) {
+		uint32_t status = status_of(f, slot);
+
+		*refused = status == TP_STATUS_WRONG_FORMAT;
+		if (*refused || status == TP_STATUS_SEND_REQUEST)
+			return slot;
+	}
+	return VXLAN_FORWARD_NO_SLOT;
+}
+
+/* Count the stuck frame, and any at the batch's end too long for the MTU now, as rejected, and
+ * move the batch's last frame into the stuck one's slot, where the kernel's position waits (the
+ * move is in the commit: whoever goes on from it finishes it). Only a stuck frame reorders.
+ */
+static void unstick(struct vxlan_forward *f, struct vxlan_forward_commit *c, uint32_t stuck)
+{
+	uint32_t end = c->next;
+
+	c->rejected++;
+	for (;;) {
+		uint32_t last = previous_slot(end);
+
+		if (last == stuck) {
+			c->next = stuck;
+			break;
+		}
+		if (fits(f, last)) {
+			c->next = c->move_from = last;
+			c->move_to = stuck;
+			break;
+		}
+		c->rejected++;
+		end = last;
+	}
+	publish(f, c);
+	tidy(f, c);
+}
+
+/* Have the kernel send the batch in flight, then count what it did not take (a down link's
+ * refusals) and commit the batch as done. A loaded link (ENOBUFS, EAGAIN) leaves the slot it could
+ * not send marked, for the next send.
+ */
+static int settle(struct vxlan_forward *f, struct vxlan_forward_commit *c)
+{
+	int64_t deadline = now_ns() + DRAIN_TIMEOUT_NS, since = 0;
+	uint32_t position, waiting = VXLAN_FORWARD_NO_SLOT, slot, last;
+	int down, failed, refused;
 
 	for (;;) {
-		err = flush(f);
-		if (err)
-			return err;
-		last = slot_status(f, previous_slot(f->next));
-		status = __atomic_load_n(last, __ATOMIC_ACQUIRE);
-		if (status != TP_STATUS_SEND_REQUEST && status != TP_STATUS_SENDING)
+		down = failed = 0;
+		if (send(f->sock, NULL, 0, 0) < 0) {
+			if (errno == ENETDOWN)
+				down = 1;
+			else if (errno == ENOBUFS || errno == EAGAIN || errno == EMSGSIZE ||
+				 errno == EINVAL)
+				failed = 1;
+			else
+				return -errno;
+		}
+		position = kernel_position(f, c, &refused);
+		if (failed && position != waiting) {
+			waiting = position;
+			since = now_ns();
+		}
+		/* The kernel will never send its next frame if it marked it malformed, if it has grown
+		 * past the egress's MTU since it was queued (with a virtio-net header the kernel does not
+		 * check the MTU: a veth drops the frame and the kernel keeps it for sending again, for
+		 * ever), or if the egress refused it for STUCK_NS (a veth peer's smaller MTU, say).
+		 */
+		if (position != VXLAN_FORWARD_NO_SLOT &&
+		    (refused || (failed && ((!refresh_largest(f) && !fits(f, position)) ||
+					    now_ns() - since > STUCK_NS)))) {
+			unstick(f, c, position);
+			waiting = VXLAN_FORWARD_NO_SLOT;
+			deadline = now_ns() + DRAIN_TIMEOUT_NS;
+			continue;
+		}
+		if (c->first == c->next)
+			break;
+		last = status_of(f, previous_slot(c->next));
+		if (down || (last != TP_STATUS_SEND_REQUEST && last != TP_STATUS_SENDING))
 			break;
 		if (now_ns() > deadline)
 			return -ETIMEDOUT;
 		wait_writable(f, 1);
 	}
-	slot = f->next;
-	for (uint32_t n = 0; n < queued && n < TX_SLOTS; n++) {
-		uint32_t *status_word;
-
-		slot = previous_slot(slot);
-		status_word = slot_status(f, slot);
-		if (__atomic_load_n(status_word, __ATOMIC_ACQUIRE) == TP_STATUS_WRONG_FORMAT) {
-			f->counts->rejected++;
-			__atomic_store_n(status_word, TP_STATUS_AVAILABLE, __ATOMIC_RELEASE);
-		}
-	}
+	/* The kernel takes slots in order: what it did not take is a run that ends the batch. */
+	for (slot = c->first; slot != c->next; slot = next_slot(slot))
+		if (status_of(f, slot) == TP_STATUS_SEND_REQUEST)
+			break;
+	c->refused += (c->next + TX_SLOTS - slot) % TX_SLOTS;
+	c->next = slot;			/* the kernel's own position, where the next batch starts */
+	c->sending = 0;
+	publish(f, c);
+	tidy(f, c);
 	return 0;
 }
 
 long vxlan_forward_batch(struct vxlan_forward *f, uint32_t budget)
 {
-	uint64_t consumer = *f->consumer;
+	struct vxlan_forward_commit c = *latest(f);
+	uint64_t consumer = c.position;
 	uint64_t producer = __atomic_load_n(f->producer, __ATOMIC_ACQUIRE);
-	uint32_t queued = 0;
+	uint32_t slot = c.next, queued = 0;
 	long records = 0;
-	int err = 0;
+	int err;
 
+	if (consumer == producer)
+		return 0;
+	err = refresh_largest(f);
+	if (err)
+		return err;
+	if (budget > VXLAN_FORWARD_BATCH)
+		budget = VXLAN_FORWARD_BATCH;	/* the TX ring's other batch stays free */
 	while (consumer < producer && records < budget) {
 		const uint8_t *record = f->data + (consumer & f->mask);
 		uint32_t len = __atomic_load_n((const uint32_t *)record, __ATOMIC_ACQUIRE);
@@ -198,20 +337,29 @@ long vxlan_forward_batch(struct vxlan_forward *f, uint32_t budget)
 			continue;
 		records++;
 		if (len > f->largest) {
-			f->counts->too_big++;
+			c.too_big++;
 			continue;
 		}
-		err = queue(f, record + RINGBUF_HDR + FRAME_OFFSET, len - FRAME_OFFSET);
+		/* Not yet sent nor committed: a process killed here has its records read again. */
+		err = fill(f, slot, record + RINGBUF_HDR + FRAME_OFFSET, len - FRAME_OFFSET);
 		if (err)
-			break;
-		if (++queued % (TX_SLOTS / 2) == 0 && (err = flush(f)))
-			break;
+			return err;
+		slot = next_slot(slot);
+		queued++;
 	}
-	/* Every record read is copied out (or counted): its space goes back to the producer. */
+	if (consumer == c.position)
+		return 0;
+	c.queued += queued;
+	c.position = consumer;
+	c.first = c.next;
+	c.next = slot;
+	c.sending = queued > 0;
+	publish(f, &c);
+	/* Every record read is copied out or counted: its space goes back to the producer. */
 	__atomic_store_n(f->consumer, consumer, __ATOMIC_RELEASE);
-	if (!err && queued)
-		err = drain(f, queued);
-	return err ? err : records;
+	if (c.sending && (err = settle(f, &c)))
+		return err;
+	return records;
 }
 
 long vxlan_forward_poll(struct vxlan_forward *f, int timeout_ms)
@@ -225,6 +373,15 @@ long vxlan_forward_poll(struct vxlan_forward *f, int timeout_ms)
 	return ready ? vxlan_forward_batch(f, VXLAN_FORWARD_BATCH) : 0;
 }
 
+long vxlan_forward_recover(struct vxlan_forward *f)
+{
+	struct vxlan_forward_commit c = *latest(f);
+
+	tidy(f, &c);
+	__atomic_store_n(f->consumer, c.position, __ATOMIC_RELEASE);
+	return c.sending ? settle(f, &c) : 0;
+}
+
 static int tx_ring(struct vxlan_forward *f, const char *ifname)
 {
 	int version = TPACKET_V2, on = 1;
@@ -235,7 +392,7 @@ static int tx_ring(struct vxlan_forward *f, const char *ifname)
 		.tp_frame_nr = TX_SLOTS,
 	};
 	struct sockaddr_ll addr = { .sll_family = AF_PACKET };
-	struct ifreq ifr = { 0 };
+	int err;
 
 	f->sock = socket(AF_PACKET, SOCK_RAW, 0);
 	if (f->sock < 0)
@@ -248,13 +405,12 @@ static int tx_ring(struct vxlan_forward *f, const char *ifname)
 	addr.sll_ifindex = if_nametoindex(ifname);
 	if (!addr.sll_ifindex || bind(f->sock, (struct sockaddr *)&addr, sizeof(addr)))
 		return -1;
-	/* A longer frame would make the kernel fail the whole send() (EMSGSIZE): count it instead. */
-	strncpy(ifr.ifr_name, ifname, IFNAMSIZ - 1);
-	if (ioctl(f->sock, SIOCGIFMTU, &ifr))
+	strncpy(f->ifname, ifname, IF_NAMESIZE - 1);
+	err = refresh_largest(f);
+	if (err) {
+		errno = -err;
 		return -1;
-	f->largest = FRAME_OFFSET + ifr.ifr_mtu + ETH_HLEN + VLAN_HLEN;
-	if (f->largest > FRAME_OFFSET + TX_SLOT - TX_DATA)
-		f->largest = FRAME_OFFSET + TX_SLOT - TX_DATA;
+	}
 	f->tx = mmap(NULL, (size_t)TX_SLOTS * TX_SLOT, PROT_READ | PROT_WRITE, MAP_SHARED, f->sock, 0);
 	return f->tx == MAP_FAILED ? (f->tx = NULL, -1) : 0;
 }
@@ -285,6 +441,15 @@ struct vxlan_forward *vxlan_forward_open(int ring_fd, uint32_t ring_size, const 
 	f->data = (const uint8_t *)producer + page;
 	if (tx_ring(f, ifname))
 		goto fail;
+	if (!counts->seq) {	/* fresh counts start where the ring's consumer is */
+		struct vxlan_forward_commit start = {
+			.position = *f->consumer,
+			.move_from = VXLAN_FORWARD_NO_SLOT,
+			.move_to = VXLAN_FORWARD_NO_SLOT,
+		};
+
+		publish(f, &start);
+	}
 	return f;
 fail:
 	err = errno;

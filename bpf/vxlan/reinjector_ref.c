@@ -9,7 +9,7 @@
  * index of the ring to empty, IFNAME the egress, looked up in this process's network namespace;
  * the CPUs (default: any) are those it runs on. It says "ready" on stderr once set up; on SIGTERM
  * or SIGINT it forwards what the ring still holds and prints its counters as one JSON line
- * (forwarded, failed, and struct vxlan_forward_counts) on stdout.
+ * (forwarded, failed, and the counts of struct vxlan_forward_commit) on stdout.
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -55,6 +55,7 @@ static int ring_of(const char *pin, __u32 index, __u32 *size)
 int main(int argc, char **argv)
 {
 	struct vxlan_forward_counts counts = { 0 };
+	struct vxlan_forward_commit c;
 	struct sigaction action = { .sa_handler = on_signal };
 	struct vxlan_forward *f;
 	cpu_set_t cpus;
@@ -99,12 +100,13 @@ int main(int argc, char **argv)
 	if (done < 0)
 		goto failed;
 	vxlan_forward_close(f);
+	vxlan_forward_read(&counts, &c);
 	printf("{\"forwarded\": %llu, \"failed\": %llu, \"queued\": %llu, \"too_big\": %llu, "
 	       "\"rejected\": %llu, \"refused\": %llu}\n",
-	       (unsigned long long)(counts.queued - counts.rejected - counts.refused),
-	       (unsigned long long)(counts.too_big + counts.rejected + counts.refused),
-	       (unsigned long long)counts.queued, (unsigned long long)counts.too_big,
-	       (unsigned long long)counts.rejected, (unsigned long long)counts.refused);
+	       (unsigned long long)(c.queued - c.rejected - c.refused),
+	       (unsigned long long)(c.too_big + c.rejected + c.refused),
+	       (unsigned long long)c.queued, (unsigned long long)c.too_big,
+	       (unsigned long long)c.rejected, (unsigned long long)c.refused);
 	return 0;
 failed:
 	fprintf(stderr, "%s: send on %s: %s\n", argv[0], argv[3], strerror((int)-done));

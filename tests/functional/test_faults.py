@@ -5,18 +5,24 @@
   namespace, attachment and pin it left, and its journal.
 - The flow metrics command: its pinned table keeps the counts it had; a new run reopens it and
   counts every later frame exactly; the frames sent while no one counted are the interface's.
-- The VXLAN pipeline's egress link, down then up in each mode: every frame arrives or is counted
-  where it was lost, and traffic flows again once the link is up.
+- The VXLAN pipeline's egress link, down then up, and its MTU, down below the frames' size then
+  up, in each mode: every frame arrives or is counted where it was lost, and traffic flows again
+  once the link is mended.
+- The VXLAN ring path's re-injector workers, killed again and again mid-batch: each is restarted
+  from its last commit, and every frame given to a ring arrives once or is counted failed.
 """
 
 from __future__ import annotations
 
+import itertools
 import json
+import os
 import signal
 import subprocess
 import sys
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -36,6 +42,7 @@ from injector.xdp import XdpSender
 BIN = Path(sys.executable).parent
 MACS = {"eth_src": "02:00:00:00:01:01", "eth_dst": "02:00:00:00:01:02"}
 SOURCE, SPORT = "10.0.9.7", 4077
+EGRESS_MTU = 3498  # mirror_vxlan's egress link
 
 KILLED_MID_TRAFFIC = """
 import json, sys
@@ -149,16 +156,29 @@ def test_flowmon_killed_mid_traffic_keeps_its_counts_and_a_new_run_goes_on(topol
     assert arrived >= sent[0].packets + later, (arrived, sent[0].packets, later)
 
 
-@pytest.mark.parametrize("mode", ["redirect", "tc", "ringbuf"])
-def test_vxlan_egress_down_and_up_under_traffic_every_frame_accounted(mirror_vxlan, tmp_path, mode):
-    """The pipeline's egress goes down for a third of the stream, then up. Every frame forwarded
-    either arrives or is counted where it was lost: a failed XDP redirect in the ingress veth's
-    rx_dropped, TC's in the egress's tx_dropped, the ring path's in its re-injectors' failures.
-    Once the egress is up again, frames flow again."""
-    m = mirror_vxlan
+@dataclass(frozen=True)
+class Faulted:
+    """A stream through the VXLAN pipeline with a fault in its middle third: frames sent before,
+    during and after it, what arrived, and where frames were lost, by counter."""
+
+    before: int
+    during: int
+    after: int
+    arrived: int
+    lost: dict[str, int]
+    counters: dict[str, int]
+
+
+def _through_a_fault(m, tmp_path: Path, mode: str, payload: int, fault, mend) -> Faulted:
+    """30,000 frames at 20 kpps through ``vxlan-pipeline run`` in ``mode``, ``fault()`` called after
+    the first third and ``mend()`` after the second. The losses a counter shows: a failed XDP
+    redirect in the ingress veth's rx_dropped, TC's in the egress's tx_dropped, the ring path's in
+    its re-injectors' failures (a retried TX ring slot shows in tx_dropped, and arrives later)."""
     m.allowlist.write_text(json.dumps(Allowlist.of([SOURCE]).document()))
-    name = f"bl-{journal.current().run_id}-flap"  # the run's own pins
-    inner = templates.udp4(src=SOURCE, dst="10.0.0.2", sport=SPORT, eth_src="02:00:00:00:2a:01")
+    name = f"bl-{journal.current().run_id}-fault"  # the run's own pins
+    inner = templates.udp4(
+        src=SOURCE, dst="10.0.0.2", sport=SPORT, eth_src="02:00:00:00:2a:01", payload=bytes(payload)
+    )
     spec = TrafficSpec(m.mirrored(inner))
     out, err = tmp_path / "out", tmp_path / "err"
     run = _started(m.pipeline_argv(mode, name, interval=60), "running as", tmp_path)
@@ -168,13 +188,12 @@ def test_vxlan_egress_down_and_up_under_traffic_every_frame_accounted(mirror_vxl
             Sink("eth0", m.collector, verdict=XdpAction.PASS) as sink,
             XdpSender(spec.resolve(), "eth0", m.mirror) as sender,
         ):
-            before_down = sender.send(10_000, 20_000.0).packets
-            set_link("ens6", m.dut, state="down")
-            while_down = sender.send(10_000, 20_000.0).packets
-            set_link("ens6", m.dut, state="up")
-            after_up = sender.send(10_000, 20_000.0).packets
-            sent = before_down + while_down + after_up
-            arrived = sink.settled(FrameClass.IPV4, sent)
+            before = sender.send(10_000, 20_000.0).packets
+            fault()
+            during = sender.send(10_000, 20_000.0).packets
+            mend()
+            after = sender.send(10_000, 20_000.0).packets
+            arrived = sink.settled(FrameClass.IPV4, before + during + after)
         run.send_signal(signal.SIGINT)
         assert run.wait(timeout=20) == 0, err.read_text()
     finally:
@@ -182,7 +201,7 @@ def test_vxlan_egress_down_and_up_under_traffic_every_frame_accounted(mirror_vxl
             run.kill()
             run.wait()
     last = json.loads([line for line in out.read_text().splitlines() if line.startswith("{")][-1])
-    counters = last["counters"]
+    assert last["balanced"], last
     lost = {
         "failed redirects (ingress rx_dropped)": delta(ingress, interface_stats("ens5", m.dut))[
             "rx_dropped"
@@ -190,9 +209,145 @@ def test_vxlan_egress_down_and_up_under_traffic_every_frame_accounted(mirror_vxl
         "egress tx_dropped": delta(egress, interface_stats("ens6", m.dut))["tx_dropped"],
         "re-injector failed": last.get("reinjector", {}).get("failed", 0),
     }
-    assert last["balanced"] and counters["total"] == counters["forwarded"] == sent, counters
-    if mode == "ringbuf":  # a retried TX ring slot shows in tx_dropped and arrives later
+    if mode == "ringbuf":
         lost["egress tx_dropped"] = 0
-    assert counters["forwarded"] == arrived + sum(lost.values()), (arrived, lost, counters)
-    assert sum(lost.values()) > 0, f"the egress was down for {while_down:,} frames: {lost}"
-    assert arrived >= before_down + after_up, (arrived, before_down, after_up)
+    return Faulted(before, during, after, arrived, lost, last["counters"])
+
+
+def _accounted(run: Faulted) -> None:
+    """Every frame sent was forwarded; each arrived or was counted lost; some were lost during the
+    fault; every frame sent outside it arrived."""
+    sent, c = run.before + run.during + run.after, run.counters
+    assert c["total"] == c["forwarded"] == sent, c
+    assert c["forwarded"] == run.arrived + sum(run.lost.values()), run
+    assert sum(run.lost.values()) > 0, f"no loss while {run.during:,} frames met the fault: {run}"
+    assert run.arrived >= run.before + run.after, run
+
+
+@pytest.mark.parametrize("mode", ["redirect", "tc", "ringbuf"])
+def test_vxlan_egress_down_and_up_under_traffic_every_frame_accounted(mirror_vxlan, tmp_path, mode):
+    """The pipeline's egress goes down for a third of the stream, then up. Every frame forwarded
+    either arrives or is counted where it was lost, and frames flow again once it is up."""
+    m = mirror_vxlan
+    _accounted(
+        _through_a_fault(
+            m,
+            tmp_path,
+            mode,
+            payload=0,
+            fault=lambda: set_link("ens6", m.dut, state="down"),
+            mend=lambda: set_link("ens6", m.dut, state="up"),
+        )
+    )
+
+
+@pytest.mark.parametrize("mode", ["redirect", "tc", "ringbuf"])
+def test_vxlan_egress_mtu_falls_and_rises_under_traffic_every_frame_accounted(
+    mirror_vxlan, tmp_path, mode
+):
+    """The egress link's MTU (both ends) falls below the frames' size for a third of the stream,
+    then rises again: every frame arrives or is counted where it was lost, as with a link down."""
+    m = mirror_vxlan
+    ends = [("ens6", m.dut), ("eth0", m.collector)]
+
+    def mtu(value: int) -> None:
+        for ifname, netns in ends if value < EGRESS_MTU else reversed(ends):
+            set_link(ifname, netns, mtu=value)
+
+    run = _through_a_fault(
+        m, tmp_path, mode, payload=1000, fault=lambda: mtu(800), mend=lambda: mtu(EGRESS_MTU)
+    )
+    _accounted(run)
+    assert sum(run.lost.values()) == run.during, run  # each of the long frames, no other
+
+
+def _children(pid: int) -> set[int]:
+    """The live processes whose parent is ``pid`` (a pipeline's re-injector workers)."""
+    found = set()
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue  # gone meanwhile
+        if int(fields[1]) == pid and fields[0] != "Z":
+            found.add(int(stat.parent.name))
+    return found
+
+
+SENDTO = {"x86_64": 44, "aarch64": 206}[os.uname().machine]
+
+
+def _in_phase(pid: int, phase: str, within: float) -> None:
+    """Wait up to ``within`` seconds for worker ``pid`` to be in ``phase``: copying records into
+    its TX ring (running in user space, before its commit) or having the kernel send them
+    (``sendto``, after it)."""
+    wanted = "running" if phase == "copying" else str(SENDTO)
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        try:
+            if Path(f"/proc/{pid}/syscall").read_text().split()[0] == wanted:
+                return
+        except (OSError, IndexError):
+            return
+
+
+def _kill_workers(run: subprocess.Popen, stop: threading.Event, killed: list[int]) -> None:
+    """SIGKILL each re-injector worker of ``run`` soon after it starts, caught in turn copying
+    records (before its commit) and sending them (after), until ``stop``; the pids killed go to
+    ``killed``. A restarted worker has a backlog to drain, so it is mid-batch when caught."""
+    phases = itertools.cycle(["copying", "sending"])
+    while not stop.is_set():
+        for pid in _children(run.pid) - set(killed):
+            _in_phase(pid, next(phases), within=0.05)
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                continue
+            killed.append(pid)
+        stop.wait(0.005)
+
+
+def test_vxlan_reinjector_killed_again_and_again_loses_and_repeats_nothing(mirror_vxlan, tmp_path):
+    """The ring path's re-injector workers are killed with SIGKILL again and again while frames
+    flow; the pipeline restarts each from its ring's last commit. Every frame given to a ring is
+    re-injected or counted failed exactly once: the collector receives exactly what the
+    re-injectors say they forwarded (a frame sent twice or lost would show), each ring's queued
+    frames are its forwarded + failed, and there is one restart for each kill."""
+    m = mirror_vxlan
+    m.allowlist.write_text(json.dumps(Allowlist.of([SOURCE]).document()))
+    name = f"bl-{journal.current().run_id}-kill"
+    inner = templates.udp4(src=SOURCE, dst="10.0.0.2", sport=SPORT, eth_src="02:00:00:00:2a:01")
+    spec = TrafficSpec(m.mirrored(inner))
+    out, err = tmp_path / "out", tmp_path / "err"
+    run = _started(m.pipeline_argv("ringbuf", name, interval=60), "running as", tmp_path)
+    killed: list[int] = []
+    try:
+        with (
+            Sink("eth0", m.collector, verdict=XdpAction.PASS) as sink,
+            XdpSender(spec.resolve(), "eth0", m.mirror) as sender,
+        ):
+            done = threading.Event()
+            killer = threading.Thread(target=_kill_workers, args=(run, done, killed))
+            killer.start()
+            try:
+                sent = sender.send(300_000, 120_000.0).packets
+            finally:
+                done.set()
+                killer.join()
+            arrived = sink.settled(FrameClass.IPV4, sent, timeout=5.0, still=0.3)
+        run.send_signal(signal.SIGINT)
+        assert run.wait(timeout=20) == 0, err.read_text()
+    finally:
+        if run.poll() is None:
+            run.kill()
+            run.wait()
+    last = json.loads([line for line in out.read_text().splitlines() if line.startswith("{")][-1])
+    counters, reinjected = last["counters"], last["reinjector"]
+    assert last["balanced"] and counters["vxlan"] == sent, counters  # and the link's own chatter
+    assert len(killed) >= 10, f"only {len(killed)} kills: the test did not test"
+    assert reinjected["restarts"] == len(killed), (reinjected, len(killed), err.read_text())
+    for ring in reinjected["rings"]:
+        assert ring["queued"] == ring["forwarded"] + ring["failed"], reinjected
+    assert sum(r["queued"] for r in reinjected["rings"]) == counters["queued"], last
+    assert arrived == reinjected["forwarded"], (arrived, reinjected)
+    assert reinjected["failed"] == 0, reinjected

@@ -355,7 +355,9 @@ def test_ringbuf_workers_forward_each_cpus_ring(mirror):
     for cpu, count in sends.items():
         expected[cpu % 2] += count
     rings = run.lines[-1]["reinjector"]["rings"]
-    assert rings == [{"queued": n, "forwarded": n, "failed": 0} for n in expected], rings
+    assert rings == [{"queued": n, "forwarded": n, "failed": 0, "restarts": 0} for n in expected], (
+        rings
+    )
     assert len(received) == sum(expected)
     for workers in ("0", str(len(allowed) + 1)):
         bad = vxlan_pipeline("run", "-i", "ens5", "-t", "ens6", "--workers", workers)
@@ -366,8 +368,9 @@ def test_ringbuf_workers_forward_each_cpus_ring(mirror):
 
 def test_ringbuf_counts_a_frame_past_the_egress_mtu_as_failed(mirror):
     """With ens6's MTU lowered to 1500 before ``run`` starts, a 3000-byte inner frame is queued to
-    a ring but cannot leave: its worker counts it failed (the kernel would fail the whole batch),
-    sends the small frame behind it, and the ring's queued frames are re-injected + failed."""
+    a ring but cannot leave: its worker counts it failed (ens6 would drop it, and the kernel retry
+    it for ever), sends the small frame behind it, and the ring's queued frames are re-injected +
+    failed."""
     inner = {"src": "10.0.0.1", "dst": "10.0.0.2", **INNER}
     frames = [
         bytes(templates.vxlan(templates.udp4(payload=bytes(3000), **inner), **OUTER)),
@@ -384,8 +387,33 @@ def test_ringbuf_counts_a_frame_past_the_egress_mtu_as_failed(mirror):
         finally:
             ipr.link("set", index=ens6, mtu=3498)
     (ring,) = run.lines[-1]["reinjector"]["rings"]
-    assert ring == {"queued": 2, "forwarded": 1, "failed": 1}, ring
+    assert ring == {"queued": 2, "forwarded": 1, "failed": 1, "restarts": 0}, ring
     assert [len(f) for f in received] == [len(frames[1]) - 50], "the small frame, decapsulated"
+
+
+def test_ringbuf_counts_a_frame_the_egress_never_takes_as_failed_and_sends_the_rest(mirror):
+    """With the collector's end of the egress link at MTU 1500 and ens6 at 3498, a 3000-byte inner
+    frame fits ens6 but its veth peer drops it, and the kernel keeps it for sending again, in front
+    of every later frame. After a second of refusals the worker counts it failed and sends the
+    frames behind it."""
+    inner = {"src": "10.0.0.1", "dst": "10.0.0.2", **INNER}
+    frames = [bytes(templates.vxlan(templates.udp4(payload=bytes(3000), **inner), **OUTER))]
+    frames += [
+        bytes(templates.vxlan(templates.udp4(sport=1000 + i, **inner), **OUTER)) for i in range(3)
+    ]
+    with IPRoute(netns=mirror.collector) as ipr:
+        eth0 = ipr.link_lookup(ifname="eth0")[0]
+        ipr.link("set", index=eth0, mtu=1500)
+        try:
+            with running(mirror, "ringbuf", "--workers", "1") as run:
+                _, received, _ = through(
+                    mirror, lambda: (send_packets(frames, "eth0", mirror.mirror), time.sleep(1.5))
+                )
+        finally:
+            ipr.link("set", index=eth0, mtu=3498)
+    (ring,) = run.lines[-1]["reinjector"]["rings"]
+    assert ring == {"queued": 4, "forwarded": 3, "failed": 1, "restarts": 0}, ring
+    assert sorted(len(f) for f in received) == [len(frames[1]) - 50] * 3, "the small frames"
 
 
 def test_tc_decapsulating_ipv6_sets_the_inner_protocol(mirror):
