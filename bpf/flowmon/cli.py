@@ -308,8 +308,9 @@ def _run(args: argparse.Namespace) -> int:
                 f"{sent.collector}" + (f" ({sent.errors} sends failed)" if sent.errors else ""),
                 file=sys.stderr,
             )
+    kept = "the maps stay pinned, the flows exported" if ipfix else "the counts stay pinned"
     print(
-        f"flowmon: detached from {where}; the counts stay pinned "
+        f"flowmon: detached from {where}; {kept} "
         f"(`flowmon -i {args.interface}{_netns_option(args)} -u` removes them)",
         file=sys.stderr,
     )
