@@ -230,7 +230,7 @@ def _run(args: argparse.Namespace) -> int:
             flush=True,
         )
         totals_out = sys.stderr if args.hz else sys.stdout
-        series_done = _start_series(tc, args, stack) if args.hz else None
+        series_done = _start_series(tc, args, stop, stack) if args.hz else None
         while not stop.wait(args.stats_interval):
             print(report(tc, args, args.json) + ("" if args.json else "\n"), file=totals_out)
             totals_out.flush()
@@ -245,10 +245,11 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _start_series(
-    tc: TrafCount, args: argparse.Namespace, stack: ExitStack
+    tc: TrafCount, args: argparse.Namespace, stop: threading.Event, stack: ExitStack
 ) -> Callable[[], OSError | None]:
     """Start the time series in a thread of its own (the C reader, which writes to the output's fd
-    itself); the function that stops it, after a last bin, and gives what failed in it, if anything."""
+    itself); the function that stops it, after a last bin, and gives what failed in it, if
+    anything. A failure (the output's reader gone, a full disk) stops the run too."""
     if args.binary is not None:
         out: Any = stack.enter_context(args.binary.open("wb"))
         form = series.Format.BINARY
@@ -264,6 +265,7 @@ def _start_series(
             sampler.run()
         except OSError as err:
             failed.append(err)
+            stop.set()
 
     thread = threading.Thread(target=run, name="trafcount-series")
     thread.start()

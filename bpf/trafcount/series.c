@@ -625,19 +625,23 @@ long trafcount_series_sample(struct trafcount_series *s)
 	s->pieces = 0;
 	for (int i = 0; i < 2 && !err; i++)
 		err = read_table(s, &s->tables[i]);
-	if (err)
+	if (err) {
+		s->stats->failed = TRAFCOUNT_SERIES_READING;
 		return err;
+	}
 	s->t_ns = now_ns();
 	if (s->pieces > U32_MAX)
-		return -EOVERFLOW;
-	if (s->format == TRAFCOUNT_SERIES_BINARY)
+		err = -EOVERFLOW;
+	else if (s->format == TRAFCOUNT_SERIES_BINARY)
 		err = write_binary(s, index);
 	else if (s->format == TRAFCOUNT_SERIES_JSON)
 		err = write_json(s, index);
 	if (!err && s->format != TRAFCOUNT_SERIES_NONE)
 		err = out_flush(s);
-	if (err)
+	if (err) {
+		s->stats->failed = TRAFCOUNT_SERIES_WRITING;
 		return err;
+	}
 	s->stats->bins++;
 	return s->n_deltas;
 }

@@ -30,10 +30,15 @@ struct trafcount_series_delta {
 	uint64_t bytes;
 };
 
+/* What failed, when a call returns -errno */
+#define TRAFCOUNT_SERIES_READING	1	/* the tables' walk (or memory for a new key) */
+#define TRAFCOUNT_SERIES_WRITING	2	/* the bin's write to the output */
+
 /* Written by the reader as it goes; the caller owns the memory. */
 struct trafcount_series_stats {
 	uint64_t bins;		/* bins read */
 	uint64_t late;		/* of those, read after the next grid point had passed */
+	uint64_t failed;	/* TRAFCOUNT_SERIES_READING or _WRITING; 0: nothing */
 };
 
 struct trafcount_series;

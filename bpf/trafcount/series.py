@@ -74,6 +74,12 @@ class Format(enum.IntEnum):
     BINARY = c_define(_HEADER, "TRAFCOUNT_SERIES_BINARY")
 
 
+_FAILED = {
+    c_define(_HEADER, "TRAFCOUNT_SERIES_READING"): "time series: reading the tables",
+    c_define(_HEADER, "TRAFCOUNT_SERIES_WRITING"): "time series: writing a bin",
+}
+
+
 class _Delta(ctypes.Structure):
     """``struct trafcount_series_delta`` (series.h)."""
 
@@ -90,7 +96,7 @@ class _Delta(ctypes.Structure):
 class _Stats(ctypes.Structure):
     """``struct trafcount_series_stats`` (series.h)."""
 
-    _fields_ = [("bins", c_uint64), ("late", c_uint64)]
+    _fields_ = [("bins", c_uint64), ("late", c_uint64), ("failed", c_uint64)]
 
 
 @functools.cache
@@ -169,7 +175,8 @@ class Sampler:
 
     def _check(self, ret: int) -> int:
         if ret < 0:
-            raise OSError(-ret, f"time series: {os.strerror(-ret)}")
+            what = _FAILED.get(self._stats.failed, "time series")
+            raise OSError(-ret, f"{what}: {os.strerror(-ret)}")
         return ret
 
     def _array(self, n: int) -> ctypes.Array:

@@ -37,7 +37,9 @@ from bpf.trafcount.model import (
 )
 from bpf.trafcount.series import PIECE, Format, Sampler, parse_json_line, read_binary
 
-ENTRIES = 512  # of each table: more than any test writes, so that nothing is evicted
+# Of each table: eight times what any test writes. The LRU evicts before it is full (each CPU keeps
+# free entries of its own), and a test's table must hold exactly what it wrote.
+ENTRIES = 4096
 HZ = 1000
 MACS = {"src": "02:00:00:00:00:01", "dst": "02:00:00:00:00:02"}
 Table = dict[bytes, tuple[int, int]]  # raw key -> (packets, bytes)
@@ -277,4 +279,16 @@ def test_reader_writes_to_the_fd_it_was_given(tc):
         assert os.read(read_end, 4096).decode().endswith('"deltas": [["10.3.0.1", 17, 1, 29]]}\n')
     finally:
         os.close(read_end)
+        os.close(write_end)
+
+
+def test_a_failed_write_named_and_the_run_ends(tc):
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # nobody reads: the write fails (EPIPE; Python ignores SIGPIPE)
+    try:
+        with Sampler(tc, HZ, write_end, Format.BINARY) as sampler:
+            with pytest.raises(BrokenPipeError, match="time series: writing a bin"):
+                sampler.run()
+            assert sampler.bins == 0
+    finally:
         os.close(write_end)
