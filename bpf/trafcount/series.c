@@ -61,6 +61,8 @@ struct slot {
 	uint64_t sum_packets, sum_bytes;	/* what its bins added up to */
 } __attribute__((aligned(64)));
 
+_Static_assert(sizeof(struct slot) == 64, "a slot is a cache line");
+
 /* What only output and summed() need, by id. */
 struct key_text {
 	uint32_t slot;
@@ -196,7 +198,7 @@ static char *put_hex16(char *p, unsigned v)
 	return p;
 }
 
-/* RFC 5952 as Python's ipaddress writes it: the longest run of two or more zero groups (the first
+/* RFC 5952 as Python's ipaddress (3.11) writes it: the longest run of two or more zero groups (the first
  * of equals) becomes "::"; no dotted IPv4 tail, even for ::ffff:a.b.c.d.
  */
 static char *put_ipv6(char *p, const uint8_t *addr)
@@ -755,6 +757,8 @@ void trafcount_series_close(struct trafcount_series *s)
 {
 	if (!s)
 		return;
+	if (s->out_len)		/* a binary file's header, if no bin was read */
+		out_flush(s);
 	for (int i = 0; i < 2; i++) {
 		free(s->tables[i].keys);
 		free(s->tables[i].values);

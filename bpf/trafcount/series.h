@@ -68,6 +68,7 @@ size_t trafcount_series_summed(const struct trafcount_series *s, struct trafcoun
 int trafcount_series_run(struct trafcount_series *s, uint32_t hz);
 /* Ends trafcount_series_run() (at once, even mid-sleep); from any thread, or a signal handler. */
 void trafcount_series_stop(struct trafcount_series *s);
+/* Writes what is left of the output (a binary file's header, if no bin was read), frees it all. */
 void trafcount_series_close(struct trafcount_series *s);
 
 #endif

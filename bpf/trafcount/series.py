@@ -173,6 +173,11 @@ class Sampler:
         """Bins read after the next grid point had passed."""
         return self._stats.late
 
+    def _open(self) -> int:
+        if not self._handle:
+            raise ValueError("time series: the sampler is closed")
+        return self._handle
+
     def _check(self, ret: int) -> int:
         if ret < 0:
             what = _FAILED.get(self._stats.failed, "time series")
@@ -191,7 +196,7 @@ class Sampler:
     def sample(self) -> Bin:
         """Read one bin (and write it out); it, as a Bin."""
         index = self.bins
-        n = self._check(self._core.trafcount_series_sample(self._handle))
+        n = self._check(self._core.trafcount_series_sample(self._open()))
         deltas = self._array(n)
         self._core.trafcount_series_deltas(self._handle, deltas, n)
         t_ns = self._core.trafcount_series_t_ns(self._handle)
@@ -200,15 +205,15 @@ class Sampler:
     def run(self) -> None:
         """Bins every 1/hz s on a fixed grid until ``stop()``, then one more (what came after the
         last grid point); in C, the GIL released."""
-        self._check(self._core.trafcount_series_run(self._handle, self.hz))
+        self._check(self._core.trafcount_series_run(self._open(), self.hz))
 
     def stop(self) -> None:
         """End ``run`` at once, from any thread (a stop before ``run`` makes it read one bin)."""
-        self._core.trafcount_series_stop(self._handle)
+        self._core.trafcount_series_stop(self._open())
 
     def summed(self) -> dict[TrafKey, tuple[int, int]]:
         """What the bins so far add up to, per address and protocol."""
-        n = self._core.trafcount_series_summed(self._handle, None, 0)
+        n = self._core.trafcount_series_summed(self._open(), None, 0)
         sums = self._array(n)
         self._core.trafcount_series_summed(self._handle, sums, n)
         return {self._key(d): (d.packets, d.bytes) for d in sums[:n]}

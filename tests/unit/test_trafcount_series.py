@@ -292,3 +292,15 @@ def test_a_failed_write_named_and_the_run_ends(tc):
             assert sampler.bins == 0
     finally:
         os.close(write_end)
+
+
+def test_a_binary_series_without_bins_is_its_header_and_a_closed_sampler_refuses(tc, tmp_path):
+    path = tmp_path / "series.bin"
+    with path.open("wb") as out:
+        sampler = Sampler(tc, HZ, out.fileno(), Format.BINARY)
+        sampler.close()
+    assert path.read_bytes() == binary_file_header(HZ)
+    with pytest.raises(ValueError, match="closed"):
+        sampler.sample()
+    with pytest.raises(ValueError, match="closed"):
+        sampler.stop()
