@@ -4,8 +4,9 @@ table whose evictions are counted; a time series of per-address deltas up to 1 k
 metrics on top.
 
 ``trafcount.bpf.c`` is the data plane (its packet sizes and exact inserts, ``bpf/include/counter.h``,
-are shared with flow metrics), ``trafcount.TrafCount`` its control plane, ``series`` the sampler,
-``model`` the Python reference both are tested against, ``cli`` the ``trafcount`` command.
+are shared with flow metrics), ``trafcount.TrafCount`` its control plane, ``series`` the time
+series (its reader in C, ``series.c``), ``model`` the Python reference the data plane and the time
+series are tested against, ``cli`` the ``trafcount`` command.
 """
 
 from bpf.trafcount.model import ByteCount, Config, Hook, Key, Model, TrafKey, default_key
