@@ -21,6 +21,7 @@ from __future__ import annotations
 import ctypes
 import itertools
 import os
+import select
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -35,6 +36,7 @@ from injector.program import ChecksumKind, FieldProgram, OpKind, internet_checks
 SOURCE = Path(__file__).with_name("xdp_gen.bpf.c")
 MAX_OPS, MAX_CSUMS, MAX_LENGTHS, MAX_SIZES, FIELD_MAX, OFFSET_MAX = 8, 4, 4, 16, 16, 1024
 MIN_FRAME, MAX_FRAME, MAX_BATCH, PACED_BATCH = 14, 3408, 256, 64
+START_TIMEOUT = 10.0  # seconds the workers may take to be ready to start together
 FLAT_OUT_CHUNK = 1 << 16  # frames per test_run call flat out: long enough to hide Python's cost
 _KIND = {OpKind.RANGE: 0, OpKind.RANDOM: 1, OpKind.LIST: 2}
 
@@ -345,10 +347,45 @@ class XdpSender:
         self.engine.obj.maps["state"][0] = [dict(next_index=i) for i in next_index]
         aborted_before = self.engine.aborted()
         rate = rate_pps / workers if rate_pps else None
-        children = [
-            self._fork(cpus[w], shares[w], rate, duration, batch) for w in range(1, workers)
-        ]
-        sent, seconds = self._pinned(cpus[0], shares[0], rate, duration, batch, progress, workers)
+        # The workers start together: each, pinned and in its namespace, says it is ready and
+        # waits for the end of ``go``, which the parent closes once all are (or at START_TIMEOUT).
+        (ready, ready_end), (go_end, go) = os.pipe(), os.pipe()
+        parent_fds = {ready, ready_end, go_end, go}
+
+        def close(fd: int) -> None:
+            if fd in parent_fds:
+                parent_fds.remove(fd)
+                os.close(fd)
+
+        def start_together() -> None:
+            os.close(go)
+            os.write(ready_end, b".")
+            os.read(go_end, 1)
+
+        def start_all() -> None:
+            waiting = len(children)
+            while waiting and select.select([ready], [], [], START_TIMEOUT)[0]:
+                got = len(os.read(ready, waiting))
+                if not got:
+                    break  # every worker gone: their exit status says why, below
+                waiting -= got
+            close(go)
+
+        children: list[tuple[int, int]] = []
+        try:
+            for w in range(1, workers):
+                children.append(
+                    self._fork(cpus[w], shares[w], rate, duration, batch, start_together)
+                )
+            close(ready_end)
+            sent, seconds = self._pinned(
+                cpus[0], shares[0], rate, duration, batch, progress, workers, start_all
+            )
+        finally:
+            for fd in list(
+                parent_fds
+            ):  # ``go`` too, if the parent failed: no worker waits for ever
+                close(fd)
         for pid, reader in children:
             with os.fdopen(reader) as pipe:
                 child_sent, child_seconds = pipe.read().split()
@@ -359,23 +396,28 @@ class XdpSender:
             seconds = max(seconds, float(child_seconds))
         return SendReport(sent, seconds, workers, self.engine.aborted() - aborted_before)
 
-    def _pinned(self, cpu, count, rate, duration, batch, progress, scale=1) -> tuple[int, float]:
+    def _pinned(
+        self, cpu, count, rate, duration, batch, progress, scale=1, start=None
+    ) -> tuple[int, float]:
+        """Send from ``cpu``; ``start()``, if given, is called once pinned, just before."""
         saved = os.sched_getaffinity(0)
         os.sched_setaffinity(0, {cpu})
         try:
             with netns.entered(self.netns):
+                if start is not None:
+                    start()
                 return self._loop(count, rate, duration, batch, progress, scale)
         finally:
             os.sched_setaffinity(0, saved)
 
-    def _fork(self, cpu, count, rate, duration, batch) -> tuple[int, int]:
+    def _fork(self, cpu, count, rate, duration, batch, start) -> tuple[int, int]:
         reader, writer = os.pipe()
         pid = os.fork()
         if pid == 0:  # the worker: send, report, and leave without running the parent's clean-ups
             code = 1
             try:
                 os.close(reader)
-                sent, seconds = self._pinned(cpu, count, rate, duration, batch, None)
+                sent, seconds = self._pinned(cpu, count, rate, duration, batch, None, 1, start)
                 os.write(writer, f"{sent} {seconds}".encode())
                 code = 0
             finally:
