@@ -2,6 +2,7 @@
 /* The smallest programs of each kind the binding drives: the baseline of every benchmark, and the
  * subjects of the binding's own tests. */
 #include <linux/bpf.h>
+#include <linux/pkt_cls.h>
 #include <bpf/bpf_helpers.h>
 
 SEC("xdp")
@@ -14,6 +15,12 @@ SEC("xdp")
 int xdp_drop(struct xdp_md *ctx)
 {
 	return XDP_DROP;
+}
+
+SEC("tc")
+int tc_pass(struct __sk_buff *skb)
+{
+	return TC_ACT_OK;
 }
 
 char LICENSE[] SEC("license") = "GPL";

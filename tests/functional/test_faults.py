@@ -14,6 +14,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import os
@@ -22,6 +23,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -156,6 +158,27 @@ def test_flowmon_killed_mid_traffic_keeps_its_counts_and_a_new_run_goes_on(topol
     assert arrived >= sent[0].packets + later, (arrived, sent[0].packets, later)
 
 
+@contextlib.contextmanager
+def _pipeline(m, mode: str, name: str, directory: Path) -> Iterator[subprocess.Popen]:
+    """``vxlan-pipeline run`` in ``mode`` for the block (output in ``directory``), then stopped with
+    SIGINT, which it must survive with exit 0; never left running."""
+    run = _started(m.pipeline_argv(mode, name, interval=60), "running as", directory)
+    try:
+        yield run
+        run.send_signal(signal.SIGINT)
+        assert run.wait(timeout=20) == 0, (directory / "err").read_text()
+    finally:
+        if run.poll() is None:
+            run.kill()
+            run.wait()
+
+
+def _last_report(directory: Path) -> dict:
+    """The last JSON line a pipeline run printed."""
+    out = (directory / "out").read_text()
+    return json.loads([line for line in out.splitlines() if line.startswith("{")][-1])
+
+
 @dataclass(frozen=True)
 class Faulted:
     """A stream through the VXLAN pipeline with a fault in its middle third: frames sent before,
@@ -180,9 +203,7 @@ def _through_a_fault(m, tmp_path: Path, mode: str, payload: int, fault, mend) ->
         src=SOURCE, dst="10.0.0.2", sport=SPORT, eth_src="02:00:00:00:2a:01", payload=bytes(payload)
     )
     spec = TrafficSpec(m.mirrored(inner))
-    out, err = tmp_path / "out", tmp_path / "err"
-    run = _started(m.pipeline_argv(mode, name, interval=60), "running as", tmp_path)
-    try:
+    with _pipeline(m, mode, name, tmp_path):
         ingress, egress = interface_stats("ens5", m.dut), interface_stats("ens6", m.dut)
         with (
             Sink("eth0", m.collector, verdict=XdpAction.PASS) as sink,
@@ -194,13 +215,7 @@ def _through_a_fault(m, tmp_path: Path, mode: str, payload: int, fault, mend) ->
             mend()
             after = sender.send(10_000, 20_000.0).packets
             arrived = sink.settled(FrameClass.IPV4, before + during + after)
-        run.send_signal(signal.SIGINT)
-        assert run.wait(timeout=20) == 0, err.read_text()
-    finally:
-        if run.poll() is None:
-            run.kill()
-            run.wait()
-    last = json.loads([line for line in out.read_text().splitlines() if line.startswith("{")][-1])
+    last = _last_report(tmp_path)
     assert last["balanced"], last
     lost = {
         "failed redirects (ingress rx_dropped)": delta(ingress, interface_stats("ens5", m.dut))[
@@ -318,34 +333,26 @@ def test_vxlan_reinjector_killed_again_and_again_loses_and_repeats_nothing(mirro
     name = f"bl-{journal.current().run_id}-kill"
     inner = templates.udp4(src=SOURCE, dst="10.0.0.2", sport=SPORT, eth_src="02:00:00:00:2a:01")
     spec = TrafficSpec(m.mirrored(inner))
-    out, err = tmp_path / "out", tmp_path / "err"
-    run = _started(m.pipeline_argv("ringbuf", name, interval=60), "running as", tmp_path)
     killed: list[int] = []
-    try:
-        with (
-            Sink("eth0", m.collector, verdict=XdpAction.PASS) as sink,
-            XdpSender(spec.resolve(), "eth0", m.mirror) as sender,
-        ):
-            done = threading.Event()
-            killer = threading.Thread(target=_kill_workers, args=(run, done, killed))
-            killer.start()
-            try:
-                sent = sender.send(300_000, 120_000.0).packets
-            finally:
-                done.set()
-                killer.join()
-            arrived = sink.settled(FrameClass.IPV4, sent, timeout=5.0, still=0.3)
-        run.send_signal(signal.SIGINT)
-        assert run.wait(timeout=20) == 0, err.read_text()
-    finally:
-        if run.poll() is None:
-            run.kill()
-            run.wait()
-    last = json.loads([line for line in out.read_text().splitlines() if line.startswith("{")][-1])
+    with (
+        _pipeline(m, "ringbuf", name, tmp_path) as run,
+        Sink("eth0", m.collector, verdict=XdpAction.PASS) as sink,
+        XdpSender(spec.resolve(), "eth0", m.mirror) as sender,
+    ):
+        done = threading.Event()
+        killer = threading.Thread(target=_kill_workers, args=(run, done, killed))
+        killer.start()
+        try:
+            sent = sender.send(300_000, 120_000.0).packets
+        finally:
+            done.set()
+            killer.join()
+        arrived = sink.settled(FrameClass.IPV4, sent, timeout=5.0, still=0.3)
+    last = _last_report(tmp_path)
     counters, reinjected = last["counters"], last["reinjector"]
     assert last["balanced"] and counters["vxlan"] == sent, counters  # and the link's own chatter
     assert len(killed) >= 10, f"only {len(killed)} kills: the test did not test"
-    assert reinjected["restarts"] == len(killed), (reinjected, len(killed), err.read_text())
+    assert reinjected["restarts"] == len(killed), (reinjected, len(killed))
     for ring in reinjected["rings"]:
         assert ring["queued"] == ring["forwarded"] + ring["failed"], reinjected
     assert sum(r["queued"] for r in reinjected["rings"]) == counters["queued"], last

@@ -1,5 +1,6 @@
-"""Flow metrics cost per packet in the kernel (test_run), every storage x 1, 40 and 10k flows, against a
-bare program in the same run: the seed's question ("which map?") asked of one CPU.
+"""Flow metrics cost per packet in the kernel (test_run), every storage x 1, 40, 10k and 1M flows, on
+one CPU and on two at once, against a bare program in the same run: the seed's question ("which
+map?") asked of each.
 
 test_run repeats one frame; ``flowmon_bench.bpf.c`` turns it into the next of N flows before each
 run (a non-live repeat keeps the edit) and tail-calls the measured program: ``flowmon_xdp``, or, for
@@ -7,8 +8,10 @@ the baseline, ``xdp_pass`` (``bpf/selftest/trivial.bpf.c``). Both pay the rotati
 so the ratio is flowmon's cost over a bare program's. The flows are established (the warm-up run
 creates them): this is the steady state of counting, not of inserting.
 
-What one CPU cannot show: contention. The seed's one-flow hash figure comes from CPUs fighting over
-one entry; the live zero-loss grid on two CPUs is the lead's testbed work, not here.
+What one CPU cannot show is contention: the seed's one-flow hash figure comes from CPUs fighting
+over one entry. The two-CPU column runs the same frames on both CPUs at once (a thread pinned to
+each, started together; each CPU's figure is its own test_run's), so a shared entry's atomics and
+an LRU's locks are paid as a link spread over two queues pays them.
 
 The test fails only on what is wrong on any machine: a packet the benchmark ran that the table,
 its misses or the ring do not account for. It prints each ratio; ``results`` records them.
@@ -26,13 +29,18 @@ from pathlib import Path
 import pytest
 
 import bpf
-from bpf.flowmon import Config, FlowMon, Storage
+from bpf.flowmon import Config, FlowMon, Hook, Storage
+from bpf.flowmon.model import DEFAULT_ENTRIES
 from harness.counters import silence_ipv6_everywhere
 from harness.measure import Comparison, sample
 from injector import templates
 
 BENCH = Path(bpf.__file__).parent / "flowmon" / "flowmon_bench.bpf.c"
 FRAME = bytes(templates.udp4(payload=b"m" * 18))  # 60 bytes; UDP source port 1024 at offset 34
+LAP = 32768  # flowmon_bench.bpf.c: past this many flows the source address's low half steps too
+SRC_LOW = 28  # offset of the IPv4 source address's low half
+QUICK_FLOWS = 50_000  # a smoke run's most flows: past LAP, and its tables quick to read back
+SMOKE_ENTRIES = 1024
 RING_BYTES = 1 << 24  # 233k records: a sample of the ringbuf storage never fills it
 RING_REPEAT = 200_000
 
@@ -46,39 +54,79 @@ def one_cpu():
     os.sched_setaffinity(0, before)
 
 
-def rotator(n_flows: int, measured: bpf.Program) -> bpf.BpfObject:
-    obj = bpf.BpfObject.open(BENCH)
-    obj.rodata["n_flows"] = n_flows
-    obj.load()
-    obj.maps["measured"][0] = measured.fd
-    return obj
+ROTATED = {  # hook: the rotator, its program array, the bare program, the verdict of both
+    Hook.XDP: ("flow_rotator", "measured", "xdp_pass", bpf.XdpAction.PASS),
+    Hook.TC_INGRESS: ("flow_rotator_tc", "measured_tc", "tc_pass", bpf.TcAction.OK),
+}
 
 
-def ns_per_packet(program: bpf.Program, repeat: int) -> float:
-    run = program.test_run(FRAME, repeat=repeat)
-    assert run.verdict is bpf.XdpAction.PASS, f"the tail call failed: {run.verdict!r}"
-    return float(run.duration_ns)
+class Rotated:
+    """``measured`` behind the flow rotator of its hook, stepping through ``n_flows`` flows."""
+
+    def __init__(self, n_flows: int, measured: bpf.Program, hook: Hook) -> None:
+        program, table, _, self.verdict = ROTATED[hook]
+        self.obj = bpf.BpfObject.open(BENCH)
+        self.obj.rodata["n_flows"] = n_flows
+        if n_flows > LAP:
+            self.obj.rodata["high_off"] = SRC_LOW
+            self.obj.rodata["high_base"] = int.from_bytes(FRAME[SRC_LOW : SRC_LOW + 2], "big")
+        self.obj.load()
+        self.obj.maps[table][0] = measured.fd
+        self.program = self.obj.programs[program]
+
+    def ns_per_packet(self, repeat: int) -> float:
+        run = self.program.test_run(FRAME, repeat=repeat)
+        assert run.verdict is self.verdict, f"the tail call failed: {run.verdict!r}"
+        return float(run.duration_ns)
+
+    def __enter__(self) -> Rotated:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.obj.close()
+
+
+def bare(xdp_pass: bpf.Program, hook: Hook) -> bpf.Program:
+    return xdp_pass.object.programs[ROTATED[hook][2]]
+
+
+def config_for(storage: Storage, n_flows: int, quick: bool) -> Config:
+    """Room for every flow twice over (an LRU may evict before it is full; an array's slots
+    collide less), never less than the default; a smoke run's tables small, quick to read back."""
+    least = SMOKE_ENTRIES if quick else DEFAULT_ENTRIES
+    return Config(storage=storage, ring_bytes=RING_BYTES, entries=max(least, 2 * n_flows))
+
+
+# XDP at every flow count; TC at the seed's 40 (its program is XDP's, behind another context).
+GRID = pytest.mark.parametrize(
+    ("n_flows", "hook"),
+    [*((n, Hook.XDP) for n in (1, 40, 10_000, 1_000_000)), (40, Hook.TC_INGRESS)],
+    ids=lambda p: p.value if isinstance(p, Hook) else str(p),
+)
+
+
+def figure_name(storage: Storage, n_flows: int, hook: Hook) -> str:
+    return f"flowmon {'' if hook is Hook.XDP else 'tc '}{storage.value} {n_flows} flows"
 
 
 @pytest.mark.usefixtures("one_cpu")
-@pytest.mark.parametrize("n_flows", [1, 40, 10_000])
+@GRID
 @pytest.mark.parametrize("storage", list(Storage), ids=lambda s: s.value)
-def test_ns_per_packet(benchmark, results, xdp_pass, quick, storage, n_flows):
+def test_ns_per_packet(benchmark, results, xdp_pass, quick, storage, n_flows, hook):
     ring = storage is Storage.RINGBUF
     repeat = 20_000 if quick else (RING_REPEAT if ring else 1_000_000)
     repeats = 3 if quick else 7
-    config = Config(storage=storage, ring_bytes=RING_BYTES)
+    n_flows = min(n_flows, QUICK_FLOWS) if quick else n_flows
+    config = config_for(storage, n_flows, quick)
     with (
         FlowMon(config) as fm,
-        rotator(n_flows, xdp_pass) as bare,
-        rotator(n_flows, fm.program(bpf.flowmon.Hook.XDP)) as subject_obj,
+        Rotated(n_flows, bare(xdp_pass, hook), hook) as baseline_run,
+        Rotated(n_flows, fm.program(hook), hook) as subject_run,
     ):
-        baseline = sample(
-            lambda: ns_per_packet(bare.programs["flow_rotator"], repeat), "ns/packet", repeats
-        )
+        baseline = sample(lambda: baseline_run.ns_per_packet(repeat), "ns/packet", repeats)
 
         def measure() -> float:
-            ns = ns_per_packet(subject_obj.programs["flow_rotator"], repeat)
+            ns = subject_run.ns_per_packet(repeat)
             fm.table.drain()  # untimed: the ring is empty again for the next sample
             return ns
 
@@ -93,16 +141,80 @@ def test_ns_per_packet(benchmark, results, xdp_pass, quick, storage, n_flows):
         f"{storage.value}: {runs} packets run, {counted} counted, misses {misses}"
     )
     assert misses["ring_full"] == 0 and misses["table_full"] == 0 and misses["entry_gone"] == 0
-    assert len(flows) == (n_flows if ring else created)
-    result = Comparison(
-        f"flowmon {storage.value} {n_flows} flows", subject, baseline, "xdp_pass (rotated)"
-    )
+    # Each run starts again from the frame's flow: a ring's run of RING_REPEAT meets that many.
+    assert len(flows) == (min(n_flows, repeat) if ring else created)
+    name = figure_name(storage, n_flows, hook)
+    result = Comparison(name, subject, baseline, f"{ROTATED[hook][2]} (rotated)")
     benchmark.extra_info.update(result.as_dict(), collisions=misses["collision"])
     results.record(result)
     print(
-        f"flowmon {storage.value} {n_flows} flows: {subject.median:.1f} ns/packet, "
-        f"{result.ratio:.2f}x xdp_pass ({baseline.median:.1f} ns); "
-        f"{misses['collision']} packets in colliding slots"
+        f"{name}: {subject.median:.1f} ns/packet, {result.ratio:.2f}x {ROTATED[hook][2]} "
+        f"({baseline.median:.1f} ns); {misses['collision']} packets in colliding slots"
+    )
+
+
+def ns_per_packet_on_two_cpus(rotated: Rotated, repeat: int) -> float:
+    """The mean of each CPU's ns/packet when the two run ``rotated`` at once: a thread pinned to
+    each, let go together (test_run releases the GIL for its whole run)."""
+    cpus = sorted(os.sched_getaffinity(0))[:2]
+    together = threading.Barrier(len(cpus))
+    figures = [0.0] * len(cpus)
+
+    def run(index: int, cpu: int) -> None:
+        os.sched_setaffinity(0, {cpu})  # this thread's
+        together.wait()
+        figures[index] = rotated.ns_per_packet(repeat)
+
+    threads = [threading.Thread(target=run, args=(i, cpu)) for i, cpu in enumerate(cpus)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return sum(figures) / len(figures)
+
+
+@GRID
+@pytest.mark.parametrize("storage", list(Storage), ids=lambda s: s.value)
+def test_ns_per_packet_on_two_cpus(benchmark, results, xdp_pass, quick, storage, n_flows, hook):
+    """The same grid with both CPUs running the same flows at once: what a shared entry costs when
+    two CPUs update it (the seed's one-flow hash), against xdp_pass on both CPUs."""
+    if len(os.sched_getaffinity(0)) < 2:
+        pytest.skip("one CPU: nothing to run beside it")
+    ring = storage is Storage.RINGBUF
+    repeat = 10_000 if quick else (RING_REPEAT // 2 if ring else 1_000_000)  # a ring holds both
+    repeats = 3 if quick else 7
+    n_flows = min(n_flows, QUICK_FLOWS) if quick else n_flows
+    with (
+        FlowMon(config_for(storage, n_flows, quick)) as fm,
+        Rotated(n_flows, bare(xdp_pass, hook), hook) as baseline_run,
+        Rotated(n_flows, fm.program(hook), hook) as subject_run,
+    ):
+        baseline = sample(
+            lambda: ns_per_packet_on_two_cpus(baseline_run, repeat), "ns/packet", repeats
+        )
+
+        def measure() -> float:
+            ns = ns_per_packet_on_two_cpus(subject_run, repeat)
+            fm.table.drain()
+            return ns
+
+        subject = benchmark.pedantic(
+            lambda: sample(measure, "ns/packet", repeats), rounds=1, iterations=1
+        )
+        counted = sum(f.packets for f in fm.flows())
+        misses = fm.misses()
+    runs = 2 * repeat * (repeats + 1)
+    assert counted + sum(misses.values()) == runs, (
+        f"{storage.value} on two CPUs: {runs} packets run, {counted} counted, misses {misses}"
+    )
+    assert misses["ring_full"] == 0 and misses["table_full"] == 0 and misses["entry_gone"] == 0
+    name = f"{figure_name(storage, n_flows, hook)}, two CPUs"
+    result = Comparison(name, subject, baseline, f"{ROTATED[hook][2]} (rotated), two CPUs")
+    benchmark.extra_info.update(result.as_dict(), collisions=misses["collision"])
+    results.record(result)
+    print(
+        f"{name}: {subject.median:.1f} ns/packet, {result.ratio:.2f}x {ROTATED[hook][2]} "
+        f"({baseline.median:.1f} ns)"
     )
 
 
@@ -165,7 +277,7 @@ def test_zero_loss_throughput(benchmark, results, bench, xdp_pass, quick, storag
             with xdp_pass.attach_xdp(dut.ifname, bpf.XdpMode.NATIVE, dut.netns):
                 baseline = sample(zero_loss, "Mpps", repeats)
             with FlowMon(config) as fm:
-                fm.attach(dut.ifname, [bpf.flowmon.Hook.XDP], dut.netns)
+                fm.attach(dut.ifname, [Hook.XDP], dut.netns)
                 totals: Counter = Counter()
 
                 def measure() -> float:
