@@ -9,6 +9,8 @@ figure against its same-run baseline and its budget, and the plots the figures a
 - throughput against flow count, for the figures named ``... N flows ...`` (one line per series);
 - latency CDFs, for the figures that kept their probes (``extra["latencies_us"]``);
 - the distribution over buckets, for the figures that kept it (``extra["buckets"]``);
+- flow metrics' zero-loss ratios beside the seed's (``bpf.flowmon.model.SEED_RATIOS``), a table and
+  a plot, for the storages and flow counts the seed measured;
 
 then the gate's table against the history (``--history DIR``, ``harness.gate``) and the preflight
 record of each DUT interface. The HTML marks in ``<body data-plots-rendered>`` how many of its plots
@@ -34,10 +36,12 @@ matplotlib.use("Agg")  # no display: CI runners and this harness render to files
 
 import matplotlib.pyplot as plt
 
+from bpf.flowmon.model import SEED_RATIOS
 from harness import gate
 from harness import results as results_file
 
 FLOWS = re.compile(r"^(?P<head>.*?) (?P<flows>\d+) flows(?P<tail>.*)$")
+FLOWMON_ZERO_LOSS = re.compile(r"^flowmon (?P<storage>\w+) (?P<flows>\d+) flows zero-loss$")
 BUDGET_COLOURS = {True: "#2a9d8f", False: "#e63946", None: "#8d99ae"}
 
 
@@ -135,6 +139,44 @@ def buckets_plot(figure: dict[str, Any]) -> bytes:
     return _png(fig)
 
 
+def beside_the_seed(run: dict[str, Any]) -> list[tuple[str, int, float, float]]:
+    """(storage, flows, flowmon's ratio to its bare program, the seed's ratio to its "Native") for
+    each zero-loss figure of a storage and flow count the seed measured."""
+    found = []
+    for f in run["figures"]:
+        match = FLOWMON_ZERO_LOSS.match(f["name"])
+        if match and f.get("ratio") is not None:
+            key = (match["storage"], int(match["flows"]))
+            if key in SEED_RATIOS:
+                found.append((*key, f["ratio"], SEED_RATIOS[key]))
+    return sorted(found)
+
+
+def seed_rows(run: dict[str, Any]) -> list[list[str]]:
+    rows = [["storage", "flows", "flowmon / xdp_pass", "the seed / its Native"]]
+    for storage, flows, ours, seed in beside_the_seed(run):
+        rows.append([storage, str(flows), f"{ours:.2f}", f"{seed:.2f}"])
+    return rows
+
+
+def seed_plot(run: dict[str, Any]) -> bytes | None:
+    found = beside_the_seed(run)
+    if not found:
+        return None
+    fig, ax = plt.subplots(figsize=(8, 0.5 * len(found) + 1.2))
+    labels = [f"{storage}, {flows} flow{'s' if flows > 1 else ''}" for storage, flows, *_ in found]
+    rows = range(len(found))
+    ax.barh([r - 0.2 for r in rows], [f[2] for f in found], height=0.4, label="flowmon")
+    ax.barh([r + 0.2 for r in rows], [f[3] for f in found], height=0.4, label="the seed (xflow)")
+    ax.set_yticks(list(rows), labels)
+    ax.axvline(1.0, color="black", linewidth=0.8)
+    ax.invert_yaxis()
+    ax.set_xlabel("zero-loss rate as a ratio to no program")
+    ax.set_title("flow metrics beside the seed")
+    ax.legend(fontsize=7)
+    return _png(fig)
+
+
 def plots(run: dict[str, Any], prefix: str) -> list[Plot]:
     made: list[Plot] = []
 
@@ -146,6 +188,7 @@ def plots(run: dict[str, Any], prefix: str) -> list[Plot]:
     units = {f["name"].split()[0]: f["unit"] for f in run["figures"]}
     for plane, series in sorted(flow_series(run).items()):
         add(f"{plane} throughput against flow count", flows_plot(plane, series, units[plane]))
+    add("flow metrics beside the seed", seed_plot(run))
     for f in run["figures"]:
         if "latencies_us" in f.get("extra", {}):
             add(f"{f['name']} CDF", latency_plot(f))
@@ -226,6 +269,8 @@ def markdown(sections: list[Section]) -> str:
             "",
             _markdown_table(figure_rows(s.run)),
         ]
+        if len(seed_rows(s.run)) > 1:
+            out += ["", "### Flow metrics beside the seed", "", _markdown_table(seed_rows(s.run))]
         out += [""] + [f"![{p.title}]({p.file})\n" for p in s.plots]
         if s.verdicts is not None:
             out += ["### Gate against the history", "", _markdown_table(gate.rows(s.verdicts)), ""]
@@ -257,6 +302,8 @@ def page(sections: list[Section]) -> str:
             f"<h2>{html.escape(s.source.name)}</h2><p>{html.escape(machine_line(s.run))}</p>"
         )
         parts.append(_html_table(figure_rows(s.run)))
+        if len(seed_rows(s.run)) > 1:
+            parts.append("<h3>Flow metrics beside the seed</h3>" + _html_table(seed_rows(s.run)))
         for p in s.plots:
             data = base64.b64encode(p.png).decode()
             parts.append(

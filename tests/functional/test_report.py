@@ -76,8 +76,9 @@ def test_report_renders_in_chromium(tmp_path):
     for name in ("flowmon hash 40 flows zero-loss", "probe latency p50", "softrss ifaces"):
         assert name in md, f"{name} missing from the Markdown report"
     linked = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", md)
-    # ratios, flowmon's throughput against flows, the latency CDF, the buckets
-    assert len(linked) == 4, linked
+    # ratios, flowmon's throughput against flows, flowmon beside the seed, the latency CDF, the buckets
+    assert len(linked) == 5, linked
+    assert "| hash | 1 | " in md and "| 0.29 |" in md, "the seed's one-flow hash beside ours"
     assert all((out / png).stat().st_size > 1000 for png in linked)
     assert "not judged: 0 runs of history" in md, "the gate's table is in the report"
     assert "| ens5 | driver | pass | veth |" in md, "the preflight record is in the report"
@@ -100,7 +101,7 @@ def test_report_renders_in_chromium(tmp_path):
     )
     rendered = re.search(r'data-plots-rendered="([^"]*)"', dom.stdout)
     assert rendered, f"chromium printed no page: {dom.stderr[-2000:]}"
-    assert rendered[1] == "4/4", f"plots rendered by chromium: {rendered[1]}"
+    assert rendered[1] == "5/5", f"plots rendered by chromium: {rendered[1]}"
 
 
 def test_report_refuses_a_file_that_is_not_results(tmp_path):
