@@ -7,6 +7,6 @@ Python reference both are tested against.
 """
 
 from bpf.pfrps.model import HashAlg, MacSide, Protocols
-from bpf.pfrps.pfrps import Config, Mode, Node, WorkerCount
+from bpf.pfrps.pfrps import Config, Mode, Node, Rx, WorkerCount
 
-__all__ = ["Config", "HashAlg", "MacSide", "Mode", "Node", "Protocols", "WorkerCount"]
+__all__ = ["Config", "HashAlg", "MacSide", "Mode", "Node", "Protocols", "Rx", "WorkerCount"]

@@ -2,13 +2,15 @@
 second, how many each one read, in the seed's line.
 
     pfrps -i IF -w N -a 0|1|2 [--mode filters|fanout-ebpf|fanout-hash|fanout-cpu] [--mac src|dst]
-          [--proto discovery|session|both] [--cpus N,N-M,...] [--netns NS] [-s SECONDS] [--json]
+          [--proto discovery|session|both] [--cpus N,N-M,...] [--rx ring|recv] [--netns NS]
+          [-s SECONDS] [--json]
 
 ``-a`` is the seed's hash (0 mac_hash, 1 mac_jhash, 2 jhash_oaat; with fanout-hash and fanout-cpu
 the kernel places the frames and ``-a`` only names the hash it would have used). Every ``-s``
 seconds (default 1, as the seed) it prints ``#0:0232 #1:0237 ... (total:1922 std_dev:9.959292)``,
 each count the frames worker i read, or with ``--json`` one object a line with each worker's frames,
-bytes, kernel drops and restarts. A worker that dies is restarted on its own socket (its frames
+bytes, cut frames, kernel drops and restarts. ``--rx`` is how a worker reads: a TPACKET_V3 ring
+(default) or one recv() per frame. A worker that dies is restarted on its own socket (its frames
 wait there meanwhile) and the restart is reported on stderr. SIGINT or SIGTERM stops the workers
 after they drain their queues; the last line is printed and the command exits 0.
 
@@ -27,7 +29,7 @@ from collections.abc import Sequence
 from bpf import LibbpfError
 from bpf.cli import UsageError, add_stats_interval, check_interface, failure, stop_event
 from bpf.pfrps.model import HashAlg, MacSide, Protocols, seed_line, std_dev
-from bpf.pfrps.pfrps import MAX_WORKERS, Config, Mode, Node, WorkerCount
+from bpf.pfrps.pfrps import MAX_WORKERS, Config, Mode, Node, Rx, WorkerCount
 
 PROTOCOLS = {"discovery": Protocols.DISCOVERY, "session": Protocols.SESSION, "both": Protocols.BOTH}
 SEED_INTERVAL = 1.0  # the seed prints every second
@@ -86,6 +88,13 @@ def _parser() -> argparse.ArgumentParser:
         "--proto", choices=list(PROTOCOLS), default="discovery", help="PPPoE frames received"
     )
     parser.add_argument("--cpus", type=cpus_arg, default=(), help="pin worker i to the i-th CPU")
+    parser.add_argument(
+        "--rx",
+        choices=[r.value for r in Rx],
+        default=Rx.RING.value,
+        help="ring (a TPACKET_V3 ring: a block of frames a wake-up; default) or recv (one "
+        "recv() a frame: no wait for a block at low rates)",
+    )
     add_stats_interval(parser, default=SEED_INTERVAL)
     parser.add_argument("--json", action="store_true", help="one JSON object a line")
     return parser
@@ -103,6 +112,7 @@ def _config(args: argparse.Namespace) -> Config:
             protocols=PROTOCOLS[args.proto],
             cpus=args.cpus,
             netns=args.netns,
+            rx=Rx(args.rx),
         )
     except ValueError as err:  # Config names the option: "cpus: CPU 7 is not ..."
         raise UsageError(f"--{err}") from None
@@ -121,6 +131,7 @@ def report(counts: list[WorkerCount], restarts: list[int], as_json: bool) -> str
                 {
                     "frames": c.frames,
                     "bytes": c.bytes,
+                    "cut": c.cut,
                     "steered": c.steered,
                     "dropped": c.dropped,
                     "restarts": r,
@@ -138,7 +149,7 @@ def _run(args: argparse.Namespace) -> int:
         node.start()
         where = f"{config.ifname}@{config.netns}" if config.netns else config.ifname
         print(
-            f"pfrps: {config.workers} workers on {where} ({config.mode.value}, "
+            f"pfrps: {config.workers} workers on {where} ({config.mode.value}, {config.rx.value}, "
             f"{config.hash.name.lower()} of the {config.mac.value} MAC), pids "
             f"{' '.join(str(p) for p in node.pids)}",
             file=sys.stderr,

@@ -12,10 +12,18 @@ with Node(Config("ens5", workers=8, mode=Mode.FANOUT_EBPF, netns="bl-3fa2c1-bng"
     node.stop()               # workers drain their queues, then exit
 ```
 
+A worker reads its socket through a TPACKET_V3 RX ring (``Rx.RING``, the default: ``rxring``), one
+wake-up and no system call per block of frames, or with one ``recv()`` per frame (``Rx.RECV``:
+each frame is read the moment it is queued, where the ring holds a frame until its block is full
+or retired, ``rxring.Geometry.retire_ms`` at most; and the benchmark's baseline).
+
 The node, not the workers, opens and holds every socket, and a worker inherits its own: a worker
-that dies leaves its socket open, so its frames wait in the socket's queue (dropped, and counted by
-the kernel, once the queue is full) for the worker restarted on it, and a fanout group keeps its
-members (closing one would renumber the others and move every MAC). Each socket is configured
+that dies leaves its socket open, so its frames wait in the socket's queue or ring (dropped, and
+counted by the kernel, once it is full) for the worker restarted on it, and a fanout group keeps
+its members (closing one would renumber the others and move every MAC). A ring worker commits its
+counts a block at a time before it hands the block back (``rxring``), so one killed at any point
+loses no frame uncounted and counts none twice; a recv worker killed between a ``recv()`` and its
+count loses that frame uncounted. Each socket is configured
 before it is bound: a filter is on it before it can queue a frame, and a fanout member refuses
 everything until it has joined its group.
 
@@ -30,6 +38,7 @@ from __future__ import annotations
 
 import ctypes
 import enum
+import mmap
 import multiprocessing
 import os
 import signal
@@ -41,6 +50,7 @@ from pathlib import Path
 from bpf import BpfObject
 from bpf import netns as bpf_netns
 from bpf.attach import FanoutKind, SocketFilter, join_fanout
+from bpf.pfrps import rxring
 from bpf.pfrps.model import HashAlg, MacSide, Protocols
 
 SOURCE = Path(__file__).with_name("pfrps.bpf.c")
@@ -48,7 +58,7 @@ MAX_WORKERS = 256  # PACKET_FANOUT_MAX members of a group
 _SOL_PACKET, _PACKET_STATISTICS = 263, 6
 _SO_RCVBUFFORCE = 33  # not in Python's socket module; root may exceed net.core.rmem_max
 _RECEIVE_BUFFER = 1 << 16  # larger than any frame on an interface of MTU <= 65535
-_IDLE_POLL = 0.1  # seconds a worker waits for a frame before it looks at the stop event
+_IDLE_POLL = 0.1  # seconds a worker waits for a frame before it looks at the stop flag
 
 
 class Mode(enum.Enum):
@@ -56,6 +66,13 @@ class Mode(enum.Enum):
     FANOUT_EBPF = "fanout-ebpf"
     FANOUT_HASH = "fanout-hash"
     FANOUT_CPU = "fanout-cpu"
+
+
+class Rx(enum.Enum):
+    """How a worker reads its socket."""
+
+    RING = "ring"  # a TPACKET_V3 RX ring: a block of frames per wake-up
+    RECV = "recv"  # one recv() per frame
 
 
 _FANOUT_KINDS = {
@@ -77,7 +94,8 @@ class Config:
     protocols: Protocols = Protocols.DISCOVERY
     cpus: tuple[int, ...] = ()
     netns: str | None = None
-    queue_bytes: int = 4 << 20  # SO_RCVBUF of each socket: a worker's backlog while it is away
+    rx: Rx = Rx.RING
+    queue_bytes: int = 4 << 20  # each socket's ring, or SO_RCVBUF: a worker's backlog while away
 
     def __post_init__(self) -> None:
         if not 1 <= self.workers <= MAX_WORKERS:
@@ -92,22 +110,37 @@ class Config:
 class WorkerCount:
     """``frames``/``bytes``: what the worker read; ``steered``: frames the kernel gave its socket
     (PACKET_STATISTICS tp_packets, read or not); ``dropped``: of those, the frames dropped because
-    the queue was full (tp_drops)."""
+    the queue or ring was full (tp_drops); ``cut``: frames read shorter than they were on the wire
+    (a ring says so; a recv worker reads fewer bytes, but cannot tell)."""
 
     frames: int
     bytes: int
     steered: int
     dropped: int
+    cut: int = 0
 
 
-def _receive(sock: socket.socket, index: int, counters, stop, cpu: int | None) -> None:
-    """A worker: read frames until ``stop`` is set and the queue is empty, counting each as read."""
+def _work(
+    sock: socket.socket,
+    ring: mmap.mmap | None,
+    geometry: rxring.Geometry,
+    tally: rxring.Tally,
+    stop,
+    cpu: int | None,
+) -> None:
+    """A worker: read frames until ``stop`` is set and nothing is left, counting each in ``tally``."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the node stops its workers through ``stop``
     if cpu is not None:
         os.sched_setaffinity(0, {cpu})
+    if ring is not None:
+        reader = rxring.Reader(sock, ring, geometry, tally)
+        while reader.read(round(_IDLE_POLL * 1e3)) or not stop.value:
+            pass
+        return
+    # One recv() per frame, counted in place in the latest commit: a recv worker keeps no position.
+    latest = tally.commit[tally.seq & 1]
     buffer = bytearray(_RECEIVE_BUFFER)
     sock.settimeout(_IDLE_POLL)
-    frames, octets = 2 * index, 2 * index + 1
     while True:
         try:
             length = sock.recv_into(buffer)
@@ -115,8 +148,8 @@ def _receive(sock: socket.socket, index: int, counters, stop, cpu: int | None) -
             if stop.value:
                 return
             continue
-        counters[frames] += 1
-        counters[octets] += length
+        latest.frames += 1
+        latest.bytes += length
 
 
 def load(config: Config, worker_id: int = 0, protocols: Protocols | None = None) -> BpfObject:
@@ -141,7 +174,9 @@ class Node:
     def __init__(self, config: Config) -> None:
         self.config = config
         self._context = multiprocessing.get_context("fork")  # a worker inherits its socket
-        self._counters = self._context.RawArray(ctypes.c_uint64, 2 * config.workers)
+        self._tallies = self._context.RawArray(rxring.Tally, config.workers)
+        self._geometry = rxring.Geometry.for_bytes(config.queue_bytes)
+        self._rings: list[mmap.mmap | None] = []
         self._steered = [0] * config.workers
         self._dropped = [0] * config.workers
         # A flag, not an Event: a worker killed while it held an Event's lock would hang the node.
@@ -167,7 +202,12 @@ class Node:
         with bpf_netns.entered(self.config.netns):
             sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0)
         self._sockets.append(sock)
-        sock.setsockopt(socket.SOL_SOCKET, _SO_RCVBUFFORCE, self.config.queue_bytes)
+        if self.config.rx is Rx.RING:
+            # First of all: a ring set up on a bound socket would re-hook it (rxring).
+            self._rings.append(rxring.set_up(sock, self._geometry))
+        else:
+            sock.setsockopt(socket.SOL_SOCKET, _SO_RCVBUFFORCE, self.config.queue_bytes)
+            self._rings.append(None)
         return sock
 
     def _bind(self, sock: socket.socket) -> None:
@@ -210,8 +250,15 @@ class Node:
         cpus = self.config.cpus
         cpu = cpus[index % len(cpus)] if cpus else None
         worker = self._context.Process(
-            target=_receive,
-            args=(self._sockets[index], index, self._counters, self._stop, cpu),
+            target=_work,
+            args=(
+                self._sockets[index],
+                self._rings[index],
+                self._geometry,
+                self._tallies[index],
+                self._stop,
+                cpu,
+            ),
             name=f"pfrps-w{index}",
             daemon=True,
         )
@@ -246,12 +293,10 @@ class Node:
             steered, dropped = self._kernel_stats(sock)
             self._steered[index] += steered
             self._dropped[index] += dropped
+            read = self._tallies[index].read()
             counts.append(
                 WorkerCount(
-                    self._counters[2 * index],
-                    self._counters[2 * index + 1],
-                    self._steered[index],
-                    self._dropped[index],
+                    read.frames, read.bytes, self._steered[index], self._dropped[index], read.cut
                 )
             )
         return counts
@@ -271,6 +316,10 @@ class Node:
         """Stop the workers, then close the sockets and the objects."""
         self.stop()
         self._workers = []
+        for ring in self._rings:
+            if ring is not None:
+                ring.close()
+        self._rings = []
         for sock in self._sockets:
             sock.close()
         self._sockets = []

@@ -7,9 +7,12 @@ bng's ens5, where N worker processes read them on their own AF_PACKET sockets.
   (PACKET_STATISTICS) equal the model's, for each hash, in the filters and fanout-ebpf modes alike
   (so they agree on placement), and every frame is read once, whole (bytes = frames x 148).
 - The kernel's own fanouts (hash, cpu) deliver every frame exactly once, whole.
+- Workers read through their TPACKET_V3 rings (the default), every frame whole (the ring's
+  ``tp_snaplen`` is its ``tp_len``); the recv path is tested where it differs, in the kill test.
 - A worker killed with SIGKILL and restarted by ``supervise`` loses only its own frames, counted:
-  they wait in its socket's queue and it reads them on restart, or, past a small queue, the kernel
-  drops them and counts each one; the other workers read all of theirs meanwhile.
+  they wait in its socket's ring or queue and it reads them on restart, or, past a small one, the
+  kernel drops them and counts each one; the other workers read all of theirs meanwhile. A ring
+  worker killed again and again mid-stream, at any point, counts every frame once.
 - The ``pfrps`` and ``injector pppoe`` commands as a user runs them (``--netns``, or under
   ``ip netns exec``): the seed's line and --json carry the model's counts; SIGINT and SIGTERM stop
   cleanly; bad arguments are refused by name.
@@ -22,15 +25,17 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
 import pytest
 
-from bpf.pfrps import Config, HashAlg, MacSide, Mode, Node, Protocols
+from bpf.pfrps import Config, HashAlg, MacSide, Mode, Node, Protocols, Rx
 from bpf.pfrps.demo import SEED, check_pfrps, send_each_once, settled
 from bpf.pfrps.model import seed_frame, seed_line, seed_macs, spread, worker_of
 from injector.cli import pppoe_frames
@@ -71,7 +76,7 @@ def assert_whole_and_once(counts, sent: int) -> None:
     assert steered == sent, f"the kernel gave the sockets {steered:,} frames of {sent:,} sent"
     for i, c in enumerate(counts):
         assert c.frames + c.dropped == c.steered, f"worker {i}: {c}"
-        assert c.bytes == c.frames * FRAME_LEN, f"worker {i} read cut frames: {c}"
+        assert c.bytes == c.frames * FRAME_LEN and c.cut == 0, f"worker {i} read cut frames: {c}"
 
 
 @pytest.mark.parametrize("side", list(MacSide), ids=lambda s: s.value)
@@ -166,20 +171,21 @@ def wait_for_reads(node: Node, want: dict[int, int]) -> list:
         time.sleep(0.02)
 
 
-# kept: the dead worker's queue (4 MiB) holds its frames until the restart reads them;
-# overflowed: a 96 KiB queue drops most of them, and the kernel counts every one. The second batch
-# is paced in that case, so that the live workers' small queues never fill.
+# kept: the dead worker's ring or queue (4 MiB) holds its frames until the restart reads them;
+# overflowed: 96 KiB drops most of them, and the kernel counts every one. The second batch is paced
+# in that case, so that the live workers' small rings or queues never fill.
 QUEUES = {"kept": (4 << 20, 0.0), "overflowed": (96 << 10, 0.00005)}
 
 
+@pytest.mark.parametrize("rx", list(Rx), ids=lambda r: r.value)
 @pytest.mark.parametrize("queue", list(QUEUES))
-def test_killed_worker_loses_only_its_own_frames_counted(bng_l2, queue):
+def test_killed_worker_loses_only_its_own_frames_counted(bng_l2, queue, rx):
     injector, bng = bng_l2
     queue_bytes, gap = QUEUES[queue]
     workers, alg, victim = 4, HashAlg.JHASH_OAAT, 2
     macs = list(seed_macs(8000, SEED))
     first, second = macs[:4000], macs[4000:]
-    config = Config("ens5", workers=workers, hash=alg, netns=bng, queue_bytes=queue_bytes)
+    config = Config("ens5", workers=workers, hash=alg, netns=bng, queue_bytes=queue_bytes, rx=rx)
     with Node(config) as node:
         node.start()
         settle(node, send_all(paced((seed_frame(m, BNG_MAC) for m in first), gap), injector))
@@ -213,7 +219,54 @@ def test_killed_worker_loses_only_its_own_frames_counted(bng_l2, queue):
     assert (lost > 0) == (queue == "overflowed"), f"{queue}: {lost} of {expected[victim]} dropped"
     assert counts[victim].bytes == counts[victim].frames * FRAME_LEN
     assert node.restarts == [0, 0, 1, 0]
-    print(f"{queue}: worker {victim} away for {expected[victim]} frames, {lost} dropped")
+    print(f"{rx.value} {queue}: worker {victim} away for {expected[victim]} frames, {lost} dropped")
+
+
+def test_ring_worker_killed_mid_stream_counts_every_frame_once(bng_l2):
+    """SIGKILL at random moments while frames stream in, a restart after each: a ring worker
+    commits a block's counts before it hands the block back, so whatever it was doing, every frame
+    the kernel gave its socket is read once or dropped (counted) while it was away."""
+    injector, bng = bng_l2
+    workers, alg, victim = 4, HashAlg.MAC_JHASH, 1
+    macs = list(seed_macs(60_000, SEED))
+    config = Config("ens5", workers=workers, hash=alg, netns=bng, rx=Rx.RING)
+    done, kills = threading.Event(), []
+    chance = random.Random(SEED)
+
+    def kill_again_and_again(node: Node) -> None:
+        # soon after a restart: the new worker is often still reading the blocks left to it
+        while not done.wait(chance.uniform(0.002, 0.02)):
+            pid = node.pids[victim]
+            os.kill(pid, signal.SIGKILL)
+            deadline = time.monotonic() + SETTLE_S
+            while not dead(pid) and time.monotonic() < deadline:
+                time.sleep(0.001)
+            node.supervise()
+            kills.append(pid)
+
+    with Node(config) as node:
+        node.start()
+        killer = threading.Thread(target=kill_again_and_again, args=(node,))
+        killer.start()
+        try:
+            sent = send_all((seed_frame(m, BNG_MAC) for m in macs), injector)
+        finally:
+            done.set()
+            killer.join()
+        settle(node, sent)
+        node.stop()
+        counts = node.counts()
+    total = spread(macs, workers, alg)
+    assert [c.steered for c in counts] == total, "the kernel steered as the model"
+    assert_whole_and_once(counts, sent)
+    for i, c in enumerate(counts):
+        if i != victim:
+            assert c.dropped == 0 and c.frames == total[i], f"worker {i} lost frames: {c}"
+    assert node.restarts[victim] == len(kills) >= 10, f"{len(kills)} kills"
+    print(
+        f"worker {victim} killed {len(kills)} times: read {counts[victim].frames:,}, "
+        f"dropped {counts[victim].dropped:,} of {total[victim]:,}"
+    )
 
 
 def test_demo_check_passes_on_bng_l2(bng_l2):
@@ -282,7 +335,8 @@ def test_commands_json_the_models_counts(bng_l2, tmp_path, inside):
         assert got == spread(seed_macs(3000, 11), 6, HashAlg.MAC_JHASH), line
     assert sum(got) == result["packets"] == last["total"]
     assert all(
-        w["bytes"] == w["frames"] * FRAME_LEN and w["restarts"] == 0 for w in last["workers"]
+        w["bytes"] == w["frames"] * FRAME_LEN and w["cut"] == 0 and w["restarts"] == 0
+        for w in last["workers"]
     )
     assert "stopped" in err
 
@@ -323,6 +377,7 @@ def test_command_pins_workers_to_the_cpus_asked(bng_l2, tmp_path):
         (["-w", "257"], "-w/--workers"),
         (["-a", "3"], "-a/--hash-alg"),
         (["--mode", "xdp"], "--mode"),
+        (["--rx", "mmap"], "--rx"),
         (["--cpus", "99"], "--cpus"),
         (["--cpus", "a"], "--cpus"),
         (["-s", "0"], "-s/--stats-interval"),

@@ -6,8 +6,11 @@ The source (the testbed's: the xdp injector on eth0 here) sends 148-byte PPPoE s
 CPU (on this 2-CPU machine: the sender and the veth's NAPI, where every filter or fanout program
 runs, on CPU 0; the workers on CPU 1). A frame is *received* when the kernel put it in a worker's
 socket (PACKET_STATISTICS tp_packets: queued, or dropped because the Python worker's queue was
-full); the workers' own reads are capped by Python (~0.3 Mpps a CPU) in every mode alike and are
-kept as an extra figure. Kernel CPU is the system + irq + softirq time of every CPU (/proc/stat)
+full); the workers' own reads are kept as an extra figure. The workers read through their TPACKET_V3
+rings (the default); the same cells with one ``recv()`` per frame (``Rx.RECV``, ~0.3 Mpps a CPU) are
+measured at 1 and 8 workers for the two MAC modes, as the ring's baseline: the ring saves the
+sending CPU a wake-up and an skb queued per frame, which every mode pays alike and which dilutes
+the steering's difference. Kernel CPU is the system + irq + softirq time of every CPU (/proc/stat)
 over the send, per frame sent: the same send into the bng with no node is the baseline, so what a
 mode adds is its figure less the baseline's.
 
@@ -28,12 +31,13 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from bpf.pfrps import Config, HashAlg, Mode, Node, Protocols
+from bpf.pfrps import Config, HashAlg, Mode, Node, Protocols, Rx
 from bpf.pfrps.demo import settled
 from harness.bench import Sender
 from harness.measure import Comparison, Summary, sample, summarize
 
 WORKERS = (1, 2, 4, 8, 16)
+RECV_CELLS = [(mode, n) for mode in (Mode.FILTERS, Mode.FANOUT_EBPF) for n in (1, 8)]
 FRAME_LEN = 148
 AIM = 3.0  # fanout-ebpf over filters at 8 workers
 PACED_PPS = (
@@ -137,6 +141,7 @@ def test_received_and_kernel_cpu_against_workers(benchmark, results, bench, quic
     repeats = 1 if quick else 3
     workers_cpus, _ = _cpus()
     grid: dict[tuple[Mode, int], dict[str, Summary]] = {}
+    recv: dict[tuple[Mode, int], dict[str, Summary]] = {}
     accounted: Counter = Counter()
 
     def trial(sender, count: int, node: Node, rate: float | None, what: str) -> Trial:
@@ -150,7 +155,7 @@ def test_received_and_kernel_cpu_against_workers(benchmark, results, bench, quic
         accounted.update(sent=done.sent, steered=done.steered, read=done.read)
         return done
 
-    def measure(sender, mode: Mode, workers: int) -> dict[str, Summary]:
+    def measure(sender, mode: Mode, workers: int, rx: Rx = Rx.RING) -> dict[str, Summary]:
         config = Config(
             dut.ifname,
             workers=workers,
@@ -159,8 +164,9 @@ def test_received_and_kernel_cpu_against_workers(benchmark, results, bench, quic
             protocols=Protocols.SESSION,
             cpus=workers_cpus,
             netns=dut.netns,
+            rx=rx,
         )
-        what = f"{mode.value} x{workers}"
+        what = f"{mode.value} x{workers} {rx.value}"
         with Node(config) as node:
             node.start()
             trial(sender, flat, node, None, what)  # warms the sockets and the sender
@@ -176,6 +182,8 @@ def test_received_and_kernel_cpu_against_workers(benchmark, results, bench, quic
         for workers in WORKERS:
             for mode in Mode:
                 grid[mode, workers] = measure(sender, mode, workers)
+        for mode, workers in RECV_CELLS:
+            recv[mode, workers] = measure(sender, mode, workers, Rx.RECV)
 
     with link.source.sender(link.addressed(SPEC)) as sender:
         bare = sample(
@@ -214,6 +222,29 @@ def test_received_and_kernel_cpu_against_workers(benchmark, results, bench, quic
             cells.append(f"{figures['rx'].median:5.2f} Mpps {added:5.0f} ns")
         lines.append(f"{mode.value:<12} " + " ".join(f"{c:>20}" for c in cells))
 
+    recv_lines = []
+    for mode, workers in RECV_CELLS:
+        ring, base = grid[mode, workers], recv[mode, workers]
+        what = f"pfrps ring over recv, {mode.value} x{workers}"
+        results.record(
+            Comparison(f"{what} received", ring["rx"], base["rx"], "recv"),
+            read_mpps=ring["read"].median,
+            recv_read_mpps=base["read"].median,
+            workers=workers,
+        )
+        results.record(
+            Comparison(f"{what} kernel cpu", ring["cpu"], base["cpu"], "recv"),
+            added_ns=ring["cpu"].median - bare.median,
+            recv_added_ns=base["cpu"].median - bare.median,
+            rate_pps=PACED_PPS,
+            workers=workers,
+        )
+        recv_lines.append(
+            f"{mode.value} x{workers}: received {base['rx'].median:.2f} -> {ring['rx'].median:.2f}"
+            f" Mpps, read {base['read'].median:.2f} -> {ring['read'].median:.2f} Mpps, kernel "
+            f"{base['cpu'].median - bare.median:.0f} -> {ring['cpu'].median - bare.median:.0f} ns"
+        )
+
     def added_ns(mode: Mode, workers: int) -> float:
         """What receiving costs the CPU that sends, per frame: its time per frame flat out less
         the send alone's (into the bng's stack, no socket)."""
@@ -241,6 +272,8 @@ def test_received_and_kernel_cpu_against_workers(benchmark, results, bench, quic
         )
         + "; filters / fanout-ebpf: "
         + ", ".join(f"x{n} {r:.2f}" for n, r in steering.items())
+        + "\nrecv -> ring: "
+        + "; ".join(recv_lines)
     )
     benchmark.extra_info.update(
         fanout_over_filters={str(n): r for n, r in ratio.items()},

@@ -222,13 +222,16 @@ def test_seed_spreads_are_draws_of_an_even_spread():
 
 
 def test_command_prints_the_seeds_line_and_json():
-    counts = [WorkerCount(n, n * 148, n + d, d) for n, d in [(232, 0), (237, 1), (262, 0)]]
+    counts = [
+        WorkerCount(n, n * 148, n + d, d, c) for n, d, c in [(232, 0, 0), (237, 1, 2), (262, 0, 0)]
+    ]
     assert report(counts, [0, 1, 0], as_json=False) == seed_line([232, 237, 262])
     line = json.loads(report(counts, [0, 1, 0], as_json=True))
     assert line["total"] == 731 and line["std_dev"] == std_dev([232, 237, 262])
     assert line["workers"][1] == {
         "frames": 237,
         "bytes": 237 * 148,
+        "cut": 2,
         "steered": 238,
         "dropped": 1,
         "restarts": 1,
