@@ -10,7 +10,8 @@ as the kernel lays them (``struct tpacket_block_desc``, ``struct tpacket3_hdr`` 
 - A reader started after a worker died goes on from its last commit: the block the dead worker
   counted but did not hand back is handed back and not counted again, a block the kernel filled
   again since (another sequence number) is read in its turn, and a commit the dead worker was
-  writing when it died does not count.
+  writing when it died does not count. A worker killed (an exception, here) just before its commit
+  or just after it, before the hand-back, leaves the next one to count each frame once.
 - The walk's cost per frame, the figure that decides Python over C (rxring's docstring).
 """
 
@@ -131,6 +132,53 @@ def test_a_block_filled_again_after_a_wrap_is_read_in_its_turn(polled):
     assert status(ring, 1) == TP_STATUS_USER, "a block with new frames was handed back unread"
     assert out.read(0) == 5
     assert (tally.read().frames, tally.read().block, tally.read().block_seq) == (15, 2, 6)
+
+
+class Killed(BaseException):
+    """A worker's death at a chosen point of its loop."""
+
+
+def test_killed_before_its_commit_the_block_is_read_again(polled, monkeypatch):
+    """Killed while committing block 1: the block is still the worker's, so the next worker,
+    going on from the last whole commit, reads it again and counts it once."""
+    ring, tally = bytearray(GEOMETRY.size), Tally()
+    put_block(ring, 0, [(148, 148)], seq=1)
+    put_block(ring, 1, [(148, 148)] * 2, seq=2)
+    publish = Tally.publish
+
+    def die_at_the_second(self, *args, **kwargs):
+        if self.seq == 1:
+            raise Killed
+        publish(self, *args, **kwargs)
+
+    monkeypatch.setattr(Tally, "publish", die_at_the_second)
+    with pytest.raises(Killed):
+        reader(ring, tally, polled).read(0)
+    monkeypatch.setattr(Tally, "publish", publish)
+    assert status(ring, 1) == TP_STATUS_USER, "a block was handed back before its commit"
+    assert reader(ring, tally, polled).read(0) == 2
+    assert (tally.read().frames, tally.read().block) == (3, 2)
+
+
+def test_killed_after_its_commit_the_block_is_handed_back_uncounted(polled, monkeypatch):
+    """Killed between committing block 0 and handing it back: the next worker hands it back and
+    counts only block 1."""
+    ring, tally = bytearray(GEOMETRY.size), Tally()
+    put_block(ring, 0, [(148, 148)] * 3, seq=1)
+    put_block(ring, 1, [(148, 148)], seq=2)
+
+    def die(self, block):
+        raise Killed
+
+    release = rxring.Reader._release
+    monkeypatch.setattr(rxring.Reader, "_release", die)
+    with pytest.raises(Killed):
+        reader(ring, tally, polled).read(0)
+    monkeypatch.setattr(rxring.Reader, "_release", release)
+    assert status(ring, 0) == TP_STATUS_USER and tally.read().frames == 3
+    assert reader(ring, tally, polled).read(0) == 1
+    assert status(ring, 0) == status(ring, 1) == TP_STATUS_KERNEL
+    assert (tally.read().frames, tally.read().block) == (4, 2)
 
 
 def test_a_fresh_reader_hands_back_nothing(polled):
