@@ -470,7 +470,12 @@ def _pins() -> list[str]:
         except OSError:  # removed by its owner while we looked
             return False
 
-    return [str(p) for p in PIN_ROOT.rglob("*") if counted(p)] if PIN_ROOT.is_dir() else []
+    for _ in range(5):
+        try:
+            return [str(p) for p in PIN_ROOT.rglob("*") if counted(p)] if PIN_ROOT.is_dir() else []
+        except FileNotFoundError:  # the root, or a directory of it, removed by its last owner
+            continue
+    return []
 
 
 @dataclass(frozen=True)
