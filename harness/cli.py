@@ -6,7 +6,7 @@
     harness topo exec [-t NAME] NODE -- CMD...
     harness clean
     harness run demo [--packets N] [--json]
-    harness gate RESULTS [--history DIR] [--update-baseline]
+    harness gate RESULTS... [--history DIR] [--update-baseline]
     harness preflight IF [--netns NS] [--testbed NAME|FILE] [--json]
     harness sink IF [--netns NS]          # count arriving frames: one JSON line per line read
 
@@ -110,14 +110,18 @@ def _cmd_run(args: argparse.Namespace) -> int:
 def _cmd_gate(args: argparse.Namespace) -> int:
     from harness import gate
 
-    path = Path(args.results)
-    results = results_file.read(path)
+    paths = [Path(p) for p in args.results]
+    try:
+        results = gate.pooled([results_file.read(p) for p in paths])
+    except ValueError as err:
+        print(f"harness gate: {err}", file=sys.stderr)
+        return 2
     history = gate.history_dir(Path(args.history), results)
     verdicts = gate.gate(results, gate.load_history(history))
-    print(f"{path} against {history} (testbed {results['testbed']}):")
+    print(f"{' + '.join(map(str, paths))} against {history} (testbed {results['testbed']}):")
     print(gate.table(verdicts))
     if args.update_baseline:
-        print(f"recorded in the history as {gate.record(path, results, Path(args.history))}")
+        print(f"recorded in the history as {gate.record(results, Path(args.history))}")
     regressions = [v.name for v in verdicts if v.regression]
     if regressions:
         print(f"harness gate: {len(regressions)} regression(s): {', '.join(regressions)}")
@@ -199,7 +203,12 @@ def _parser() -> argparse.ArgumentParser:
     check = commands.add_parser(
         "gate", help="a run's results against the history of its testbed and machine"
     )
-    check.add_argument("results", metavar="RESULTS", help="a results file of `pytest tests/perf`")
+    check.add_argument(
+        "results",
+        metavar="RESULTS",
+        nargs="+",
+        help="results files of `pytest tests/perf`; several, of one build: judged as one run",
+    )
     check.add_argument(
         "--history", default=".benchmarks/history", help="the runs accepted so far (a directory)"
     )

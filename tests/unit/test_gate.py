@@ -105,3 +105,48 @@ def test_the_command_keeps_a_history_and_fails_a_regression(tmp_path):
     assert "regression" in slow.stdout and "1 regression(s): xdp backend, 1 flow" in slow.stdout
     header = slow.stdout.splitlines()[1].split()
     assert header[:3] == ["metric", "history", "now"] and "verdict" in header
+
+
+def test_a_baseline_in_whole_ns_is_set_against_by_its_grouped_median():
+    """test_run's whole-ns durations: 8 samples of 9 ns and 7 of 10 ns give a median of 9 or 10 as
+    one sample moves, the grouped median 9.44 or 9.56; samples that are not whole numbers
+    keep the plain median."""
+    whole = {"median": 9.0, "values": [9.0] * 8 + [10.0] * 7}
+    assert 9.4 < gate.center(whole) < 9.6
+    moved = {"median": 10.0, "values": [9.0] * 7 + [10.0] * 8}
+    assert abs(gate.center(moved) - gate.center(whole)) < 0.15  # 1.3%, where the median moves 11%
+    assert gate.center({"median": 4.2, "values": [4.1, 4.2, 4.5]}) == 4.2
+    assert gate.center({"median": 1.0}) == 1.0
+
+
+def test_runs_of_one_build_are_pooled_and_others_refused(tmp_path):
+    """Two runs of 7 samples judged as one of 14, each sample divided by its own run's baseline;
+    runs of different machines or revisions are what the gate compares, never what it pools."""
+    rng, history = random.Random(5), tmp_path / "history"
+    for run in range(4):
+        accepted = results_file(tmp_path / f"r{run}.json", rng, 1.0, f"2026-12-0{run + 1}T00:00")
+        assert (
+            harness_gate(str(accepted), "--history", str(history), "--update-baseline").returncode
+            == 0
+        )
+    runs = []
+    for n, base in enumerate((1.0, 2.0)):  # the second run's machine was twice as slow
+        path = results_file(tmp_path / f"slow{n}.json", rng, 0.85 * base, f"t{n}")
+        doc = json.loads(path.read_text())
+        doc["figures"][0]["baseline"]["median"] = base
+        doc["figures"][0]["subject"]["values"] = doc["figures"][0]["subject"]["values"][:7]
+        path.write_text(json.dumps(doc))
+        runs.append(path)
+    one = gate.pooled([json.loads(p.read_text()) for p in runs])
+    (figure,) = one["figures"]
+    assert len(figure["subject"]["values"]) == 14 and figure["runs"] == 2
+    assert 0.75 < figure["ratio"] < 0.95, figure["ratio"]
+    both = harness_gate(*map(str, runs), "--history", str(history))
+    assert both.returncode == 1 and "1 regression(s): xdp backend, 1 flow" in both.stdout, (
+        both.stdout
+    )
+    other = json.loads(runs[1].read_text())
+    other["git_revision"] = "0" * 40
+    runs[1].write_text(json.dumps(other))
+    refused = harness_gate(*map(str, runs), "--history", str(history))
+    assert refused.returncode == 2 and "differ in revision" in refused.stderr, refused.stderr
