@@ -11,8 +11,10 @@ import argparse
 import errno
 import os
 import signal
+import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from bpf import netns
@@ -105,6 +107,24 @@ def stop_event() -> threading.Event:
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
     return stop
+
+
+WATCH_INTERVAL = 0.1  # seconds between looks at a command's worker processes
+
+
+def wait_supervising(
+    stop: threading.Event, seconds: float, supervise: Callable[[], list[str]], prog: str
+) -> bool:
+    """Sleep ``seconds``, calling ``supervise()`` (it restarts the workers that died, a sentence for
+    each) every WATCH_INTERVAL and saying each sentence on stderr; True if told to stop first. A
+    worker that died is restarted within WATCH_INTERVAL, not at the next print."""
+    until = time.monotonic() + seconds
+    while (left := until - time.monotonic()) > 0:
+        if stop.wait(min(left, WATCH_INTERVAL)):
+            return True
+        for restarted in supervise():
+            print(f"{prog}: {restarted}", file=sys.stderr, flush=True)
+    return False
 
 
 def process_alive(pid: int) -> bool:

@@ -27,7 +27,14 @@ import time
 from collections.abc import Sequence
 
 from bpf import LibbpfError
-from bpf.cli import UsageError, add_stats_interval, check_interface, failure, stop_event
+from bpf.cli import (
+    UsageError,
+    add_stats_interval,
+    check_interface,
+    failure,
+    stop_event,
+    wait_supervising,
+)
 from bpf.pfrps.model import HashAlg, MacSide, Protocols, seed_line, std_dev
 from bpf.pfrps.pfrps import MAX_WORKERS, Config, Mode, Node, Rx, WorkerCount
 
@@ -155,17 +162,14 @@ def _run(args: argparse.Namespace) -> int:
             file=sys.stderr,
             flush=True,
         )
+
+        def restarted() -> list[str]:  # a worker that died: its queue fills meanwhile
+            return [f"worker #{i} died; restarted as pid {node.pids[i]}" for i in node.supervise()]
+
         while True:
-            stopping = stop.wait(args.stats_interval)
+            stopping = wait_supervising(stop, args.stats_interval, restarted, "pfrps")
             if stopping:
                 node.stop()  # the workers drain their queues: the last line counts everything
-            else:
-                for index in node.supervise():
-                    print(
-                        f"pfrps: worker #{index} died; restarted as pid {node.pids[index]}",
-                        file=sys.stderr,
-                        flush=True,
-                    )
             print(report(node.counts(), node.restarts, args.json), flush=True)
             if stopping:
                 break

@@ -43,6 +43,7 @@ from bpf.cli import (
     failure,
     port_arg,
     stop_event,
+    wait_supervising,
 )
 from bpf.vxlan.allowlist import Allowlist, AllowlistError
 from bpf.vxlan.model import Config, Match, Mode, NatTarget
@@ -51,7 +52,6 @@ from bpf.vxlan.reinjector import Reinjectors
 
 PROG = "vxlan-pipeline"
 DEFAULT_NAME = "default"
-WATCH_INTERVAL = 0.1  # seconds between looks at the re-injector workers: a dead one is restarted
 
 
 # --- argument types ---
@@ -352,6 +352,11 @@ def _run(args: argparse.Namespace) -> int:
         reinjectors = None
         if config.mode is Mode.RINGBUF:
             reinjectors = Reinjectors(vx.rings, args.egress, args.netns)
+
+        def restarted() -> list[str]:  # a re-injector that died: its ring would fill and drop
+            ended = reinjectors.supervise() if reinjectors is not None else []
+            return [f"re-injector {worker}: restarted" for worker in ended]
+
         try:
             vx.attach(args.interface, args.netns, XdpMode[args.xdp_mode.upper()])
             if reinjectors is not None:
@@ -366,7 +371,9 @@ def _run(args: argparse.Namespace) -> int:
                 flush=True,
             )
             last, previous = time.monotonic(), None
-            while not _wait(stop, last + args.stats_interval, reinjectors):
+            while not wait_supervising(
+                stop, last + args.stats_interval - time.monotonic(), restarted, PROG
+            ):
                 now = time.monotonic()
                 previous, last = _report(args, vx, now - last, previous, reinjectors), now
             vx.detach()
@@ -377,17 +384,6 @@ def _run(args: argparse.Namespace) -> int:
             if reinjectors is not None:
                 reinjectors.close()
     return 0
-
-
-def _wait(stop, until: float, reinjectors: Reinjectors | None) -> bool:
-    """Sleep until the monotonic time ``until``; True if told to stop first. A re-injector worker
-    that died is restarted from its last commit (its ring would fill and drop everything)."""
-    while (left := until - time.monotonic()) > 0:
-        if stop.wait(min(left, WATCH_INTERVAL)):
-            return True
-        for ended in reinjectors.supervise() if reinjectors is not None else []:
-            print(f"{PROG}: re-injector {ended}: restarted", file=sys.stderr, flush=True)
-    return False
 
 
 # --- commands on a running pipeline ---
