@@ -301,6 +301,7 @@ def test_tc_failed_attach_leaves_no_clsact(net):
     assert "clsact" not in qdiscs(dut), "a clsact qdisc created for a failed attach must go"
 
 
+@pytest.mark.dead_run
 def test_tc_filter_of_a_killed_owner_is_removed_by_harness_clean(net, holder):
     _, dut = net
     child, prog_id = holder("tc", dut.netns)

@@ -5,9 +5,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 HARNESS = Path(sys.executable).with_name("harness")
 
 
+@pytest.mark.dead_run  # the demo's topologies clean dead runs' leftovers first
 def test_demo_passes_every_check_and_reports_figures():
     done = subprocess.run(
         [str(HARNESS), "run", "demo", "--packets", "200000", "--json"],

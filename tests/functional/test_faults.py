@@ -70,6 +70,7 @@ with XdpSender(spec.resolve(), "veth0", injector) as sender:
 """
 
 
+@pytest.mark.dead_run
 def test_a_test_process_killed_mid_traffic_is_cleaned_up(tmp_path):
     # Run outside the checkout: `python -c` imports from its working directory first, and a
     # checkout's bpf/ has no compiled objects (the installed package has).
@@ -119,6 +120,7 @@ def _ours(fm: FlowMon) -> int:
     return sum(f.packets for f in fm.flows() if str(f.key.src) == SOURCE)
 
 
+@pytest.mark.dead_run
 def test_flowmon_killed_mid_traffic_keeps_its_counts_and_a_new_run_goes_on(topology, tmp_path):
     topo = topology("two_host")
     silence_ipv6_everywhere(topo)
@@ -209,9 +211,12 @@ def _through_a_fault(m, tmp_path: Path, mode: str, payload: int, fault, mend) ->
             Sink("eth0", m.collector, verdict=XdpAction.PASS) as sink,
             XdpSender(spec.resolve(), "eth0", m.mirror) as sender,
         ):
+            # Each phase's frames through the pipeline (a ring's backlog drained) before the next:
             before = sender.send(10_000, 20_000.0).packets
+            sink.settled(FrameClass.IPV4, before, still=0.1)
             fault()
             during = sender.send(10_000, 20_000.0).packets
+            sink.settled(FrameClass.IPV4, before, still=0.1)
             mend()
             after = sender.send(10_000, 20_000.0).packets
             arrived = sink.settled(FrameClass.IPV4, before + during + after)

@@ -253,6 +253,7 @@ def test_failed_build_undoes_itself(tmp_path):
     assert not list(NETNS_RUN_DIR.glob(f"bl-{run}-*"))
 
 
+@pytest.mark.dead_run
 def test_killed_run_is_cleaned():
     script = (
         "from harness.topology import Topology\n"
@@ -274,6 +275,7 @@ def test_killed_run_is_cleaned():
     assert not (journal.JOURNAL_DIR / f"{built['run_id']}.jsonl").exists()
 
 
+@pytest.mark.dead_run
 def test_clean_removes_unrecorded_namespace():
     """Belt and braces: a namespace of a dead run that its journal does not list still goes."""
     orphan = netns_name("0dead0", "lost")
@@ -283,6 +285,7 @@ def test_clean_removes_unrecorded_namespace():
     assert f"removed unrecorded namespace {orphan}" in report
 
 
+@pytest.mark.dead_run
 def test_cli_up_survives_clean_until_down(tmp_path):
     name = f"cli_{journal.current().run_id}"
     shutil.copy(topologies.path("two_host"), tmp_path / f"{name}.yaml")

@@ -408,6 +408,7 @@ def test_under_ip_netns_exec_detached_from_the_host(two_host, tmp_path):
     assert left_behind("ens5", dut) == set()
 
 
+@pytest.mark.dead_run
 def test_killed_run_is_undone_by_harness_clean(two_host, tmp_path):
     _, dut = two_host
     run = Running(["-i", "ens5", "--netns", dut, "-a", "tc", "--direction", "egress"], tmp_path)

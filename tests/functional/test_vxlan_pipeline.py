@@ -584,6 +584,7 @@ def test_commands_without_a_running_pipeline_say_so():
     assert done.returncode == 2 and "no VXLAN pipeline pinned as 'absent'" in done.stderr
 
 
+@pytest.mark.dead_run
 def test_killed_run_leaves_pins_that_clean_removes(mirror):
     process = start(mirror)
     process.kill()
