@@ -111,6 +111,18 @@ def _started(argv: list[str], ready: str, directory: Path) -> subprocess.Popen:
     return process
 
 
+@contextlib.contextmanager
+def _reaped(process: subprocess.Popen) -> Iterator[subprocess.Popen]:
+    """``process`` for the block, killed if it still runs at the block's end: a test that fails
+    leaves no command running."""
+    try:
+        yield process
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+
+
 def _flowmon(dut: str, directory: Path) -> subprocess.Popen:
     argv = [str(BIN / "flowmon"), "-i", "ens5", "--netns", dut, "-a", "xdp", "-s", "0.5", "--json"]
     return _started(argv, "counting on", directory)
@@ -132,8 +144,10 @@ def test_flowmon_killed_mid_traffic_keeps_its_counts_and_a_new_run_goes_on(topol
     second_dir.mkdir()
     before = interface_stats("ens5", dut)
     try:
-        first = _flowmon(dut, first_dir)
-        with XdpSender(spec.resolve(), "veth0", injector) as sender:
+        with (
+            _reaped(_flowmon(dut, first_dir)) as first,
+            XdpSender(spec.resolve(), "veth0", injector) as sender,
+        ):
             sent = []
             stream = threading.Thread(target=lambda: sent.append(sender.send(40_000, 20_000.0)))
             stream.start()
@@ -144,14 +158,14 @@ def test_flowmon_killed_mid_traffic_keeps_its_counts_and_a_new_run_goes_on(topol
             with FlowMon.reopen(pins) as kept:
                 survived = _ours(kept)
             assert 0 < survived < sent[0].packets, (survived, sent[0].packets)
-            second = _flowmon(dut, second_dir)
-            assert "reopened" in (second_dir / "err").read_text()
-            later = sender.send(10_000, 20_000.0).packets
-        time.sleep(0.5)
-        with FlowMon.reopen(pins) as table:
-            counted = _ours(table)
-        second.send_signal(signal.SIGINT)
-        assert second.wait(timeout=15) == 0, (second_dir / "err").read_text()
+            with _reaped(_flowmon(dut, second_dir)) as second:
+                assert "reopened" in (second_dir / "err").read_text()
+                later = sender.send(10_000, 20_000.0).packets
+                time.sleep(0.5)
+                with FlowMon.reopen(pins) as table:
+                    counted = _ours(table)
+                second.send_signal(signal.SIGINT)
+                assert second.wait(timeout=15) == 0, (second_dir / "err").read_text()
     finally:
         FlowMon.unpin(pins)
     arrived = delta(before, interface_stats("ens5", dut))["rx_packets"]
@@ -164,15 +178,12 @@ def test_flowmon_killed_mid_traffic_keeps_its_counts_and_a_new_run_goes_on(topol
 def _pipeline(m, mode: str, name: str, directory: Path) -> Iterator[subprocess.Popen]:
     """``vxlan-pipeline run`` in ``mode`` for the block (output in ``directory``), then stopped with
     SIGINT, which it must survive with exit 0; never left running."""
-    run = _started(m.pipeline_argv(mode, name, interval=60), "running as", directory)
-    try:
+    with _reaped(
+        _started(m.pipeline_argv(mode, name, interval=60), "running as", directory)
+    ) as run:
         yield run
         run.send_signal(signal.SIGINT)
         assert run.wait(timeout=20) == 0, (directory / "err").read_text()
-    finally:
-        if run.poll() is None:
-            run.kill()
-            run.wait()
 
 
 def _last_report(directory: Path) -> dict:
