@@ -300,12 +300,15 @@ def test_a_tcp_flow_ends_at_its_fin(two_host, collector, tmp_path):
     segment = {**ADDRESSED, "sport": 7100, "dport": 443}
     run = Flowmon(dut, args, tmp_path)
     try:
+        # Seen in a line printed after the SYN went: a line stamped before the FIN's send returned
+        # may be the last to show the flow (a FIN and one read with nothing new end it).
+        started = time.time()
         frames = send(injector, TrafficSpec(templates.tcp4(**segment, flags="S"), count=1))
         data = templates.tcp4(**segment, flags="PA", payload=b"d" * 500)
         frames += send(injector, TrafficSpec(data, count=20))
         frames += send(injector, TrafficSpec(templates.tcp4(**segment, flags="FA"), count=1))
         sent = time.time()
-        seen = run.line_after(sent, lambda line: 7100 in in_table(line, range(7100, 7101)))
+        seen = run.line_after(started, lambda line: 7100 in in_table(line, range(7100, 7101)))
         gone = run.line_after(seen["time"], lambda line: not in_table(line, range(7100, 7101)))
         assert gone["time"] - sent < idle / 4, "ended at its FIN, not at the idle timeout"
         run.stop()
