@@ -1,5 +1,7 @@
 """Benchmarks: figures are ratios against a baseline from the same run (``harness.measure``)."""
 
+import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -20,3 +22,13 @@ def xdp_pass() -> bpf.Program:
     with bpf.BpfObject.open(Path(bpf.__file__).parent / "selftest" / "trivial.bpf.c") as obj:
         obj.load()
         yield obj.programs["xdp_pass"]
+
+
+@pytest.fixture
+def one_cpu() -> Iterator[int]:
+    """The test on one CPU (the lowest it may use, yielded): a per-CPU table stays one table, and
+    the figures one CPU's."""
+    before = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, {min(before)})
+    yield min(before)
+    os.sched_setaffinity(0, before)

@@ -45,15 +45,6 @@ RING_BYTES = 1 << 24  # 233k records: a sample of the ringbuf storage never fill
 RING_REPEAT = 200_000
 
 
-@pytest.fixture
-def one_cpu():
-    """Every run on one CPU: a per-CPU table stays one table, and the figures one CPU's."""
-    before = os.sched_getaffinity(0)
-    os.sched_setaffinity(0, {min(before)})
-    yield
-    os.sched_setaffinity(0, before)
-
-
 ROTATED = {  # hook: the rotator, its program array, the bare program, the verdict of both
     Hook.XDP: ("flow_rotator", "measured", "xdp_pass", bpf.XdpAction.PASS),
     Hook.TC_INGRESS: ("flow_rotator_tc", "measured_tc", "tc_pass", bpf.TcAction.OK),

@@ -25,7 +25,6 @@ Smoke mode (``--benchmark-disable``) takes shorter samples (9 of 20,000 packets,
 from __future__ import annotations
 
 import contextlib
-import os
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -66,14 +65,6 @@ def ns_per_packet(program: bpf.Program, repeat: int) -> float:
     run = program.test_run(FRAME, repeat=repeat)
     assert run.verdict is bpf.XdpAction.PASS, f"the tail call failed: {run.verdict!r}"
     return float(run.duration_ns)
-
-
-@pytest.fixture
-def one_cpu() -> Iterator[None]:
-    before = os.sched_getaffinity(0)
-    os.sched_setaffinity(0, {min(before)})
-    yield
-    os.sched_setaffinity(0, before)
 
 
 @contextlib.contextmanager

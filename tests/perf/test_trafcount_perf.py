@@ -58,14 +58,6 @@ def ns_per_packet(program: bpf.Program, repeat: int) -> float:
     return float(run.duration_ns)
 
 
-@pytest.fixture
-def one_cpu():
-    before = os.sched_getaffinity(0)
-    os.sched_setaffinity(0, {min(before)})
-    yield min(before)
-    os.sched_setaffinity(0, before)
-
-
 @pytest.mark.parametrize("n_addresses", [1, 1000, 10_000])
 def test_ns_per_packet(benchmark, results, xdp_pass, quick, one_cpu, n_addresses):
     repeat = 20_000 if quick else 1_000_000
