@@ -2,8 +2,8 @@
 one CPU and on two at once, against a bare program in the same run: the seed's question ("which
 map?") asked of each.
 
-test_run repeats one frame; ``flowmon_bench.bpf.c`` turns it into the next of N flows before each
-run (a non-live repeat keeps the edit) and tail-calls the measured program: ``flowmon_xdp``, or, for
+test_run repeats one frame; the flow rotator (``harness.testrun.Rotated``, parked) turns it into
+the next of N flows before each run and tail-calls the measured program: ``flowmon_xdp``, or, for
 the baseline, ``xdp_pass`` (``bpf/selftest/trivial.bpf.c``). Both pay the rotation and the tail call,
 so the ratio is flowmon's cost over a bare program's. The flows are established (the warm-up run
 creates them): this is the steady state of counting, not of inserting.
@@ -24,7 +24,6 @@ import os
 import threading
 from collections import Counter
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
@@ -33,52 +32,25 @@ from bpf.flowmon import Config, FlowMon, Hook, Storage
 from bpf.flowmon.model import DEFAULT_ENTRIES
 from harness.counters import silence_ipv6_everywhere
 from harness.measure import Comparison, sample
+from harness.testrun import IPV4_SRC_LOW, Rotated
 from injector import templates
 
-BENCH = Path(bpf.__file__).parent / "flowmon" / "flowmon_bench.bpf.c"
 FRAME = bytes(templates.udp4(payload=b"m" * 18))  # 60 bytes; UDP source port 1024 at offset 34
-LAP = 32768  # flowmon_bench.bpf.c: past this many flows the source address's low half steps too
-SRC_LOW = 28  # offset of the IPv4 source address's low half
 QUICK_FLOWS = 50_000  # a smoke run's most flows: past LAP, and its tables quick to read back
 SMOKE_ENTRIES = 1024
 RING_BYTES = 1 << 24  # 233k records: a sample of the ringbuf storage never fills it
 RING_REPEAT = 200_000
 
 
-ROTATED = {  # hook: the rotator, its program array, the bare program, the verdict of both
-    Hook.XDP: ("flow_rotator", "measured", "xdp_pass", bpf.XdpAction.PASS),
-    Hook.TC_INGRESS: ("flow_rotator_tc", "measured_tc", "tc_pass", bpf.TcAction.OK),
-}
+BARE = {Hook.XDP: "xdp_pass", Hook.TC_INGRESS: "tc_pass"}  # bpf/selftest/trivial.bpf.c
 
 
-class Rotated:
-    """``measured`` behind the flow rotator of its hook, stepping through ``n_flows`` flows."""
-
-    def __init__(self, n_flows: int, measured: bpf.Program, hook: Hook) -> None:
-        program, table, _, self.verdict = ROTATED[hook]
-        self.obj = bpf.BpfObject.open(BENCH)
-        self.obj.rodata["n_flows"] = n_flows
-        if n_flows > LAP:
-            self.obj.rodata["high_off"] = SRC_LOW
-            self.obj.rodata["high_base"] = int.from_bytes(FRAME[SRC_LOW : SRC_LOW + 2], "big")
-        self.obj.load()
-        self.obj.maps[table][0] = measured.fd
-        self.program = self.obj.programs[program]
-
-    def ns_per_packet(self, repeat: int) -> float:
-        run = self.program.test_run(FRAME, repeat=repeat)
-        assert run.verdict is self.verdict, f"the tail call failed: {run.verdict!r}"
-        return float(run.duration_ns)
-
-    def __enter__(self) -> Rotated:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.obj.close()
+def rotated(n_flows: int, measured: bpf.Program) -> Rotated:
+    return Rotated(FRAME, n_flows, measured, laps=IPV4_SRC_LOW)
 
 
 def bare(xdp_pass: bpf.Program, hook: Hook) -> bpf.Program:
-    return xdp_pass.object.programs[ROTATED[hook][2]]
+    return xdp_pass.object.programs[BARE[hook]]
 
 
 def config_for(storage: Storage, n_flows: int, quick: bool) -> Config:
@@ -111,8 +83,8 @@ def test_ns_per_packet(benchmark, results, xdp_pass, quick, storage, n_flows, ho
     config = config_for(storage, n_flows, quick)
     with (
         FlowMon(config) as fm,
-        Rotated(n_flows, bare(xdp_pass, hook), hook) as baseline_run,
-        Rotated(n_flows, fm.program(hook), hook) as subject_run,
+        rotated(n_flows, bare(xdp_pass, hook)) as baseline_run,
+        rotated(n_flows, fm.program(hook)) as subject_run,
     ):
         baseline = sample(lambda: baseline_run.ns_per_packet(repeat), "ns/packet", repeats)
 
@@ -135,17 +107,17 @@ def test_ns_per_packet(benchmark, results, xdp_pass, quick, storage, n_flows, ho
     # Each run starts again from the frame's flow: a ring's run of RING_REPEAT meets that many.
     assert len(flows) == (min(n_flows, repeat) if ring else created)
     name = figure_name(storage, n_flows, hook)
-    result = Comparison(name, subject, baseline, f"{ROTATED[hook][2]} (rotated)")
+    result = Comparison(name, subject, baseline, f"{BARE[hook]} (rotated)")
     benchmark.extra_info.update(result.as_dict(), collisions=misses["collision"])
     results.record(result)
     print(
-        f"{name}: {subject.median:.1f} ns/packet, {result.ratio:.2f}x {ROTATED[hook][2]} "
+        f"{name}: {subject.median:.1f} ns/packet, {result.ratio:.2f}x {BARE[hook]} "
         f"({baseline.median:.1f} ns); {misses['collision']} packets in colliding slots"
     )
 
 
-def ns_per_packet_on_two_cpus(rotated: Rotated, repeat: int) -> float:
-    """The mean of each CPU's ns/packet when the two run ``rotated`` at once: a thread pinned to
+def ns_per_packet_on_two_cpus(rotator: Rotated, repeat: int) -> float:
+    """The mean of each CPU's ns/packet when the two run ``rotator`` at once: a thread pinned to
     each, let go together (test_run releases the GIL for its whole run)."""
     cpus = sorted(os.sched_getaffinity(0))[:2]
     together = threading.Barrier(len(cpus))
@@ -154,7 +126,7 @@ def ns_per_packet_on_two_cpus(rotated: Rotated, repeat: int) -> float:
     def run(index: int, cpu: int) -> None:
         os.sched_setaffinity(0, {cpu})  # this thread's
         together.wait()
-        figures[index] = rotated.ns_per_packet(repeat)
+        figures[index] = rotator.ns_per_packet(repeat)
 
     threads = [threading.Thread(target=run, args=(i, cpu)) for i, cpu in enumerate(cpus)]
     for thread in threads:
@@ -177,8 +149,8 @@ def test_ns_per_packet_on_two_cpus(benchmark, results, xdp_pass, quick, storage,
     n_flows = min(n_flows, QUICK_FLOWS) if quick else n_flows
     with (
         FlowMon(config_for(storage, n_flows, quick)) as fm,
-        Rotated(n_flows, bare(xdp_pass, hook), hook) as baseline_run,
-        Rotated(n_flows, fm.program(hook), hook) as subject_run,
+        rotated(n_flows, bare(xdp_pass, hook)) as baseline_run,
+        rotated(n_flows, fm.program(hook)) as subject_run,
     ):
         baseline = sample(
             lambda: ns_per_packet_on_two_cpus(baseline_run, repeat), "ns/packet", repeats
@@ -200,11 +172,11 @@ def test_ns_per_packet_on_two_cpus(benchmark, results, xdp_pass, quick, storage,
     )
     assert misses["ring_full"] == 0 and misses["table_full"] == 0 and misses["entry_gone"] == 0
     name = f"{figure_name(storage, n_flows, hook)}, two CPUs"
-    result = Comparison(name, subject, baseline, f"{ROTATED[hook][2]} (rotated), two CPUs")
+    result = Comparison(name, subject, baseline, f"{BARE[hook]} (rotated), two CPUs")
     benchmark.extra_info.update(result.as_dict(), collisions=misses["collision"])
     results.record(result)
     print(
-        f"{name}: {subject.median:.1f} ns/packet, {result.ratio:.2f}x {ROTATED[hook][2]} "
+        f"{name}: {subject.median:.1f} ns/packet, {result.ratio:.2f}x {BARE[hook]} "
         f"({baseline.median:.1f} ns)"
     )
 

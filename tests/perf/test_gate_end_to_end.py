@@ -1,10 +1,10 @@
 """The regression gate end to end on ``veth``: a data plane made slower on purpose by its
 configuration is caught, and the same build and configuration measured again is not.
 
-The benchmark: the traffic counter's XDP program per packet (test_run, ``flowmon_bench.bpf.c``
-rotating 100 source addresses, as ``test_trafcount_perf.py`` measures it), pinned to one CPU,
-against the rotated ``xdp_pass`` in the same run. Both rotators are parked (attached to a down
-veth pair: ``parked`` says why), and the runs take their samples in turns. Each run is written by
+The benchmark: the traffic counter's XDP program per packet (test_run, the flow rotator of
+``harness.testrun`` stepping through 100 source addresses, as ``test_trafcount_perf.py`` measures
+it), pinned to one CPU, against the rotated ``xdp_pass`` in the same run. Both rotators are parked
+(``harness.testrun.parked`` says why), and the runs take their samples in turns. Each run is written by
 the benchmark machinery (``Results.record``, ``Results.write``) as a results file with one figure;
 the accepted runs become a history as ``harness gate --update-baseline`` records them
 (``harness.gate.record``), in a temporary directory; then the real ``harness gate`` command judges
@@ -27,24 +27,20 @@ from __future__ import annotations
 import contextlib
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 import bpf
-from bpf import XdpMode, journal
 from bpf.trafcount import Config, Hook, TrafCount
 from harness import gate
 from harness import results as results_file
 from harness.measure import Comparison, summarize
 from harness.results import Results
-from harness.topology import create_netns
+from harness.testrun import IPV4_SRC_LOW, Rotated
 from injector import templates
 
-ROTATOR = Path(bpf.__file__).parent / "flowmon" / "flowmon_bench.bpf.c"
 FRAME = bytes(templates.udp4(src="10.9.4.0", payload=b"m" * 18))  # 60 bytes
-SRC_LOW_HALF = 14 + 14  # the rotator steps these two bytes of the source address
 ADDRESSES = 100
 ACCEPTED = Config(entries=2 * ADDRESSES)  # every address keeps its entry
 PLANTED = Config(entries=ADDRESSES // 2)  # undersized: each packet inserts and evicts
@@ -52,44 +48,8 @@ NAME = f"gate end to end: trafcount xdp {ADDRESSES} addresses"
 HARNESS = Path(sys.executable).with_name("harness")
 
 
-def rotator(measured: bpf.Program) -> bpf.BpfObject:
-    obj = bpf.BpfObject.open(ROTATOR)
-    obj.rodata["n_flows"] = ADDRESSES
-    obj.rodata["sport_off"] = SRC_LOW_HALF
-    obj.load()
-    obj.maps["measured"][0] = measured.fd
-    return obj
-
-
-def ns_per_packet(program: bpf.Program, repeat: int) -> float:
-    run = program.test_run(FRAME, repeat=repeat)
-    assert run.verdict is bpf.XdpAction.PASS, f"the tail call failed: {run.verdict!r}"
-    return float(run.duration_ns)
-
-
-@contextlib.contextmanager
-def parked(*programs: bpf.Program) -> Iterator[None]:
-    """``programs`` attached (xdpgeneric) to the ends of a down veth pair in a namespace of their
-    own, where no frame reaches them. A test_run of an XDP program attached nowhere adds it to
-    the kernel's XDP dispatcher and takes it out again, a synchronize_rcu each time (~18 ms a
-    call here, PLATFORM trap 1); the CPU idles through it and the run that follows it costs
-    ~9 or ~18 ns for the bare program, ~52 or ~70 for the counter, at random: 15% of runs of the
-    same configuration were flagged. Attached, the programs stay in the dispatcher: 8-9 and
-    50-53 ns, 3 ms a call."""
-    netns = f"bl-{journal.current().run_id}-gatepark"
-    ends = [f"park{n}" for n in range(len(programs))]
-    create_netns(netns)
-    recorded = journal.current().record("netns", name=netns)  # a crash leaves it to harness clean
-    try:
-        for a, b in zip(ends[::2], ends[1::2], strict=True):
-            argv = ["ip", "-n", netns, "link", "add", a, "type", "veth", "peer", "name", b]
-            subprocess.run(argv, check=True)
-        with contextlib.ExitStack() as links:
-            for program, end in zip(programs, ends, strict=True):
-                links.enter_context(program.attach_xdp(end, XdpMode.GENERIC, netns))
-            yield
-    finally:
-        journal.current().undo(recorded)
+def rotated(measured: bpf.Program) -> Rotated:
+    return Rotated(FRAME, ADDRESSES, measured, field=IPV4_SRC_LOW)
 
 
 def measure_runs(
@@ -102,15 +62,13 @@ def measure_runs(
     run's subject, its tail call pointed at that run's counter before each sample."""
     with contextlib.ExitStack() as stack:
         counters = [stack.enter_context(TrafCount(config)) for config in configs]
-        bare = stack.enter_context(rotator(xdp_pass))
-        rotated = stack.enter_context(rotator(counters[0].program(Hook.XDP)))
-        baseline, subject = bare.programs["flow_rotator"], rotated.programs["flow_rotator"]
-        stack.enter_context(parked(baseline, subject))
+        baseline = stack.enter_context(rotated(xdp_pass))
+        subject = stack.enter_context(rotated(counters[0].program(Hook.XDP)))
         taken: list[tuple[list[float], list[float]]] = [([], []) for _ in configs]
         for i in range(samples + 1):  # the first round is the warm-up: addresses get entries
             for tc, (base, sub) in zip(counters, taken, strict=True):
-                rotated.maps["measured"][0] = tc.program(Hook.XDP).fd
-                b, s = ns_per_packet(baseline, repeat), ns_per_packet(subject, repeat)
+                subject.point(tc.program(Hook.XDP))
+                b, s = baseline.ns_per_packet(repeat), subject.ns_per_packet(repeat)
                 if i:
                     base.append(b)
                     sub.append(s)

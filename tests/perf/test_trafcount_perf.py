@@ -2,8 +2,8 @@
 two_host link, each against a bare program in the same run, and the time-series sampler's CPU at
 1 kHz with 100, 1,000 and 10,000 active addresses.
 
-Per packet: test_run repeats one frame; ``flowmon_bench.bpf.c`` (its sport_off pointed at the IPv4
-source address's low half) turns it into the next of N source addresses before each run and
+Per packet: test_run repeats one frame; the flow rotator (``harness.testrun.Rotated``, parked, its
+field the IPv4 source address's low half) turns it into the next of N source addresses before each run and
 tail-calls ``trafcount_xdp`` or, for the baseline, ``xdp_pass`` (``bpf/selftest/trivial.bpf.c``):
 both pay the rotation and the tail call, so the ratio is the counter's cost over a bare program's.
 The addresses are established (the warm-up creates them): the steady state of counting.
@@ -26,7 +26,6 @@ import os
 import threading
 import time
 from collections import Counter
-from pathlib import Path
 
 import pytest
 
@@ -35,27 +34,15 @@ from bpf import XdpMode
 from bpf.trafcount import Config, Hook, TrafCount
 from bpf.trafcount.series import Format, Sampler
 from harness.measure import Comparison, sample
+from harness.testrun import IPV4_SRC_LOW, Rotated
 from injector import templates
 
-ROTATOR = Path(bpf.__file__).parent / "flowmon" / "flowmon_bench.bpf.c"
 FRAME = bytes(templates.udp4(src="10.9.4.0", payload=b"m" * 18))  # 60 bytes
-SRC_LOW_HALF = 14 + 14  # the rotator steps these two bytes from 1024 (the .4.0 above)
 IP_BYTES = len(FRAME) - 14
 
 
-def rotator(n_addresses: int, measured: bpf.Program) -> bpf.BpfObject:
-    obj = bpf.BpfObject.open(ROTATOR)
-    obj.rodata["n_flows"] = n_addresses
-    obj.rodata["sport_off"] = SRC_LOW_HALF
-    obj.load()
-    obj.maps["measured"][0] = measured.fd
-    return obj
-
-
-def ns_per_packet(program: bpf.Program, repeat: int) -> float:
-    run = program.test_run(FRAME, repeat=repeat)
-    assert run.verdict is bpf.XdpAction.PASS, f"the tail call failed: {run.verdict!r}"
-    return float(run.duration_ns)
+def rotated(n_addresses: int, measured: bpf.Program) -> Rotated:
+    return Rotated(FRAME, n_addresses, measured, field=IPV4_SRC_LOW)
 
 
 @pytest.mark.parametrize("n_addresses", [1, 1000, 10_000])
@@ -64,18 +51,12 @@ def test_ns_per_packet(benchmark, results, xdp_pass, quick, one_cpu, n_addresses
     repeats = 3 if quick else 7
     with (
         TrafCount(Config(entries=2 * n_addresses)) as tc,
-        rotator(n_addresses, xdp_pass) as bare,
-        rotator(n_addresses, tc.program(Hook.XDP)) as subject_obj,
+        rotated(n_addresses, xdp_pass) as bare,
+        rotated(n_addresses, tc.program(Hook.XDP)) as subject_run,
     ):
-        baseline = sample(
-            lambda: ns_per_packet(bare.programs["flow_rotator"], repeat), "ns/packet", repeats
-        )
+        baseline = sample(lambda: bare.ns_per_packet(repeat), "ns/packet", repeats)
         subject = benchmark.pedantic(
-            lambda: sample(
-                lambda: ns_per_packet(subject_obj.programs["flow_rotator"], repeat),
-                "ns/packet",
-                repeats,
-            ),
+            lambda: sample(lambda: subject_run.ns_per_packet(repeat), "ns/packet", repeats),
             rounds=1,
             iterations=1,
         )
@@ -99,24 +80,23 @@ class Traffic:
     """test_run of the rotated counter on the other CPU, without pause, until stopped."""
 
     def __init__(self, tc: TrafCount, n_addresses: int, cpu: int) -> None:
-        self.obj = rotator(n_addresses, tc.program(Hook.XDP))
-        self.program = self.obj.programs["flow_rotator"]
+        self.rotator = rotated(n_addresses, tc.program(Hook.XDP))
         self.n, self.cpu = n_addresses, cpu
         self.stop = threading.Event()
-        self.program.test_run(FRAME, repeat=n_addresses)  # every address is in the table
+        self.rotator.ns_per_packet(n_addresses)  # every address is in the table
         self.thread = threading.Thread(target=self._run)
         self.thread.start()
 
     def _run(self) -> None:
         os.sched_setaffinity(0, {self.cpu})  # this thread only
         while not self.stop.is_set():
-            self.program.test_run(FRAME, repeat=self.n)
+            self.rotator.ns_per_packet(self.n)
 
     def close(self) -> None:
         if not self.stop.is_set():
             self.stop.set()
             self.thread.join()
-            self.obj.close()
+            self.rotator.close()
 
 
 def sampler_cpu(tc: TrafCount, form: Format, seconds: float, rates: list[float]) -> float:

@@ -60,6 +60,7 @@ from harness.bench import Bench, LocalSource, Port, settled
 from harness.counters import interface_stats, silence_ipv6_everywhere
 from harness.latency import ProbeReceiver, ProbeSender, ProbeTemplate, analyze
 from harness.measure import Comparison, Summary, sample
+from harness.testrun import parked
 from injector import templates
 
 SELFTEST = Path(bpf.__file__).parent / "selftest"
@@ -112,7 +113,7 @@ def test_forward_ns_per_packet(benchmark, results, xdp_pass, quick, mode):
 def test_host_traffic_ns_per_packet(benchmark, results, xdp_pass, quick):
     repeat = 10_000 if quick else 1_000_000
     repeats = 3 if quick else 7
-    with pipeline(Mode.REDIRECT) as vx:
+    with pipeline(Mode.REDIRECT) as vx, parked(xdp_pass, vx.program):
         program = vx.program
         baseline = sample(
             lambda: float(xdp_pass.test_run(SSH, repeat=repeat).duration_ns), "ns/packet", repeats
