@@ -10,29 +10,31 @@ Several RESULTS of one build on one machine are judged as one run (``pooled``).
 The method, and why. On shared machines a figure's level drifts from run to run (a slow neighbour, a
 different host of the same kind), so each figure is first divided by its same-run baseline's median
 (``center``: of whole-ns test_run durations, the grouped median): a slow day moves both. The
-evidence is then judged at two levels, and a regression needs both:
+evidence is then judged at two levels, and a regression needs both, and a change of at least
+``FLOOR``:
 
-- **Run level.** The history's runs give a center (the median of their normalized medians) and a
-  spread (1.4826 x their MAD, a standard deviation robust to one odd run). The new run is worse by
-  more than ``BAND`` spreads, and by at least ``FLOOR``. This is what separates a change from the
-  run-to-run noise that a fixed percentage (pytest-benchmark's ``--benchmark-compare-fail``) cannot
-  tell apart, and it needs only a few runs of history (Bencher's z-score wants ~30).
-- **Sample level.** A one-sided Mann-Whitney U test (what Google benchmark's compare.py uses) of the
-  new run's samples against the pooled samples of the history has p < ``ALPHA``: the shift is not
-  carried by one or two samples of a run whose median happened to land low.
+- **Run level.** The runs are what is independent (a run's samples share its drift), so the new
+  run's median is set against the history's run medians as one more of them: Student's t
+  prediction interval (``prediction_p``), which pays for the history's spread being estimated
+  from a few runs (Bencher's z-score wants ~30; this works from ``MIN_RUNS``, with less power).
+  A fixed percentage (pytest-benchmark's ``--benchmark-compare-fail``) cannot tell a change from
+  that drift.
+- **Across the run.** A full run has ~100-170 figures: at 1% false alarms each, most runs of an
+  unchanged build would flag something. The run-level p-values of all judged figures are
+  adjusted as one family (Benjamini-Hochberg, ``adjusted``) and a figure is flagged at q <=
+  ``FAMILY_ALPHA``: an unchanged build fails one run in a hundred, whatever its figure count.
+  The price is power on a lone figure (with 100 figures and 8 runs of history it must move by
+  ~8 of its run-to-run standard deviations); a change in a data plane moves several of its
+  figures, and the adjustment lowers the bar for each one found beside another.
+- **Sample level.** A one-sided Mann-Whitney U test (what Google benchmark's compare.py uses) of
+  the new run's samples against the pooled samples of the history has p < ``ALPHA``: the shift
+  is not carried by one or two samples of a run whose median happened to land low.
 
 A figure needs ``MIN_RUNS`` runs of history and ``MIN_SAMPLES`` samples (U wants 9 or more to have
 power; fewer are reported as not judged, never as passed). Higher is better for rates, lower for
-times (by the unit).
-
-Measured on synthetic histories at this machine's spread (``tests/unit/test_gate.py``: 7% per
-sample, 1% run to run after normalizing, 8 runs of history, 200 seeded trials): with 15 samples a
-run, 0.5-1% false alarms on the same build and 3.5-6.5% misses of a 10% slowdown. With 9 samples
-the misses rise to ~12%, and a figure whose samples vary by 10% wants ~25: a gated run should take
-more repeats than the smoke run's 3.
-End to end on real runs (``tests/perf/test_gate_end_to_end.py``, ``docs/gate.md``): the traffic
-counter's ns/packet, run medians moving 4% from run to run, 8 runs of history: 1.9% of same-
-configuration runs flagged, 10% / 20% slowdowns caught 63% / 98% of the time, a planted 3x always.
+times (by the unit). The rates measured, on synthetic histories at this machine's spread
+(``tests/unit/test_gate.py``) and end to end on real runs (``tests/perf/test_gate_end_to_end.py``),
+are in ``docs/gate.md``.
 Not for: taking the figures (``harness.measure``), budgets of a testbed, reports.
 """
 
@@ -46,17 +48,27 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-BAND = 2.0  # spreads of the history's run medians
+FAMILY_ALPHA = 0.01  # the chance that a run of an unchanged build flags anything
 FLOOR = 0.02  # the smallest change called a regression, of the history's center
-ALPHA = 0.01
+ALPHA = 0.01  # the samples' U test, per figure
 MIN_RUNS = 3
 MIN_SAMPLES = 5
 LOWER_IS_BETTER = ("ns", "us", "ms", "s")  # the unit's first word: ns/packet, us/call, ms
 
 
 def machine_id(fingerprint: dict[str, Any]) -> str:
-    """A short, stable name for a fingerprint (its keys sorted, hashed)."""
-    return hashlib.sha256(json.dumps(fingerprint, sort_keys=True).encode()).hexdigest()[:12]
+    """A short, stable name for a fingerprint's machine: its keys sorted and hashed, of the
+    preflight record only each interface's driver check (driver, version, firmware). The rest of
+    that record is measured (ENA's pps counter before the run, IRQ affinity, the namespace of a
+    veth): hashed whole, no two runs would share a history."""
+    identity = {k: v for k, v in fingerprint.items() if k != "preflight"}
+    identity["drivers"] = sorted(
+        check["detail"]
+        for record in fingerprint.get("preflight", {}).values()
+        for check in record.get("checks", [])
+        if check.get("name") == "driver"
+    )
+    return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:12]
 
 
 def history_dir(root: Path, results: dict[str, Any]) -> Path:
@@ -105,17 +117,83 @@ def mann_whitney_greater(x: list[float], y: list[float]) -> float:
     return 0.5 * math.erfc(z / math.sqrt(2))
 
 
+def _incomplete_beta(a: float, b: float, x: float) -> float:
+    """The regularized incomplete beta function I_x(a, b), by its continued fraction (Lentz's
+    method, as in Numerical Recipes' betacf); for the t distribution's tail."""
+    if x <= 0 or x >= 1:
+        return max(0.0, min(1.0, x))
+    if x > (a + 1) / (a + b + 2):
+        return 1 - _incomplete_beta(b, a, 1 - x)
+    front = math.exp(
+        math.lgamma(a + b) - math.lgamma(a) - math.lgamma(b) + a * math.log(x) + b * math.log1p(-x)
+    )
+    tiny = 1e-300
+    c, d = 1.0, 1 - (a + b) * x / (a + 1)
+    d = 1 / (d if abs(d) > tiny else tiny)
+    fraction = d
+    for m in range(1, 300):
+        for numerator in (
+            m * (b - m) * x / ((a + 2 * m - 1) * (a + 2 * m)),
+            -(a + m) * (a + b + m) * x / ((a + 2 * m) * (a + 2 * m + 1)),
+        ):
+            d = 1 + numerator * d
+            d = 1 / (d if abs(d) > tiny else tiny)
+            c = 1 + numerator / c
+            c = c if abs(c) > tiny else tiny
+            fraction *= c * d
+        if abs(c * d - 1) < 1e-12:
+            break
+    return front * fraction / a
+
+
+def student_t_sf(t: float, df: int) -> float:
+    """P(T > t) for Student's t with ``df`` degrees of freedom."""
+    tail = 0.5 * _incomplete_beta(df / 2, 0.5, df / (df + t * t))
+    return tail if t >= 0 else 1 - tail
+
+
+def prediction_p(medians: list[float], now: float) -> float:
+    """One-sided p-value that a run of the history's kind would have a median as high as ``now``:
+    (now - mean) / (sd * sqrt(1 + 1/n)) is Student's t with n - 1 degrees of freedom when run
+    medians are normal (the prediction interval of one new observation). The history's own
+    spread is estimated from n runs, and the t distribution pays for that: with 8 runs, p = 0.01
+    lies at 3.2 of their standard deviations, not the normal 2.3."""
+    n = len(medians)
+    mean, sd = statistics.fmean(medians), statistics.stdev(medians)
+    if sd == 0:
+        return 0.0 if now > mean else 1.0
+    return student_t_sf((now - mean) / (sd * math.sqrt(1 + 1 / n)), n - 1)
+
+
+def adjusted(p_values: list[float]) -> list[float]:
+    """Benjamini-Hochberg adjusted p-values (q-values), in the order given: a figure whose q is at
+    most FAMILY_ALPHA is a discovery at that false discovery rate over the family. When every
+    figure is noise this bounds the chance that any is flagged by FAMILY_ALPHA (valid for
+    independent or positively dependent figures, as figures of one machine's run are)."""
+    m = len(p_values)
+    order = sorted(range(m), key=lambda i: p_values[i])
+    q, running = [1.0] * m, 1.0
+    for rank in range(m, 0, -1):
+        i = order[rank - 1]
+        running = min(running, p_values[i] * m / rank)
+        q[i] = running
+    return q
+
+
 @dataclass(frozen=True)
 class Verdict:
-    """One figure of the run against its history; ``change`` is signed so that positive is worse."""
+    """One figure of the run against its history; ``change`` is signed so that positive is worse.
+    ``p_value`` is the run-level p of the direction the figure moved in, ``q_value`` that p
+    adjusted over the run's judged figures (``adjusted``), ``p_samples`` the samples' U test."""
 
     name: str
     unit: str
-    history: float | None  # center of the history's normalized run medians
+    history: float | None  # mean of the history's normalized run medians
     now: float
     change: float | None
-    band: float | None
     p_value: float | None
+    q_value: float | None
+    p_samples: float | None
     verdict: str  # regression, improvement, no change, not judged: <why>
 
     @property
@@ -123,53 +201,92 @@ class Verdict:
         return self.verdict == "regression"
 
 
-def judge(figure: dict[str, Any], past: list[dict[str, Any]]) -> Verdict:
-    """``figure`` of the new run against the same figure in ``past`` runs."""
+@dataclass(frozen=True)
+class _Evidence:
+    """What one figure's history says of it, before the family's adjustment."""
+
+    history: float
+    now: float
+    change: float  # positive: worse
+    p_worse: float
+    p_better: float
+    samples: list[float]  # the run's, and the history's pooled, each multiplied so worse is larger
+    pooled: list[float]
+
+    def u_p(self, worse: bool) -> float:
+        """The samples' one-sided U test in the direction the figure moved."""
+        if worse:
+            return mann_whitney_greater(self.samples, self.pooled)
+        return mann_whitney_greater(self.pooled, self.samples)
+
+
+def _evidence(figure: dict[str, Any], past: list[dict[str, Any]]) -> _Evidence | str:
+    """The figure's evidence against its ``past`` runs, or why it cannot be judged."""
     samples = normalized(figure)
-    now = statistics.median(samples) if samples else math.nan
-    higher_is_better = figure["unit"].split("/")[0] not in LOWER_IS_BETTER
-    runs = [s for s in (normalized(f) for f in past) if len(s) >= MIN_SAMPLES]
-
-    def verdict(history=None, change=None, band=None, p=None, why="") -> Verdict:
-        return Verdict(figure["name"], figure["unit"], history, now, change, band, p, why)
-
     if len(samples) < MIN_SAMPLES:
-        return verdict(why=f"not judged: {len(samples)} samples, {MIN_SAMPLES} needed")
+        return f"not judged: {len(samples)} samples, {MIN_SAMPLES} needed"
+    runs = [s for s in (normalized(f) for f in past) if len(s) >= MIN_SAMPLES]
     if len(runs) < MIN_RUNS:
-        return verdict(why=f"not judged: {len(runs)} runs of history, {MIN_RUNS} needed")
-    medians = [statistics.median(r) for r in runs]
-    center = statistics.median(medians)
-    spread = 1.4826 * statistics.median(abs(m - center) for m in medians)
-    band = max(BAND * spread / center, FLOOR)
-    # positive change: worse (a lower rate, a longer time)
-    change = (center - now if higher_is_better else now - center) / center
-    pooled = [v for r in runs for v in r]
-    larger_when_worse, smaller = (pooled, samples) if higher_is_better else (samples, pooled)
-    p_worse = mann_whitney_greater(larger_when_worse, smaller)
-    p_better = mann_whitney_greater(smaller, larger_when_worse)
-    if change > band and p_worse < ALPHA:
-        return verdict(center, change, band, p_worse, "regression")
-    if -change > band and p_better < ALPHA:
-        return verdict(center, change, band, p_better, "improvement")
-    return verdict(center, change, band, min(p_worse, p_better), "no change")
+        return f"not judged: {len(runs)} runs of history, {MIN_RUNS} needed"
+    higher_is_better = figure["unit"].split("/")[0] not in LOWER_IS_BETTER
+    sign = -1 if higher_is_better else 1  # worse is larger once multiplied by sign
+    medians = [sign * statistics.median(r) for r in runs]
+    now = sign * statistics.median(samples)
+    mean = statistics.fmean(medians)
+    return _Evidence(
+        history=abs(mean),
+        now=abs(now),
+        change=(now - mean) / abs(mean),
+        p_worse=prediction_p(medians, now),
+        p_better=prediction_p([-m for m in medians], -now),
+        samples=[sign * v for v in samples],
+        pooled=[sign * v for r in runs for v in r],
+    )
+
+
+def gate(results: dict[str, Any], history: list[dict[str, Any]]) -> list[Verdict]:
+    """A verdict for every figure of ``results``, against the runs of ``history``. The run-level
+    p-values of the judged figures are adjusted as one family (``adjusted``): a run of ~100
+    figures at 1% false alarms each would flag something in most runs of an unchanged build."""
+    judged: dict[int, _Evidence] = {}
+    verdicts: list[Verdict | None] = []
+    for i, figure in enumerate(results["figures"]):
+        past = [f for run in history for f in run["figures"] if f["name"] == figure["name"]]
+        evidence = _evidence(figure, past)
+        if isinstance(evidence, str):
+            now = statistics.median(normalized(figure) or [math.nan])
+            verdicts.append(
+                Verdict(figure["name"], figure["unit"], None, now, None, None, None, None, evidence)
+            )
+        else:
+            judged[i] = evidence
+            verdicts.append(None)
+    keys = list(judged)
+    q_worse = adjusted([judged[i].p_worse for i in keys])
+    q_better = adjusted([judged[i].p_better for i in keys])
+    for i, qw, qb in zip(keys, q_worse, q_better, strict=True):
+        e, figure = judged[i], results["figures"][i]
+        worse = e.change > 0
+        p, q = (e.p_worse, qw) if worse else (e.p_better, qb)
+        verdict, u = "no change", None
+        if q <= FAMILY_ALPHA and abs(e.change) >= FLOOR:  # only then is U worth its sort
+            u = e.u_p(worse)
+            if u < ALPHA:
+                verdict = "regression" if worse else "improvement"
+        verdicts[i] = Verdict(
+            figure["name"], figure["unit"], e.history, e.now, e.change, p, q, u, verdict
+        )
+    return [v for v in verdicts if v is not None]
 
 
 def load_history(directory: Path) -> list[dict[str, Any]]:
     return [json.loads(p.read_text()) for p in sorted(directory.glob("*.json"))]
 
 
-def gate(results: dict[str, Any], history: list[dict[str, Any]]) -> list[Verdict]:
-    """A verdict for every figure of ``results``, against the runs of ``history``."""
-    verdicts = []
-    for figure in results["figures"]:
-        past = [f for run in history for f in run["figures"] if f["name"] == figure["name"]]
-        verdicts.append(judge(figure, past))
-    return verdicts
-
-
 def rows(verdicts: list[Verdict]) -> list[list[str]]:
-    """The verdicts as table rows, a header first: metric, history, now, change, band, p, verdict."""
-    table_rows = [["metric", "history", "now", "worse by", "band", "p", "verdict"]]
+    """The verdicts as table rows, a header first: metric, history, now, change, p, q, U's p,
+    verdict."""
+    table_rows = [["metric", "history", "now", "worse by", "p", "q", "U p", "verdict"]]
     for v in verdicts:
         table_rows.append(
             [
@@ -177,8 +294,9 @@ def rows(verdicts: list[Verdict]) -> list[list[str]]:
                 "-" if v.history is None else f"{v.history:.4g}",
                 f"{v.now:.4g}",
                 "-" if v.change is None else f"{v.change:+.1%}",
-                "-" if v.band is None else f"{v.band:.1%}",
                 "-" if v.p_value is None else f"{v.p_value:.2g}",
+                "-" if v.q_value is None else f"{v.q_value:.2g}",
+                "-" if v.p_samples is None else f"{v.p_samples:.2g}",
                 v.verdict,
             ]
         )

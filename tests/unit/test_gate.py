@@ -16,47 +16,105 @@ from pathlib import Path
 from harness import gate
 from harness.results import fingerprint
 
-SAMPLE_CV, RUN_CV, SAMPLES, HISTORY_RUNS, TRIALS = 0.07, 0.01, 15, 8, 200
+SAMPLE_CV, RUN_CV, SAMPLES, HISTORY_RUNS = 0.07, 0.01, 15, 8
+LONG_HISTORY = 20
+FIGURES = 100  # a full run has ~100-170
 HARNESS = Path(sys.executable).with_name("harness")
 
 
-def figure(rng: random.Random, level: float, unit: str = "Mpps", samples: int = SAMPLES) -> dict:
+def figure(
+    rng: random.Random, level: float, unit: str = "Mpps", samples: int = SAMPLES, name: str = "x"
+) -> dict:
     """One run's figure: every sample shares the run's drift; the same-run baseline is 1."""
     drift = rng.gauss(0, RUN_CV)
     values = [level * (1 + drift) * (1 + rng.gauss(0, SAMPLE_CV)) for _ in range(samples)]
-    return {"name": "x", "unit": unit, "subject": {"values": values}, "baseline": {"median": 1.0}}
+    return {"name": name, "unit": unit, "subject": {"values": values}, "baseline": {"median": 1.0}}
 
 
-def rates(slower_by: float, unit: str) -> tuple[int, int]:
-    """(regressions flagged, trials) with the new run ``slower_by`` (0: the same build)."""
-    rng = random.Random(f"{slower_by}-{unit}")
-    level = 1 + slower_by if unit == "ns/packet" else 1 - slower_by
-    flagged = 0
-    for _ in range(TRIALS):
-        history = [figure(rng, 1.0, unit) for _ in range(HISTORY_RUNS)]
-        flagged += gate.judge(figure(rng, level, unit), history).regression
-    return flagged, TRIALS
+def run(rng: random.Random, figures: int, slowed: int, by: float, unit: str) -> dict:
+    """A run of ``figures`` figures, the first ``slowed`` of them worse by ``by``."""
+    worse = 1 + by if unit == "ns/packet" else 1 - by
+    return {
+        "figures": [
+            figure(rng, worse if i < slowed else 1.0, unit, name=f"figure {i}")
+            for i in range(figures)
+        ]
+    }
 
 
-def test_a_ten_percent_slowdown_is_caught_and_noise_is_not_flagged():
+def rates(
+    figures: int,
+    slowed: int,
+    by: float,
+    trials: int,
+    unit: str = "Mpps",
+    history_runs: int = HISTORY_RUNS,
+) -> tuple[float, float]:
+    """Over ``trials`` seeded trials against a fresh history each: the share of runs that flagged
+    any regression, and the share of the slowed figures flagged."""
+    rng = random.Random(f"{figures}-{slowed}-{by}-{unit}-{history_runs}")
+    runs_flagged = caught = 0
+    for _ in range(trials):
+        history = [run(rng, figures, 0, 0.0, unit) for _ in range(history_runs)]
+        verdicts = gate.gate(run(rng, figures, slowed, by, unit), history)
+        flagged = [v.name for v in verdicts if v.regression]
+        runs_flagged += bool(flagged)
+        caught += sum(int(name.split()[1]) < slowed for name in flagged)
+    return runs_flagged / trials, caught / (trials * slowed) if slowed else 0.0
+
+
+def test_one_figure_ten_percent_slower_is_caught_and_noise_is_not_flagged():
+    """One figure: a 10% slowdown is four of its run-to-run standard deviations (2.5% here: the
+    drift and the median of 15 samples). The history's spread is estimated from its runs, so the
+    catch rate grows with them: ~80% with 8, ~90% with 20; a 20% slowdown is always caught."""
+    trials = 200
     for unit in ("Mpps", "ns/packet"):
-        false_alarms, trials = rates(0.0, unit)
-        caught, _ = rates(0.10, unit)
+        false_alarms, _ = rates(1, 0, 0.0, trials, unit)
+        _, caught_10 = rates(1, 1, 0.10, trials, unit)
+        _, caught_10_long = rates(1, 1, 0.10, trials, unit, history_runs=LONG_HISTORY)
+        _, caught_20 = rates(1, 1, 0.20, trials, unit)
         print(
-            f"gate, {unit}: {false_alarms}/{trials} false alarms on the same build, "
-            f"{trials - caught}/{trials} misses of a 10% slowdown"
+            f"gate, one figure, {unit}, {trials} trials: {false_alarms:.1%} false alarms; "
+            f"10% slowdown caught {caught_10:.1%} with {HISTORY_RUNS} runs of history, "
+            f"{caught_10_long:.1%} with {LONG_HISTORY}; 20% caught {caught_20:.1%}"
         )
-        assert false_alarms <= 0.03 * trials, f"{false_alarms}/{trials} false alarms ({unit})"
-        assert trials - caught <= 0.10 * trials, f"{trials - caught}/{trials} missed ({unit})"
+        assert false_alarms <= 0.02, f"{false_alarms:.1%} false alarms ({unit})"
+        assert caught_10 >= 0.7, f"a 10% slowdown caught {caught_10:.1%} of the time ({unit})"
+        assert caught_10_long >= 0.85, f"10% caught {caught_10_long:.1%} of the time ({unit})"
+        assert caught_20 >= 0.98, f"a 20% slowdown caught {caught_20:.1%} of the time ({unit})"
+
+
+def test_a_whole_run_of_noise_passes_and_a_slower_data_plane_fails():
+    """A run of FIGURES figures: noise alone flags one run in a hundred at most (FAMILY_ALPHA),
+    and a data plane slowed by 20% (10 of its figures) fails the run."""
+    trials = 50
+    noise, _ = rates(FIGURES, 0, 0.0, trials)
+    plane, caught = rates(FIGURES, 10, 0.20, trials)
+    _, lone = rates(FIGURES, 1, 0.20, trials)
+    _, lone_long = rates(FIGURES, 1, 0.20, trials, history_runs=LONG_HISTORY)
+    print(
+        f"gate, runs of {FIGURES} figures, {trials} trials: {noise:.0%} of unchanged runs flagged; "
+        f"10 figures 20% slower: {plane:.0%} of runs failed, {caught:.0%} of those figures "
+        f"flagged; one figure 20% slower: caught {lone:.0%} with {HISTORY_RUNS} runs of history, "
+        f"{lone_long:.0%} with {LONG_HISTORY}"
+    )
+    assert noise <= 0.04, f"{noise:.0%} of runs of an unchanged build flagged"
+    assert plane >= 0.96, f"a data plane 20% slower failed {plane:.0%} of runs"
 
 
 def test_an_improvement_is_not_a_regression_and_too_little_is_not_judged():
     rng = random.Random(7)
     history = [figure(rng, 1.0) for _ in range(HISTORY_RUNS)]
-    assert gate.judge(figure(rng, 1.2), history).verdict == "improvement"
-    few = gate.judge(figure(rng, 0.5, samples=3), history)
+    runs = [{"figures": [f]} for f in history]
+
+    def judged(new: dict, past: list[dict]) -> gate.Verdict:
+        (verdict,) = gate.gate({"figures": [new]}, past)
+        return verdict
+
+    assert judged(figure(rng, 1.2), runs).verdict == "improvement"
+    few = judged(figure(rng, 0.5, samples=3), runs)
     assert few.verdict == "not judged: 3 samples, 5 needed" and not few.regression
-    short = gate.judge(figure(rng, 0.5), history[:2])
+    short = judged(figure(rng, 0.5), runs[:2])
     assert short.verdict == "not judged: 2 runs of history, 3 needed"
 
 
@@ -99,7 +157,7 @@ def test_the_command_keeps_a_history_and_fails_a_regression(tmp_path):
     )
     assert same.returncode == 0 and "no change" in same.stdout, same.stdout
     slow = harness_gate(
-        str(results_file(tmp_path / "slow.json", rng, 0.85, "t")), "--history", str(history)
+        str(results_file(tmp_path / "slow.json", rng, 0.7, "t")), "--history", str(history)
     )
     assert slow.returncode == 1, slow.stdout
     assert "regression" in slow.stdout and "1 regression(s): xdp backend, 1 flow" in slow.stdout
@@ -131,7 +189,7 @@ def test_runs_of_one_build_are_pooled_and_others_refused(tmp_path):
         )
     runs = []
     for n, base in enumerate((1.0, 2.0)):  # the second run's machine was twice as slow
-        path = results_file(tmp_path / f"slow{n}.json", rng, 0.85 * base, f"t{n}")
+        path = results_file(tmp_path / f"slow{n}.json", rng, 0.7 * base, f"t{n}")
         doc = json.loads(path.read_text())
         doc["figures"][0]["baseline"]["median"] = base
         doc["figures"][0]["subject"]["values"] = doc["figures"][0]["subject"]["values"][:7]
@@ -140,7 +198,7 @@ def test_runs_of_one_build_are_pooled_and_others_refused(tmp_path):
     one = gate.pooled([json.loads(p.read_text()) for p in runs])
     (figure,) = one["figures"]
     assert len(figure["subject"]["values"]) == 14 and figure["runs"] == 2
-    assert 0.75 < figure["ratio"] < 0.95, figure["ratio"]
+    assert 0.6 < figure["ratio"] < 0.8, figure["ratio"]
     both = harness_gate(*map(str, runs), "--history", str(history))
     assert both.returncode == 1 and "1 regression(s): xdp backend, 1 flow" in both.stdout, (
         both.stdout
@@ -150,3 +208,23 @@ def test_runs_of_one_build_are_pooled_and_others_refused(tmp_path):
     runs[1].write_text(json.dumps(other))
     refused = harness_gate(*map(str, runs), "--history", str(history))
     assert refused.returncode == 2 and "differ in revision" in refused.stderr, refused.stderr
+
+
+def test_a_machine_is_named_by_what_it_is_not_by_what_its_preflight_measured():
+    """ENA's pps counter before the run, IRQ affinity, a veth's namespace: measured, different
+    every run, so never part of the history's machine; the driver and its firmware are."""
+
+    def with_preflight(driver: str, pps: int) -> dict:
+        checks = [
+            {"name": "driver", "status": "pass", "detail": driver, "fix": None},
+            {"name": "pps-allowance", "status": "pass", "detail": f"exceeded = {pps} before"},
+        ]
+        return {**fingerprint(), "preflight": {"ens5": {"ifname": "ens5", "checks": checks}}}
+
+    ena = "ena 2.13.0g, firmware 0.10.0, bus 0000:00:05.0"
+    assert gate.machine_id(with_preflight(ena, 0)) == gate.machine_id(with_preflight(ena, 4711))
+    other_firmware = ena.replace("0.10.0", "0.11.0")
+    assert gate.machine_id(with_preflight(ena, 0)) != gate.machine_id(
+        with_preflight(other_firmware, 0)
+    )
+    assert gate.machine_id(with_preflight(ena, 0)) != gate.machine_id(fingerprint())
