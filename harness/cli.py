@@ -121,7 +121,12 @@ def _cmd_gate(args: argparse.Namespace) -> int:
     print(f"{' + '.join(map(str, paths))} against {history} (testbed {results['testbed']}):")
     print(gate.table(verdicts))
     if args.update_baseline:
-        print(f"recorded in the history as {gate.record(results, Path(args.history))}")
+        changed = [v.name for v in verdicts if v.verdict in ("regression", "improvement")]
+        where = gate.record(results, Path(args.history), changed)
+        print(
+            f"recorded in the history as {where}"
+            + (f", accepting {len(changed)} change(s)" if changed else "")
+        )
     regressions = [v.name for v in verdicts if v.regression]
     if regressions:
         print(f"harness gate: {len(regressions)} regression(s): {', '.join(regressions)}")
@@ -215,7 +220,8 @@ def _parser() -> argparse.ArgumentParser:
     check.add_argument(
         "--update-baseline",
         action="store_true",
-        help="accept the run: add it to the history (and exit 0)",
+        help="accept the run: add it to the history (and exit 0); a figure it flagged starts a "
+        "new history there",
     )
     check.set_defaults(run=_cmd_gate)
 

@@ -4,7 +4,8 @@
 
 History is plain files: ``DIR/TESTBED/MACHINE/TIME.json``, each a results file
 (``harness.results``) of an accepted run; MACHINE is a digest of the fingerprint, so figures of unlike
-machines are never compared. ``--update-baseline`` adds the run to its history (an accepted change).
+machines are never compared. ``--update-baseline`` adds the run to its history; the figures it flagged
+are accepted changes, whose history starts again at it (``since_accepted``; at most ``WINDOW`` runs).
 Several RESULTS of one build on one machine are judged as one run (``pooled``).
 
 The method, and why. On shared machines a figure's level drifts from run to run (a slow neighbour, a
@@ -52,6 +53,7 @@ FAMILY_ALPHA = 0.01  # the chance that a run of an unchanged build flags anythin
 FLOOR = 0.02  # the smallest change called a regression, of the history's center
 ALPHA = 0.01  # the samples' U test, per figure
 MIN_RUNS = 3
+WINDOW = 30  # the most recent runs of history a figure is judged against
 MIN_SAMPLES = 5
 LOWER_IS_BETTER = ("ns", "us", "ms", "s")  # the unit's first word: ns/packet, us/call, ms
 
@@ -244,6 +246,18 @@ def _evidence(figure: dict[str, Any], past: list[dict[str, Any]]) -> _Evidence |
     )
 
 
+def since_accepted(history: list[dict[str, Any]], name: str) -> list[dict[str, Any]]:
+    """The figure ``name`` in the last ``WINDOW`` runs of ``history`` (oldest first) since the
+    last run that accepted a change of it (``record``): an accepted level is the figure's level
+    from then on, and the runs before it would only widen its spread."""
+    past: list[dict[str, Any]] = []
+    for run in history:
+        if name in run.get("accepted", ()):
+            past = []
+        past += [f for f in run["figures"] if f["name"] == name]
+    return past[-WINDOW:]
+
+
 def gate(results: dict[str, Any], history: list[dict[str, Any]]) -> list[Verdict]:
     """A verdict for every figure of ``results``, against the runs of ``history``. The run-level
     p-values of the judged figures are adjusted as one family (``adjusted``): a run of ~100
@@ -251,8 +265,7 @@ def gate(results: dict[str, Any], history: list[dict[str, Any]]) -> list[Verdict
     judged: dict[int, _Evidence] = {}
     verdicts: list[Verdict | None] = []
     for i, figure in enumerate(results["figures"]):
-        past = [f for run in history for f in run["figures"] if f["name"] == figure["name"]]
-        evidence = _evidence(figure, past)
+        evidence = _evidence(figure, since_accepted(history, figure["name"]))
         if isinstance(evidence, str):
             now = statistics.median(normalized(figure) or [math.nan])
             verdicts.append(
@@ -280,7 +293,10 @@ def gate(results: dict[str, Any], history: list[dict[str, Any]]) -> list[Verdict
 
 
 def load_history(directory: Path) -> list[dict[str, Any]]:
-    return [json.loads(p.read_text()) for p in sorted(directory.glob("*.json"))]
+    """The recorded runs, oldest first (two runs of one second in the order recorded)."""
+    paths = sorted(directory.glob("*.json"), key=lambda p: (len(p.stem), p.stem))
+    runs = [json.loads(p.read_text()) for p in paths]
+    return sorted(runs, key=lambda run: run["time"])
 
 
 def rows(verdicts: list[Verdict]) -> list[list[str]]:
@@ -358,8 +374,10 @@ def pooled(runs: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
-def record(results: dict[str, Any], root: Path) -> Path:
-    """Add a run (or a pooled run) to its history (``--update-baseline``)."""
+def record(results: dict[str, Any], root: Path, accepted: list[str] = ()) -> Path:
+    """Add a run (or a pooled run) to its history (``--update-baseline``). ``accepted`` names the
+    figures whose change it accepts (those the gate flagged): their history starts again here."""
+    results = {**results, "accepted": sorted(accepted)}
     stem = results["time"].replace(":", "")
     target = history_dir(root, results) / f"{stem}.json"
     target.parent.mkdir(parents=True, exist_ok=True)

@@ -228,3 +228,31 @@ def test_a_machine_is_named_by_what_it_is_not_by_what_its_preflight_measured():
         with_preflight(other_firmware, 0)
     )
     assert gate.machine_id(with_preflight(ena, 0)) != gate.machine_id(fingerprint())
+
+
+def test_an_accepted_change_starts_the_figure_history_again(tmp_path):
+    """A slowdown recorded with --update-baseline is the figure's level from then on: the runs
+    after it are judged against it, not against the runs it replaced."""
+    rng, history = random.Random(11), tmp_path / "history"
+    for run in range(8):
+        accepted = results_file(tmp_path / f"r{run}.json", rng, 1.0, f"2026-12-01T00:0{run}")
+        assert (
+            harness_gate(str(accepted), "--history", str(history), "--update-baseline").returncode
+            == 0
+        )
+    change = results_file(tmp_path / "change.json", rng, 0.7, "2026-12-02T00:00")
+    assert harness_gate(str(change), "--history", str(history)).returncode == 1
+    taken = harness_gate(str(change), "--history", str(history), "--update-baseline")
+    assert taken.returncode == 0 and "accepting 1 change(s)" in taken.stdout, taken.stdout
+    later = results_file(tmp_path / "later.json", rng, 0.7, "2026-12-02T00:01")
+    too_soon = harness_gate(str(later), "--history", str(history))
+    assert too_soon.returncode == 0 and "1 runs of history, 3 needed" in too_soon.stdout
+    for run in range(3):
+        at = results_file(tmp_path / f"n{run}.json", rng, 0.7, f"2026-12-02T00:1{run}")
+        assert harness_gate(str(at), "--history", str(history), "--update-baseline").returncode == 0
+    judged = harness_gate(str(later), "--history", str(history))
+    assert judged.returncode == 0 and "no change" in judged.stdout, judged.stdout
+    back = harness_gate(
+        str(results_file(tmp_path / "b.json", rng, 1.0, "t")), "--history", str(history)
+    )
+    assert "improvement" in back.stdout, back.stdout
