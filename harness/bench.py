@@ -10,8 +10,15 @@ NIC's network. A body addresses its traffic with ``bench.addressed(spec)`` (the 
 DUT's) and never knows which source it has, as the kernel's ``drivers/net`` tests run one body
 over netns or ssh. A topology that forwards (an end marked ``real_nic: egress-nic``) also gives
 the DUT's egress port and a receiver counting what comes out of it: an XDP sink at the far end
-(``LocalReceiver``), or ``harness sink`` on the peer's interface toward it (``PeerReceiver``). A
-TRex source is not driven through a bench yet (docs/testbeds.md).
+(``LocalReceiver``), or ``harness sink`` on the peer's interface toward it (``PeerReceiver``).
+
+On a TRex testbed (``source: {kind: trex, server: HOST, ports: [TX, RX]}``) the source is the
+server's first port (``TrexSource``): each send is one burst of the spec's STL streams through the
+TRex client API (``injector.trex_backend``), counted by TRex's own port counters; a topology that
+forwards is received on the second port (``TrexReceiver``, its ``ipackets``). A TRex port is no
+interface of this host (``TrexPort``): its MAC, as TRex reports it, is what its frames carry as
+their source and what the DUT forwards to. Tested here to the client's boundary (no server can run
+here: tests/unit/test_trex_bench.py); against a server only with ``--trex-server``.
 
 Traffic specs are given as data (the shape of a spec file, ``injector/README.md``) since a peer's
 injector reads them from a file. Losses are counted at both ends, on every attempt: frames the
@@ -43,7 +50,9 @@ from harness.sink import FrameClass, Sink
 from harness.testbed import SourceKind, Testbed
 from harness.topology import Topology
 from harness.topology_schema import NicRole
+from injector.program import FieldProgram
 from injector.spec import TrafficSpec
+from injector.trex_backend import TrexSession, burst
 from injector.xdp import PACED_BATCH, XdpSender
 
 SEARCH_STEPS = 10
@@ -162,7 +171,52 @@ class PeerSource:
             self.peer.run(["rm", "-f", spec_file])
 
 
-Source = LocalSource | PeerSource
+@dataclass(frozen=True)
+class TrexPort:
+    """A port of a TRex server: no interface of this host, so no namespace and no counters here.
+    ``mac`` is its NIC's (``hw_mac``): the source MAC of the frames it sends (the streams carry
+    the spec's MACs, ``injector.trex_worker``) and the one its NIC accepts."""
+
+    server: str
+    index: int
+    mac: str
+
+    @classmethod
+    def of(cls, server: str, ports: tuple[int, ...]) -> tuple[TrexPort, ...]:
+        with TrexSession(server) as session:
+            infos = session.port_info(ports)
+        return tuple(cls(server, port, infos[port]["hw_mac"]) for port in ports)
+
+
+class _TrexSender:
+    def __init__(self, session: TrexSession, program: FieldProgram, port: TrexPort) -> None:
+        self.session, self.program, self.port = session, program, port
+
+    def send(self, count: int, rate_pps: float | None = None) -> Offered:
+        reply = self.session.run(burst(self.program, count, rate_pps), (self.port.index,))
+        counters = reply["stats"][str(self.port.index)]
+        # DPDK's counters: opackets are the frames the NIC sent, oerrors those it failed to.
+        failed = counters["oerrors"]
+        return Offered(counters["opackets"] + failed, reply["seconds"], failed)
+
+
+class TrexSource:
+    """A TRex server's port, sending a burst of the spec's STL streams per send over one client
+    connection (taken for the sender's life)."""
+
+    kind = SourceKind.TREX
+
+    def __init__(self, port: TrexPort) -> None:
+        self.port = port
+
+    @contextlib.contextmanager
+    def sender(self, spec: dict[str, Any]) -> Iterator[Sender]:
+        program = TrafficSpec.from_dict(spec, "benchmark spec").resolve()
+        with TrexSession(self.port.server) as session:
+            yield _TrexSender(session, program, self.port)
+
+
+Source = LocalSource | PeerSource | TrexSource
 
 
 class Counting(Protocol):
@@ -237,7 +291,30 @@ class PeerReceiver:
             process.wait(timeout=30)
 
 
-Receiver = LocalReceiver | PeerReceiver
+class _TrexCounting:
+    def __init__(self, session: TrexSession, port: TrexPort) -> None:
+        self.session, self.port = session, port
+
+    def frames(self) -> int:
+        return self.session.stats((self.port.index,))[str(self.port.index)]["ipackets"]
+
+
+class TrexReceiver:
+    """A TRex server's port at the far end of the DUT's egress, its ``ipackets`` read over a client
+    connection of its own that does not take the port. Every frame the port receives counts, the
+    DUT's own (LLDP, ARP) as well as those it forwarded: its stack must stay quiet on that link, or
+    the search sees more arrive than was sent."""
+
+    def __init__(self, port: TrexPort) -> None:
+        self.port = port
+
+    @contextlib.contextmanager
+    def counting(self) -> Iterator[Counting]:
+        with TrexSession(self.port.server) as session:
+            yield _TrexCounting(session, self.port)
+
+
+Receiver = LocalReceiver | PeerReceiver | TrexReceiver
 
 
 def _ends(topo: Topology, role: NicRole) -> tuple[Port, Port | None]:
@@ -268,6 +345,18 @@ def _peer_port(peer: SshPeer, dut_port: Port) -> Port:
             continue
         return Port(None, found.ifname, found.mac, (found.address.network,))
     raise PeerError("; ".join(errors))
+
+
+def _trex_ends(testbed: Testbed, receiving: bool) -> tuple[TrexSource, TrexReceiver | None]:
+    """The testbed's first TRex port as the source and, for a DUT that forwards, its second as the
+    receiver."""
+    if receiving and len(testbed.source.ports) < 2:
+        raise RuntimeError(
+            f"testbed {testbed.name}: this topology forwards, and source.ports gives TRex no "
+            f"second port to receive on (ports: [0, 1]: send on 0, receive on 1)"
+        )
+    found = TrexPort.of(testbed.source.server, testbed.source.ports[: 2 if receiving else 1])
+    return TrexSource(found[0]), TrexReceiver(found[1]) if receiving else None
 
 
 class Bench:
@@ -304,11 +393,10 @@ class Bench:
             elif testbed.source.kind is SourceKind.SSH and peer is not None:
                 source = PeerSource.toward(peer, ingress)
                 receiver = PeerReceiver(peer, _peer_port(peer, egress)) if egress else None
+            elif testbed.source.kind is SourceKind.TREX:
+                source, receiver = _trex_ends(testbed, receiving=egress is not None)
             else:
-                raise RuntimeError(
-                    f"testbed {testbed.name}: a {testbed.source.kind.value} source cannot feed "
-                    f"benchmarks of this kind yet (the TRex server path is tested to its client)"
-                )
+                raise RuntimeError(f"testbed {testbed.name}: an ssh source needs the peer (peer=)")
         except BaseException:
             topo.down()
             raise

@@ -23,13 +23,19 @@ while a flood fills it) is lost too, and ``refused`` says how many of the lost w
 Latency percentiles are exact (nearest rank) over first copies; no outlier is dropped, since the
 tail is what a latency figure is for.
 
+A TRex server times its own latency streams (``STLFlowLatencyStats``, ``injector.trex_backend``)
+on its one clock, sending from one port and receiving on another; ``trex_latency`` reads what it
+reports into a ``TrexLatencyReport``, in the same field names.
+
 Not for: throughput or frame counts at rate (``harness.sink``), packet contents (``harness.capture``),
 hardware timestamps, or probes across VLANs, tunnels or hosts with separate clocks.
 """
 
 from __future__ import annotations
 
+import bisect
 import ctypes
+import itertools
 import math
 import select
 import socket
@@ -287,6 +293,85 @@ def analyze(
         *stats,
         dict(refused or {}),
         tuple(ordered),
+    )
+
+
+@dataclass(frozen=True)
+class TrexLatencyReport:
+    """A TRex latency stream as its server counted and timed it, in ``LatencyReport``'s names.
+
+    TRex keeps no single latencies, only a histogram, so ``p50_us`` and ``p99_us`` are bounds: the
+    upper edge of the bucket holding the nearest-rank sample. Its buckets are 10 us wide below
+    100 us, 100 us wide below 1 ms, and so on, with one for all below 10 us. ``max_us`` and ``min_us`` are
+    TRex's exact extremes, except that its maximum skips the stream's first packets (start-up
+    spikes); ``average_us`` is its running average (a low-pass filter of each half second's mean),
+    ``jitter_us`` its RFC 3550 jitter. None when nothing arrived."""
+
+    sent: int
+    received: int
+    lost: int
+    duplicated: int
+    reordered: int
+    p50_us: float | None
+    p99_us: float | None
+    max_us: float | None
+    min_us: float | None
+    average_us: float | None
+    jitter_us: float | None
+
+    def __str__(self) -> str:
+        counts = (
+            f"{self.received}/{self.sent} latency packets, {self.lost} lost, "
+            f"{self.duplicated} duplicated, {self.reordered} reordered"
+        )
+        if self.p50_us is None:
+            return counts
+        return (
+            f"{counts}; latency p50 <= {self.p50_us:.0f} us, p99 <= {self.p99_us:.0f} us, "
+            f"max {self.max_us:.0f} us, min {self.min_us:.0f} us, average {self.average_us:.1f} us, "
+            f"jitter {self.jitter_us:.0f} us"
+        )
+
+
+def _bucket_top(key: int) -> int:
+    """The upper edge of TRex's histogram bucket ``key`` (us): [0, 10), then [k, k + 10^(d-1))
+    for a key of d digits. TRex keys a bucket by its lower edge (src/time_histogram.cpp); the
+    ranges are those its example trex/examples/stl/stl_flow_latency_stats.py prints."""
+    return 10 if key == 0 else key + 10 ** (len(str(key)) - 1)
+
+
+def _histogram_percentile(buckets: list[tuple[int, int]], p: float) -> float:
+    """The nearest-rank ``p``-th percentile's bucket top, of ascending (key, count) buckets."""
+    seen = list(itertools.accumulate(count for _, count in buckets))
+    rank = max(1, math.ceil(p / 100 * seen[-1]))
+    return float(_bucket_top(buckets[bisect.bisect_left(seen, rank)][0]))
+
+
+def trex_latency(pgid_stats: dict, pg_id: int) -> TrexLatencyReport:
+    """The report of latency stream ``pg_id`` from ``STLClient.get_pgid_stats()`` as the TRex
+    worker returns it (through JSON: every key is text).
+
+    The shape is the client's (trex/stl/trex_stl_stats.py, ``CPgIdStats.get_stats``):
+    ``flow_stats[pg_id]`` counts packets per port and in ``total`` (``tx_pkts``, ``rx_pkts``, every
+    copy received); ``latency[pg_id]`` holds ``err_cntrs`` (``dropped``, ``dup``,
+    ``out_of_order``, ``seq_too_high``, ``seq_too_low``) and ``latency`` (``total_min``,
+    ``total_max``, ``average``, ``jitter``, in us, and ``histogram``: bucket -> packets)."""
+    key = str(pg_id)
+    flow, stream = pgid_stats["flow_stats"][key], pgid_stats["latency"][key]
+    errors, timing = stream["err_cntrs"], stream["latency"]
+    sent, duplicated = flow["tx_pkts"]["total"], errors["dup"]
+    received = flow["rx_pkts"]["total"] - duplicated
+    buckets = sorted((int(k), n) for k, n in timing["histogram"].items() if n)
+    if buckets:
+        stats = [
+            _histogram_percentile(buckets, 50),
+            _histogram_percentile(buckets, 99),
+            *(float(timing[name]) for name in ("total_max", "total_min", "average", "jitter")),
+        ]
+    else:
+        stats = [None] * 6
+    return TrexLatencyReport(
+        sent, received, sent - received, duplicated, errors["out_of_order"], *stats
     )
 
 

@@ -4,12 +4,24 @@ lbr-trex-client (the official TRex v3.04 client) bundles scapy 2.4.3, which must
 with the project's scapy 2.8; this process imports only the standard library, ``injector.program``
 (no scapy) and the TRex client, and builds packets from raw bytes with numeric offsets.
 
-It reads one JSON request on stdin and writes one JSON reply on stdout:
+It reads JSON requests on stdin, one a line, and answers each with one JSON line on stdout (the
+client's own messages go to stderr), until stdin ends; then it disconnects and exits:
 - ``{"action": "streams", "program": FieldProgram.to_dict(), "latency": null | {"pg_id", "rate_pps"}}``
-  replies ``{"streams": [STLStream.to_json(), ...]}``;
-- ``{"action": "run", ..., "server": "host", "ports": [0]}`` also connects an ``STLClient``, starts
-  the streams, waits for them to finish and replies ``{"stats": ..., "latency": ...}``;
-- any error replies ``{"error": "..."}`` and exits with status 1.
+  replies ``{"streams": [STLStream.to_json(), ...]}`` (no server needed);
+- ``{"action": "connect", "server": "host"}`` connects an ``STLClient``, held for the process's
+  life; the client counts every port from that moment (it baselines them when it connects);
+- ``{"action": "ports", "ports": [0, 1]}`` replies ``{"ports": {"0": get_port_info(), ...}}``;
+- ``{"action": "run", "program": ..., "latency": ..., "ports": [0]}`` takes the ports, starts the
+  streams from each, waits for them to finish and replies ``{"stats": get_stats(ports),
+  "seconds": ..., "latency": get_pgid_stats()}`` (``latency`` when asked). ``seconds`` is timed
+  here, from ``start()``'s reply to the client seeing the ports stop (their async events), so it
+  exceeds the burst by those two messages' latency;
+- ``{"action": "stats", "ports": [1]}`` replies ``{"stats": get_stats(ports)}`` without taking
+  the ports, so another client may send from them;
+- a request that fails replies ``{"error": "..."}``, and the next request is read.
+
+The streams carry the program's own MACs (``mac_src_override_by_pkt``, ``STLStreamDstMAC_PKT``):
+by default TRex writes its port's source MAC and configured destination over them.
 
 How the field program maps to the TRex field engine (every var advances once per packet, so all
 vars stay in lock-step and packet i gets exactly ``FieldProgram.packet(i)``):
@@ -34,6 +46,7 @@ import itertools
 import json
 import math
 import sys
+import time
 from typing import Any
 
 import lbr_trex_client  # noqa: F401  (puts TRex's packages on sys.path)
@@ -42,6 +55,7 @@ from trex.stl.api import (
     STLFlowLatencyStats,
     STLPktBuilder,
     STLStream,
+    STLStreamDstMAC_PKT,
     STLTXCont,
     STLTXSingleBurst,
     STLVmFixChecksumHw,
@@ -178,7 +192,15 @@ def vm_instructions(program: FieldProgram) -> list[Any]:
 
 
 def _rate(pps: float | None) -> dict[str, float]:
+    """No rate is flat out: 100% of the port's line rate (L1, as TRex counts it), or as near as
+    TRex's cores get."""
     return {"pps": pps} if pps is not None else {"percentage": 100}
+
+
+def _stream(**fields: Any) -> STLStream:
+    return STLStream(
+        mac_src_override_by_pkt=True, mac_dst_override_mode=STLStreamDstMAC_PKT, **fields
+    )
 
 
 def build_streams(program: FieldProgram, latency: dict[str, Any] | None) -> list[STLStream]:
@@ -191,7 +213,7 @@ def build_streams(program: FieldProgram, latency: dict[str, Any] | None) -> list
     else:
         mode = STLTXCont(**rate)
     builder = STLPktBuilder(pkt_buffer=base, vm=vm or None)
-    streams = [STLStream(name="traffic", packet=builder, mode=mode)]
+    streams = [_stream(name="traffic", packet=builder, mode=mode)]
     if latency is None:
         return streams
     lat_rate = {"pps": latency["rate_pps"]}
@@ -203,7 +225,7 @@ def build_streams(program: FieldProgram, latency: dict[str, Any] | None) -> list
         total = max(1, math.ceil(program.count * latency["rate_pps"] / program.rate_pps))
         lat_mode = STLTXSingleBurst(total_pkts=total, **lat_rate)
     streams.append(
-        STLStream(
+        _stream(
             name="latency",
             packet=STLPktBuilder(pkt_buffer=program.packet(0)),
             mode=lat_mode,
@@ -213,45 +235,83 @@ def build_streams(program: FieldProgram, latency: dict[str, Any] | None) -> list
     return streams
 
 
-def run(program: FieldProgram, streams: list[STLStream], request: dict[str, Any]) -> dict[str, Any]:
-    """Send ``streams`` through the TRex server ``request["server"]`` and read the counters back."""
-    if program.count is None and program.duration is None:
-        raise TranslationError("a TRex run needs count or duration, or it would never end")
-    ports = request["ports"]
-    client = STLClient(server=request["server"])
-    client.connect()
-    try:
+class Session:
+    """What one worker process holds between requests: at most one connected client."""
+
+    def __init__(self) -> None:
+        self.client: STLClient | None = None
+
+    def connected(self) -> STLClient:
+        if self.client is None:
+            raise RuntimeError("no TRex server: send a connect request first")
+        return self.client
+
+    def connect(self, server: str) -> None:
+        client = STLClient(server=server)
+        client.connect()
+        self.client = client
+
+    def run(self, program: FieldProgram, request: dict[str, Any]) -> dict[str, Any]:
+        """Send the program's streams from ``request["ports"]`` and read the counters back."""
+        if program.count is None and program.duration is None:
+            raise TranslationError("a TRex run needs count or duration, or it would never end")
+        client, ports = self.connected(), request["ports"]
+        streams = build_streams(program, request.get("latency"))
         client.reset(ports=ports)
         client.add_streams(streams, ports=ports)
         client.clear_stats()
         duration = program.duration if program.duration is not None else -1
         client.start(ports=ports, duration=duration, force=True)
+        started = time.monotonic()
+        # Timed here to the millisecond: wait_on_traffic polls every 10 ms, then sleeps out the
+        # latency streams' RX delay before it removes their filters.
+        while client.is_traffic_active(ports=ports):
+            time.sleep(0.001)
+        seconds = time.monotonic() - started
         client.wait_on_traffic(ports=ports)
-        reply: dict[str, Any] = {"stats": client.get_stats(ports=ports)}
+        reply: dict[str, Any] = {"stats": client.get_stats(ports=ports), "seconds": seconds}
         if request.get("latency") is not None:
             reply["latency"] = client.get_pgid_stats([request["latency"]["pg_id"]])
         return reply
-    finally:
-        client.disconnect()
 
+    def handle(self, request: dict[str, Any]) -> dict[str, Any]:
+        action = request["action"]
+        if action == "streams":
+            program = FieldProgram.from_dict(request["program"])
+            streams = build_streams(program, request.get("latency"))
+            return {"streams": [s.to_json() for s in streams]}
+        if action == "connect":
+            self.connect(request["server"])
+            return {"connected": request["server"]}
+        if action == "ports":
+            infos = self.connected().get_port_info(request["ports"])
+            return {"ports": dict(zip(map(str, request["ports"]), infos, strict=True))}
+        if action == "run":
+            return self.run(FieldProgram.from_dict(request["program"]), request)
+        if action == "stats":
+            return {"stats": self.connected().get_stats(ports=request["ports"])}
+        raise ValueError(
+            f"unknown action {action!r}; expected streams, connect, ports, run or stats"
+        )
 
-def handle(request: dict[str, Any]) -> dict[str, Any]:
-    program = FieldProgram.from_dict(request["program"])
-    streams = build_streams(program, request.get("latency"))
-    if request["action"] == "streams":
-        return {"streams": [s.to_json() for s in streams]}
-    if request["action"] == "run":
-        return run(program, streams, request)
-    raise TranslationError(f"unknown action {request['action']!r}; expected streams or run")
+    def close(self) -> None:
+        if self.client is not None:
+            self.client.disconnect()
 
 
 def main() -> int:
+    replies, sys.stdout = sys.stdout, sys.stderr  # the client prints; only replies go to stdout
+    session = Session()
     try:
-        reply = handle(json.load(sys.stdin))
-    except Exception as e:  # every failure goes back to the caller as one JSON error
-        json.dump({"error": f"{type(e).__name__}: {e}"}, sys.stdout)
-        return 1
-    json.dump(reply, sys.stdout, default=str)
+        for line in sys.stdin:
+            try:
+                reply = session.handle(json.loads(line))
+            except Exception as e:  # every failure goes back to the caller as one JSON error
+                reply = {"error": f"{type(e).__name__}: {e}"}
+            replies.write(json.dumps(reply, default=str) + "\n")
+            replies.flush()
+    finally:
+        session.close()
     return 0
 
 

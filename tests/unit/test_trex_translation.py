@@ -15,6 +15,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from harness.latency import trex_latency
 from injector import templates
 from injector.program import ChecksumFix, ChecksumKind, FieldProgram, checksum_of
 from injector.spec import Fixed, Imix, Random, Range, TrafficSpec, Values, Vary, Zipf
@@ -223,3 +224,5 @@ def test_run_on_trex_server(trex_server):
     ).resolve()
     result = run_on_trex(program, trex_server, ports=(0,), latency=Latency(pg_id=1, rate_pps=10))
     assert result["stats"]["0"]["opackets"] == 1000 + 10
+    assert 0.9 < result["seconds"] < 5, "1000 frames at 1000 pps"
+    assert trex_latency(result["latency"], pg_id=1).sent == 10
