@@ -30,6 +30,7 @@ import pytest
 import bpf
 from bpf.flowmon import Config, FlowMon, Hook, Storage
 from bpf.flowmon.model import DEFAULT_ENTRIES
+from harness.bench import Port
 from harness.counters import silence_ipv6_everywhere
 from harness.measure import Comparison, sample
 from harness.testrun import IPV4_SRC_LOW, Rotated
@@ -218,12 +219,28 @@ def reading(fm: FlowMon) -> Iterator[None]:
         fm.table.drain()
 
 
+ZERO_LOSS_CELLS = [(1, Hook.XDP), (40, Hook.XDP), (10_000, Hook.XDP), (40, Hook.TC_INGRESS)]
+
+
+@contextlib.contextmanager
+def bare_on(dut: Port, hook: Hook, xdp_pass: bpf.Program) -> Iterator[None]:
+    """The bare program of ``hook`` on the DUT: xdp_pass in native XDP, or tc_pass at TC ingress."""
+    program = bare(xdp_pass, hook)
+    if hook is Hook.XDP:
+        with program.attach_xdp(dut.ifname, bpf.XdpMode.NATIVE, dut.netns):
+            yield
+    else:
+        with program.attach_tc(dut.ifname, bpf.TcDirection.INGRESS, dut.netns):
+            yield
+
+
 @pytest.mark.parametrize("storage", list(Storage), ids=lambda s: s.value)
 def test_zero_loss_throughput(benchmark, results, bench, xdp_pass, quick, storage):
-    """Zero-loss Mpps of flowmon at the DUT's XDP with 1, 40 and 10k flows, each against xdp_pass
-    on the same link just before it (the seed's "Native"). Both pass every frame to the stack, which
-    drops it at its route lookup: the monitor's place, and the cost the seed's table compares. Every
-    frame flowmon counted was sent, and every frame that arrived was counted."""
+    """Zero-loss Mpps of flowmon at the DUT's XDP with 1, 40 and 10k flows and at its TC ingress
+    with 40, each against the bare program of its hook on the same link just before it (the
+    seed's "Native"). Both pass every frame to the stack, which drops it at its route lookup:
+    the monitor's place, and the cost the seed's table compares. Every frame flowmon counted was
+    sent, and every frame that arrived was counted."""
     link = bench("two_host")
     if not link.testbed.real:  # every frame the DUT sees is the benchmark's (harness.counters)
         silence_ipv6_everywhere(link.topology)
@@ -231,23 +248,23 @@ def test_zero_loss_throughput(benchmark, results, bench, xdp_pass, quick, storag
     packets = 50_000 if quick else 1_000_000
     repeats = 2 if quick else 5
     config = Config(storage=storage, ring_bytes=RING_BYTES)
-    for n_flows in (1, 40, 10_000):
+    for n_flows, hook in ZERO_LOSS_CELLS:
         with link.source.sender(link.addressed(_flows_spec(n_flows))) as sender:
 
             def zero_loss(totals: Counter | None = None) -> float:
                 return link.zero_loss_pps(sender, packets, totals) / 1e6
 
-            with xdp_pass.attach_xdp(dut.ifname, bpf.XdpMode.NATIVE, dut.netns):
+            with bare_on(dut, hook, xdp_pass):
                 baseline = sample(zero_loss, "Mpps", repeats)
             with FlowMon(config) as fm:
-                fm.attach(dut.ifname, [Hook.XDP], dut.netns)
+                fm.attach(dut.ifname, [hook], dut.netns)
                 totals: Counter = Counter()
 
                 def measure() -> float:
                     return zero_loss(totals)  # noqa: B023
 
                 with reading(fm):
-                    if n_flows == 40:  # the seed's flow count: pytest-benchmark's figure
+                    if (n_flows, hook) == (40, Hook.XDP):  # the seed's: pytest-benchmark's figure
                         subject = benchmark.pedantic(
                             lambda: sample(measure, "Mpps", repeats), rounds=1, iterations=1
                         )
@@ -257,15 +274,17 @@ def test_zero_loss_throughput(benchmark, results, bench, xdp_pass, quick, storag
                 ours = [f for f in fm.flows() if str(f.key.dst) == UNROUTED]
                 misses = fm.misses()
                 counted = sum(f.packets for f in ours) + sum(misses.values())
+        where = f"{storage.value} {hook.value} {n_flows} flows"
         assert totals["arrived"] <= counted <= totals["sent"], (
-            f"{storage.value} {n_flows} flows: sent {totals['sent']:,}, arrived "
-            f"{totals['arrived']:,}, flowmon counted {counted:,} (with misses)"
+            f"{where}: sent {totals['sent']:,}, arrived {totals['arrived']:,}, flowmon counted "
+            f"{counted:,} (with misses)"
         )
-        name = f"flowmon {storage.value} {n_flows} flows zero-loss"
-        result = Comparison(name, subject, baseline, "xdp_pass native")
+        name = f"{figure_name(storage, n_flows, hook)} zero-loss"
+        bare_name = "xdp_pass native" if hook is Hook.XDP else "tc_pass at tc ingress"
+        result = Comparison(name, subject, baseline, bare_name)
         results.record(result, sent=totals["sent"], arrived=totals["arrived"])
         print(
-            f"{name}: {subject.median:.2f} Mpps against {baseline.median:.2f} Mpps xdp_pass "
+            f"{name}: {subject.median:.2f} Mpps against {baseline.median:.2f} Mpps {BARE[hook]} "
             f"({result.ratio:.2f}); {len(ours)} flows; not counted {sum(misses.values()):,} "
             f"of {totals['sent']:,} ({', '.join(f'{k} {v:,}' for k, v in misses.items() if v)})"
         )
