@@ -104,12 +104,14 @@ class Sender(Protocol):
 
 
 class _LocalSender:
-    def __init__(self, xdp: XdpSender, port: Port) -> None:
-        self.xdp, self.port = xdp, port
+    def __init__(self, xdp: XdpSender, port: Port, workers: int) -> None:
+        self.xdp, self.port, self.workers = xdp, port, workers
 
     def send(self, count: int, rate_pps: float | None = None) -> Offered:
         before = interface_stats(self.port.ifname, self.port.netns)
-        report = self.xdp.send(count=count, rate_pps=rate_pps, batch=PACED_BATCH)
+        report = self.xdp.send(
+            count=count, rate_pps=rate_pps, batch=PACED_BATCH, workers=self.workers
+        )
         after = interface_stats(self.port.ifname, self.port.netns)
         if report.aborted:
             raise RuntimeError(f"the injector's field engine aborted {report.aborted} frames")
@@ -125,19 +127,23 @@ class LocalSource:
         self.port = port
 
     @contextlib.contextmanager
-    def sender(self, spec: dict[str, Any]) -> Iterator[Sender]:
+    def sender(self, spec: dict[str, Any], workers: int = 1) -> Iterator[Sender]:
+        """``workers``: senders on that many CPUs, the rate and the count shared between them.
+        Into a veth each sends to the receiving end's queue of its own CPU, whose NAPI then runs
+        the DUT's program on that CPU: two senders make two CPUs count at once."""
         program = TrafficSpec.from_dict(spec, "benchmark spec").resolve()
         with XdpSender(program, self.port.ifname, self.port.netns) as xdp:
-            yield _LocalSender(xdp, self.port)
+            yield _LocalSender(xdp, self.port, workers)
 
 
 class _PeerSender:
-    def __init__(self, peer: SshPeer, port: Port, spec_file: str) -> None:
-        self.peer, self.port, self.spec_file = peer, port, spec_file
+    def __init__(self, peer: SshPeer, port: Port, spec_file: str, workers: int) -> None:
+        self.peer, self.port, self.spec_file, self.workers = peer, port, spec_file, workers
 
     def send(self, count: int, rate_pps: float | None = None) -> Offered:
         argv = [self.peer.command("injector"), "send", "-i", self.port.ifname]
         argv += ["--spec", self.spec_file, "-n", str(count), "--batch", str(PACED_BATCH), "--json"]
+        argv += ["-w", str(self.workers)]
         if rate_pps is not None:
             argv += ["-r", f"{rate_pps:.0f}"]
         before = self.peer.counter(self.port.ifname, "tx_dropped")
@@ -161,12 +167,13 @@ class PeerSource:
         return cls(peer, _peer_port(peer, dut_port))
 
     @contextlib.contextmanager
-    def sender(self, spec: dict[str, Any]) -> Iterator[Sender]:
+    def sender(self, spec: dict[str, Any], workers: int = 1) -> Iterator[Sender]:
+        """``workers``: the peer's injector sends from that many of its CPUs."""
         TrafficSpec.from_dict(spec, "benchmark spec").resolve()  # a bad spec fails here, not there
         spec_file = self.peer.run(["mktemp", "--suffix=.yaml"]).strip()
         try:
             self.peer.write_file(spec_file, yaml.safe_dump(spec))
-            yield _PeerSender(self.peer, self.port, spec_file)
+            yield _PeerSender(self.peer, self.port, spec_file, workers)
         finally:
             self.peer.run(["rm", "-f", spec_file])
 
@@ -210,7 +217,9 @@ class TrexSource:
         self.port = port
 
     @contextlib.contextmanager
-    def sender(self, spec: dict[str, Any]) -> Iterator[Sender]:
+    def sender(self, spec: dict[str, Any], workers: int = 1) -> Iterator[Sender]:
+        """``workers`` is the local injectors' notion: TRex spreads a stream over the cores its
+        server was configured with, whatever this says."""
         program = TrafficSpec.from_dict(spec, "benchmark spec").resolve()
         with TrexSession(self.port.server) as session:
             yield _TrexSender(session, program, self.port)
