@@ -18,6 +18,7 @@ from dataclasses import replace
 
 from bpf.cli import failure
 from injector.spec import SpecError, load_spec
+from injector.trex_backend import TrexError
 
 BACKENDS = ("xdp", "scapy", "pcap", "trex")
 SEED_FRAME_LEN = 148  # Ethernet 14 + PPPoE 6 + 128 bytes of payload
@@ -213,7 +214,7 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as err:
         print(failure("injector", err), file=sys.stderr)
         return 1
-    except (SpecError, ValueError) as err:
+    except (SpecError, ValueError, TrexError) as err:
         print(f"injector: {err}", file=sys.stderr)
         return 1
     return _report(result, args.json or args.backend == "trex")  # TRex's: a nested report

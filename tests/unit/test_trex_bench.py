@@ -13,8 +13,11 @@ import importlib.util
 import json
 import signal
 import socket
+import subprocess
+import sys
 import time
 from collections import Counter
+from pathlib import Path
 
 import pytest
 
@@ -208,3 +211,14 @@ def test_zero_loss_search_through_trex(trex_server, bench):
         pps = link.zero_loss_pps(sender, count, totals)
     assert pps > 0
     assert totals["sent"] % count == 0 and totals["source_dropped"] == 0, totals
+
+
+def test_the_injector_command_names_an_absent_server_without_a_traceback(tmp_path):
+    server = _closed_here()
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(json.dumps({**SPEC, "count": 10}))  # JSON is YAML
+    injector = Path(sys.executable).with_name("injector")
+    argv = [str(injector), "send", "-i", "lo", "-b", "trex", "--trex-server", server]
+    done = subprocess.run([*argv, "--spec", str(spec)], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert f"TRex server {server}" in done.stderr and "Traceback" not in done.stderr, done.stderr
