@@ -45,6 +45,7 @@ from pyroute2 import IPRoute
 
 from bpf import netns as bpf_netns
 from harness.counters import delta, interface_stats
+from harness.latency import TrexLatencyReport, trex_latency
 from harness.peer import PeerError, SshPeer
 from harness.sink import FrameClass, Sink
 from harness.testbed import SourceKind, Testbed
@@ -52,10 +53,11 @@ from harness.topology import Topology
 from harness.topology_schema import NicRole
 from injector.program import FieldProgram
 from injector.spec import TrafficSpec
-from injector.trex_backend import TrexSession, burst
+from injector.trex_backend import Latency, TrexSession, burst
 from injector.xdp import PACED_BATCH, XdpSender
 
 SEARCH_STEPS = 10
+LATENCY_PG_ID = 7  # the one latency stream a TRex source runs at a time
 BACKOFF = 0.9  # after a loss, offer this share of the rate the source achieved
 _DUT_DROPS = ("rx_dropped", "rx_missed_errors")
 
@@ -223,6 +225,18 @@ class TrexSource:
         program = TrafficSpec.from_dict(spec, "benchmark spec").resolve()
         with TrexSession(self.port.server) as session:
             yield _TrexSender(session, program, self.port)
+
+    def latency(
+        self, spec: dict[str, Any], count: int, rate_pps: float = 1000.0
+    ) -> TrexLatencyReport:
+        """``count`` frames of ``spec`` at ``rate_pps`` with as many TRex latency packets beside
+        them (the spec's first frame, stamped by TRex: ``STLFlowLatencyStats``), through a DUT that
+        forwards them to the receiving port, where TRex times them on its own clock. TRex's
+        stamp is at the frame's end, so it survives a decapsulation (the VXLAN pipeline's)."""
+        program = burst(TrafficSpec.from_dict(spec, "benchmark spec").resolve(), count, rate_pps)
+        with TrexSession(self.port.server) as session:
+            reply = session.run(program, (self.port.index,), Latency(LATENCY_PG_ID, rate_pps))
+        return trex_latency(reply["latency"], LATENCY_PG_ID)
 
 
 Source = LocalSource | PeerSource | TrexSource

@@ -184,7 +184,8 @@ def test_added_latency(benchmark, results, bench, quick):
     if not isinstance(link.source, LocalSource):
         pytest.skip(
             "one-way latency needs the probes' sender and receiver on one clock: this testbed's "
-            "source is another host (TRex's latency streams measure it there)"
+            "source is another host (a TRex testbed times its latency stream where the DUT "
+            "forwards: the VXLAN pipeline's latency benchmarks)"
         )
     probes = ProbeTemplate.udp4(eth_src=source.mac, eth_dst=dut.mac)
     count, repeats = (100, 2) if quick else (1000, 5)

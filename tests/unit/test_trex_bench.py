@@ -21,12 +21,12 @@ from pathlib import Path
 
 import pytest
 
-from harness.bench import TrexPort, TrexReceiver, TrexSource, _trex_ends
+from harness.bench import LATENCY_PG_ID, TrexPort, TrexReceiver, TrexSource, _trex_ends
 from harness.latency import trex_latency
 from harness.testbed import bind, find_testbed, load_testbed
 from injector.program import FieldProgram
 from injector.spec import TrafficSpec
-from injector.trex_backend import TrexError, TrexSession, burst, trex_streams
+from injector.trex_backend import Latency, TrexError, TrexSession, burst, trex_streams
 
 pytestmark = pytest.mark.skipif(
     importlib.util.find_spec("lbr_trex_client") is None,
@@ -88,6 +88,7 @@ def test_the_sender_and_the_receiver_name_an_absent_server():
 
     _fails_naming(server, send)
     _fails_naming(server, count)
+    _fails_naming(server, lambda: TrexSource(port).latency(SPEC, 100))
 
 
 def test_a_forwarding_topology_needs_a_second_trex_port():
@@ -132,6 +133,16 @@ def test_a_trial_asks_trex_for_its_count_at_its_rate():
     }, "flat out: 100% of the port's line rate"
     for (stream,) in (paced, flat_out):
         assert stream["flags"] == 0b011, "the frames carry the spec's MACs, not the TRex port's"
+
+
+def test_a_latency_trial_sends_as_many_timed_packets_beside_the_flow():
+    """TrexSource.latency's request: the flow's burst and a latency stream of the same count and
+    rate, the spec's first frame with STLFlowLatencyStats of the bench's pg_id."""
+    flow, timed = trex_streams(burst(_program(), 500, 1000.0), Latency(LATENCY_PG_ID, 1000.0))
+    assert flow["mode"]["total_pkts"] == timed["mode"]["total_pkts"] == 500
+    assert timed["mode"]["rate"] == {"type": "pps", "value": 1000.0}
+    assert timed["flow_stats"]["stream_id"] == LATENCY_PG_ID, timed["flow_stats"]
+    assert timed["flow_stats"]["rule_type"] == "latency", timed["flow_stats"]
 
 
 # What STLClient.get_pgid_stats([7]) returns, in the shape its code builds (lbr-trex-client 3.4.0,
