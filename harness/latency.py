@@ -223,9 +223,9 @@ class ProbeReceiver:
 
 
 @dataclass(frozen=True)
-class LatencyReport:
-    """Probes ``sent`` (sequence numbers 0..sent-1) and what arrived; latencies in microseconds,
-    None when nothing arrived."""
+class Latencies:
+    """What every latency report says: packets ``sent`` and what arrived (RFC 4737's counts), and
+    the latencies in microseconds, None when nothing arrived."""
 
     sent: int
     received: int
@@ -236,6 +236,12 @@ class LatencyReport:
     p99_us: float | None
     max_us: float | None
     min_us: float | None
+
+
+@dataclass(frozen=True)
+class LatencyReport(Latencies):
+    """Probes ``sent`` (sequence numbers 0..sent-1) and what arrived, timed exactly."""
+
     refused: dict[str, int] = field(default_factory=dict)
     latencies_us: tuple[float, ...] = field(default=(), repr=False)  # sorted, one per probe
 
@@ -297,7 +303,7 @@ def analyze(
 
 
 @dataclass(frozen=True)
-class TrexLatencyReport:
+class TrexLatencyReport(Latencies):
     """A TRex latency stream as its server counted and timed it, in ``LatencyReport``'s names.
 
     TRex keeps no single latencies, only a histogram, so ``p50_us`` and ``p99_us`` are bounds: the
@@ -307,15 +313,6 @@ class TrexLatencyReport:
     spikes); ``average_us`` is its running average (a low-pass filter of each half second's mean),
     ``jitter_us`` its RFC 3550 jitter. None when nothing arrived."""
 
-    sent: int
-    received: int
-    lost: int
-    duplicated: int
-    reordered: int
-    p50_us: float | None
-    p99_us: float | None
-    max_us: float | None
-    min_us: float | None
     average_us: float | None
     jitter_us: float | None
 
