@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -21,9 +20,9 @@ from pathlib import Path
 
 import pytest
 
-from bpf import netns
 from bpf.attach import ifindex, pin_name
 from bpf.flowmon import Config, FlowMon, Hook, Model, Storage
+from harness.stack import ping_pong, udp_socket
 from injector import templates
 from injector.spec import Range, TrafficSpec, Vary
 from injector.xdp import XdpSender
@@ -154,19 +153,11 @@ def test_tc_both_directions_table_has_the_seeds_columns(two_host, tmp_path):
     )
     try:
         run.wait_for(run.err, "counting on")
-        with netns.entered(dut):
-            server = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        server.bind(("10.0.0.2", 7777))
-        with netns.entered(injector):
-            client = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        client.bind(("10.0.0.1", 7778))
-        for _ in range(5):
-            client.sendto(b"ping", ("10.0.0.2", 7777))
-            _, peer = server.recvfrom(64)
-            server.sendto(b"pong", peer)
-            client.recvfrom(64)
-        client.close()
-        server.close()
+        with (
+            udp_socket(dut, "10.0.0.2", 7777) as server,
+            udp_socket(injector, "10.0.0.1", 7778) as client,
+        ):
+            ping_pong(client, server, rounds=5)
         run.wait_for(run.out, "10.0.0.2:7777")
         run.wait_for(run.out, "10.0.0.1:7778")
         unload = flowmon("-i", "ens5", "--netns", dut, "-u")

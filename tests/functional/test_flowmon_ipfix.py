@@ -34,6 +34,7 @@ from bpf.attach import ifindex, pin_name
 from bpf.flowmon import Config, FlowMon, Hook, Model, Storage
 from bpf.flowmon.ipfix import IPFIX_PORT, MAX_MESSAGE_BYTES, tshark_messages
 from bpf.flowmon.model import Direction, EndReason, FlowRecord, export_problems
+from harness.stack import ping_pong, udp_socket
 from injector import templates
 from injector.spec import Range, TrafficSpec, Vary
 from injector.xdp import XdpSender
@@ -335,19 +336,11 @@ def test_tc_both_ways_exported_with_their_interface(two_host, collector, tmp_pat
     ens5 = ifindex("ens5", dut)
     run = Flowmon(dut, args, tmp_path, attach="tc")
     try:
-        with netns.entered(dut):
-            server = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        server.bind(("10.0.0.2", 7777))
-        with netns.entered(injector):
-            client = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        client.bind(("10.0.0.1", 7778))
-        for _ in range(5):
-            client.sendto(b"ping", ("10.0.0.2", 7777))
-            _, peer = server.recvfrom(64)
-            server.sendto(b"pong", peer)
-            client.recvfrom(64)
-        client.close()
-        server.close()
+        with (
+            udp_socket(dut, "10.0.0.2", 7777) as server,
+            udp_socket(injector, "10.0.0.1", 7778) as client,
+        ):
+            ping_pong(client, server, rounds=5)
         run.line_after(time.time(), lambda line: len(in_table(line, range(7777, 7779))) == 2)
         run.stop()
     finally:

@@ -40,6 +40,7 @@ from harness.counters import delta, interface_stats
 from harness.ethtool import offload
 from harness.pytest_plugin import MirrorVxlan
 from harness.sink import FrameClass, Sink
+from harness.stack import ping_pong, udp_socket
 from injector import templates
 from injector.scapy_backend import send_packets
 from injector.spec import TrafficSpec
@@ -272,23 +273,16 @@ def test_mirrored_traffic_arrives_as_the_model_predicts(mirror, tmp_path):
 def test_host_traffic_on_ens5_still_works(mirror):
     """With the pipeline attached, the dut's kernel still answers on ens5: a UDP datagram to its
     address is delivered, and its reply (after an ARP exchange over ens5) reaches the mirror."""
-    with bpf.netns.entered(mirror.dut):
-        server = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    with bpf.netns.entered(mirror.mirror):
-        client = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     with bpf.netns.entered(mirror.dut), IPRoute() as ipr:  # the dut must ARP, through the pipeline
         ens5 = ipr.link_lookup(ifname="ens5")[0]
         for neighbour in ipr.get_neighbours(ifindex=ens5):
             ipr.neigh("del", dst=neighbour.get_attr("NDA_DST"), ifindex=ens5)
-    with server, client, running(mirror) as run:
-        server.bind(("10.1.0.2", 7000))
-        client.bind(("10.1.0.1", 7001))
-        server.settimeout(2.0)
-        client.settimeout(2.0)
-        client.sendto(b"ping", ("10.1.0.2", 7000))
-        data, peer = server.recvfrom(100)
-        server.sendto(b"pong " + data, peer)
-        assert client.recv(100) == b"pong ping"
+    with (
+        udp_socket(mirror.dut, "10.1.0.2", 7000) as server,
+        udp_socket(mirror.mirror, "10.1.0.1", 7001) as client,
+        running(mirror) as run,
+    ):
+        ping_pong(client, server)
         counters = run.stats()["counters"]
     assert counters["passed"] >= 2, f"the datagram and the ARP reply should pass: {counters}"
     assert "forwarded" not in counters
