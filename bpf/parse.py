@@ -14,6 +14,9 @@ A status is the member name of ``enum parse_status`` (``"PARSE_OK"``, ``"PARSE_T
 headers. ``Flow`` holds ports, protocols and offsets as plain integers (the C struct keeps some in
 network order) and addresses as the 16 bytes of ``union flow_addr``.
 
+``unparsed(obj)`` reads what a data plane built on parse.h counted of the frames it could not
+parse (its ``unparsed`` map, indexed by ``enum parse_status``).
+
 Not for: speed, or building packets (scapy does that).
 """
 
@@ -23,6 +26,7 @@ import enum
 import ipaddress
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from bpf.build import c_define
 
@@ -280,3 +284,17 @@ def _l4(b: bytes, off: int, f: Flow) -> int:
     f.sport, f.dport = _u16(b, off), _u16(b, off + 2)
     f.flags |= FlowFlags.FLOW_F_PORTS
     return off + hlen
+
+
+def unparsed(obj: Any) -> dict[str, int]:
+    """Frames the data plane loaded in ``obj`` (a ``BpfObject``) did not parse to a flow, by parse
+    status (``PARSE_NOT_IP``, ``PARSE_TRUNC_UDP``...), summed over CPUs; statuses never met are
+    left out."""
+    table = obj.maps["unparsed"]
+    counts = {}
+    for name, status in obj.enum("parse_status").items():
+        if name not in ("PARSE_OK", "PARSE_STATUS_MAX"):
+            n = table.lookup_sum(status)
+            if n:
+                counts[name] = n
+    return counts

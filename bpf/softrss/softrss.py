@@ -30,7 +30,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from bpf import POSSIBLE_CPUS, BpfObject, RingBuffer, XdpMode, files
+from bpf import POSSIBLE_CPUS, BpfObject, RingBuffer, XdpMode, files, parse
 from bpf import netns as bpf_netns
 from bpf.attach import XdpLink, ifindex
 from bpf.btf import be16, be32, fields_of, from_be16, from_be32
@@ -327,15 +327,8 @@ class SoftRss:
         ]
 
     def unparsed(self) -> dict[str, int]:
-        """Frames passed without a bucket, by parse status (``PARSE_NOT_IP``, ``PARSE_TRUNC_UDP``...)."""
-        table = self.obj.maps["unparsed"]
-        counts = {}
-        for name, status in self.obj.enum("parse_status").items():
-            if name not in ("PARSE_OK", "PARSE_STATUS_MAX"):
-                n = table.lookup_sum(status)
-                if n:
-                    counts[name] = n
-        return counts
+        """Frames passed without a bucket, by parse status (``bpf.parse.unparsed``)."""
+        return parse.unparsed(self.obj)
 
     def misses(self) -> dict[str, int]:
         """What the data plane could not do: ring full, flow entry evicted at once, bad RETA entry."""

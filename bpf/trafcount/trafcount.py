@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bpf import BpfObject, LibbpfError, XdpMode
+from bpf import BpfObject, LibbpfError, XdpMode, parse
 from bpf.attach import TcDirection, pin_dir, pin_object, unpin_present
 from bpf.btf import fields_of
 from bpf.flowmon.flowmon import read_pinned_struct
@@ -241,12 +241,5 @@ class TrafCount:
         return Totals(t["created"], present, t["entry_gone"], t["no_room"])
 
     def unparsed(self) -> dict[str, int]:
-        """Frames not counted, by parse status (``PARSE_NOT_IP``, ``PARSE_TRUNC_UDP``...)."""
-        table = self.obj.maps["unparsed"]
-        counts = {}
-        for name, status in self.obj.enum("parse_status").items():
-            if name not in ("PARSE_OK", "PARSE_STATUS_MAX"):
-                n = table.lookup_sum(status)
-                if n:
-                    counts[name] = n
-        return counts
+        """Frames not counted, by parse status (``bpf.parse.unparsed``)."""
+        return parse.unparsed(self.obj)
