@@ -1,7 +1,7 @@
 """Ahead-of-time compilation of every ``*.bpf.c`` of the ``bpf``, ``injector`` and ``harness`` packages into a BPF
 ELF object beside it, and of the user-space C in ``NATIVE`` (the VXLAN re-injector's core and its C
-reference, the traffic counter's time-series reader) into a shared library or program beside its
-sources.
+reference, the traffic counter's time-series reader, the flow-metrics ring reader) into a shared
+library or program beside its sources.
 
 The package build (``setup.py``) calls this for the wheel; after editing BPF C in a checkout run
 ``python -m bpf.build``. Each object gets a manifest (``NAME.bpf.json``) holding the SHA-256 of the
@@ -67,6 +67,11 @@ NATIVE = (
         "bpf/trafcount/libtrafcount_series.so",
         ("bpf/trafcount/series.c",),
         ("-shared", "-fPIC", "-lbpf"),
+    ),
+    Native(
+        "bpf/flowmon/libflowmon_ringdrain.so",
+        ("bpf/flowmon/ringdrain.c",),
+        ("-shared", "-fPIC", "-pthread"),
     ),
 )
 NATIVE_CFLAGS = ["-O2", "-g", "-Wall", "-Werror", "-std=gnu11"]

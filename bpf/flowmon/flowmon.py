@@ -15,7 +15,13 @@ with FlowMon.reopen("veth0") as again: ...   # another process: the same maps, t
 ``FlowTable`` is the storage layer alone (flowtable.h's maps in any object that includes it):
 configured before load, read after, pinned and reopened. Data planes that count flows share it.
 Every struct comes from the object's BTF. Times are CLOCK_MONOTONIC_COARSE nanoseconds; ``wall_time``
-turns them into the epoch.
+turns them into the epoch. The ring's records (the RINGBUF storage, the SPILL policy) are added up
+per flow by the C reader of ``bpf.flowmon.ringdrain``; the table a reader shows is the kernel's
+entries with those flows merged in.
+
+Threads: ``drain`` may run in a thread of its own (it releases the GIL for its records) while
+another calls ``flows``, ``take``, ``clear`` or ``drain``; the reader's table is locked for each
+call. ``close`` (and leaving ``FlowMon``) only once that thread has stopped.
 
 Not for: the command line (``bpf.flowmon.cli``) or the model (``bpf.flowmon.model``).
 """
@@ -25,34 +31,23 @@ from __future__ import annotations
 import ctypes
 import ipaddress
 import os
-import struct
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bpf import BpfObject, LibbpfError, MapType, XdpMode
+from bpf import BpfObject, LibbpfError, MapType, XdpMode, parse
 from bpf.attach import TcDirection, keep_pin, pin_dir, pin_object, unpin_present
 from bpf.btf import fields_of
-from bpf.flowmon.model import (
-    TCP_FLAG_FIN,
-    TCP_FLAG_SYN,
-    Config,
-    Direction,
-    FlowKey,
-    Full,
-    Hook,
-    Storage,
-)
+from bpf.flowmon.model import Config, Direction, FlowKey, Full, Hook, Storage
+from bpf.flowmon.ringdrain import RingDrain
 from bpf.libbpf import call, lib
-from bpf.ringbuf import RingReader
 
 SOURCE = Path(__file__).with_name("flowmon.bpf.c")
 PIN_OWNER = "flowmon"
 CLOCK_MONOTONIC_COARSE = 6  # <linux/time.h>; Python's time module does not name it
 MIN_RING_BYTES = 4096  # the ring of a storage that never writes to it: one page
-DRAIN_BATCH = 1 << 16  # records read before the ring's space is handed back to the producer
 
 _HASH_TYPES = {
     Storage.HASH: MapType.HASH,
@@ -91,7 +86,7 @@ def wall_time(coarse_ns: int) -> float:
 
 
 class _Stats:
-    """A flow's counters as they are merged: per CPU, or table entry with ring records."""
+    """A flow's counters as they are merged: per CPU, or table entry with the ring's flow."""
 
     __slots__ = ("bytes", "fin", "first", "flags", "last", "packets", "syn")
 
@@ -112,13 +107,8 @@ class _Stats:
         self.syn = min(self.syn, syn) if self.syn and syn else self.syn or syn
         self.fin = min(self.fin, fin) if self.fin and fin else self.fin or fin
 
-    def merge(self, other: _Stats) -> None:
-        self.add(
-            other.packets, other.bytes, other.first, other.last, other.flags, other.syn, other.fin
-        )
-
     def add_value(self, v: Any) -> None:
-        """Add a struct flow_stats."""
+        """Add a struct flow_stats (or a ring reader's flow, which has its names)."""
         self.add(
             v.packets, v.bytes, v.first_seen_ns, v.last_seen_ns, v.tcp_flags, v.syn_ns, v.fin_ns
         )
@@ -131,14 +121,9 @@ class FlowTable:
 
     def __init__(self, obj: BpfObject, config: Config) -> None:
         self.obj, self.config = obj, config
-        self._ring: RingReader | None = None
-        # Ring records read so far, by (IP version, raw key bytes): the reader's part of the table.
-        self._from_ring: dict[tuple[int, bytes], _Stats] = {}
-        record = obj.struct("flow_record")
-        self._record = _layout(record, ("ts_ns", "packets", "bytes", "ip_version", "tcp_flags"))
-        self._record_key = record.key.offset
+        # The ring's records read so far, added up per flow: the reader's part of the table.
+        self._ring: RingDrain | None = None
         self._key_type = {4: obj.struct("flow_key4"), 6: obj.struct("flow_key6")}
-        self._key_size = {v: ctypes.sizeof(t) for v, t in self._key_type.items()}
 
     def configure(self) -> None:
         """Before load: the storage's map types and sizes, the rest at one entry."""
@@ -162,7 +147,8 @@ class FlowTable:
     def opened(self) -> None:
         """After load."""
         if self.uses_ring:
-            self._ring = RingReader(self.obj.maps["records"])
+            record = self.obj.struct("flow_record")
+            self._ring = RingDrain(self.obj.maps["records"], record, self._key_type)
 
     @property
     def uses_ring(self) -> bool:
@@ -175,40 +161,20 @@ class FlowTable:
 
     # --- reading ---
 
-    def drain(self) -> int:
-        """Add the ring's records to the table; the number read."""
-        if self._ring is None:
-            return 0
-        total = 0
-        while True:
-            n = self._drain_batch(DRAIN_BATCH)
-            total += n
-            if n < DRAIN_BATCH:
-                return total
-
-    def _drain_batch(self, budget: int) -> int:
-        unpack, key_off, sizes = self._record.unpack_from, self._record_key, self._key_size
-        found = self._from_ring
-        n = 0
-        for rec in self._ring.records(budget):
-            ts, packets, octets, version, flags = unpack(rec)
-            raw = bytes(rec[key_off : key_off + sizes[version]])
-            stats = found.get((version, raw))
-            if stats is None:
-                stats = found[(version, raw)] = _Stats()
-            syn = ts if flags & TCP_FLAG_SYN else 0
-            fin = ts if flags & TCP_FLAG_FIN else 0
-            stats.add(packets, octets, ts, ts, flags, syn, fin)
-            n += 1
-        return n
+    def drain(self, budget: int | None = None) -> int:
+        """Add up to ``budget`` of the ring's records to the table (None: every record committed
+        when the call began; a producer faster than the reader cannot keep it from returning); the
+        number read. The GIL is released while it reads."""
+        return 0 if self._ring is None else self._ring.drain(budget)
 
     def flows(self) -> list[Flow]:
         """The flow table, most packets first: the kernel's entries (per-CPU values merged: sums,
         earliest first seen, latest last seen) with the ring's records added (drained first)."""
         self.drain()
         merged: dict[tuple[int, bytes], _Stats] = {}
-        for (version, raw), stats in self._from_ring.items():
-            merged.setdefault((version, raw), _Stats()).merge(stats)
+        for found in [] if self._ring is None else self._ring.flows():
+            stats = merged[(found.ip_version, self._ring.raw_key(found))] = _Stats()
+            stats.add_value(found)
         storage = self.config.storage
         for version, (hash_name, slots_name) in _TABLES.items():
             if storage in _HASH_TYPES:
@@ -243,8 +209,11 @@ class FlowTable:
         return Flow(key, s.packets, s.bytes, s.first, s.last, s.flags, s.syn, s.fin)
 
     def misses(self) -> dict[str, int]:
-        """Packets not counted, by reason (struct flow_misses), summed over CPUs."""
-        return fields_of(self.obj.maps["misses"].lookup_sum(0))
+        """Packets not counted, by reason (struct flow_misses), summed over CPUs, and the reader's
+        own: ``reader_full``, ring records of new flows its table could not grow for."""
+        misses = fields_of(self.obj.maps["misses"].lookup_sum(0))
+        misses["reader_full"] = 0 if self._ring is None else self._ring.refused()
+        return misses
 
     def activity(self) -> dict[str, int]:
         """Flows created and packets spilled (struct flow_activity), summed over CPUs."""
@@ -271,7 +240,10 @@ class FlowTable:
         taken = {}
         for key in keys:
             raw = key.raw()
-            stats = self._from_ring.pop((key.version, raw), None) or _Stats()
+            stats = _Stats()
+            found = None if self._ring is None else self._ring.take(key.version, raw)
+            if found is not None:
+                stats.add_value(found)
             if hashed:
                 value = self.obj.maps[_TABLES[key.version][0]].lookup_and_delete(raw)
                 for v in [] if value is None else value if isinstance(value, list) else [value]:
@@ -284,28 +256,21 @@ class FlowTable:
         """Empty the flow table: the kernel's entries or slots, and the ring's flows (drained
         first). A program counting meanwhile may count into an array slot being zeroed: clear an
         array table once detached."""
-        self.drain()
-        self._from_ring.clear()
-        for name in ("flows4", "flows6", "slots4", "slots6"):
-            self.obj.maps[name].clear()
+        self._clear(counts=False)
 
     def forget(self) -> None:
         """Empty the table, the ring and the counters."""
-        self.clear()
-        for name in ("misses", "activity"):
+        self._clear(counts=True)
+
+    def _clear(self, counts: bool) -> None:
+        self.drain()
+        if self._ring is not None:
+            self._ring.clear(counts)
+        for name in ("flows4", "flows6", "slots4", "slots6"):
             self.obj.maps[name].clear()
-
-
-def _layout(ctype: type, names: tuple[str, ...]) -> struct.Struct:
-    """A struct.Struct reading fields ``names`` (integers, in offset order) of a ctypes struct: one
-    unpack a ring record instead of a ctypes copy."""
-    fmt, pos = "=", 0
-    codes = {1: "B", 2: "H", 4: "I", 8: "Q"}
-    for name in names:
-        f = getattr(ctype, name)
-        fmt += f"{f.offset - pos}x{codes[f.size]}" if f.offset > pos else codes[f.size]
-        pos = f.offset + f.size
-    return struct.Struct(fmt)
+        if counts:
+            for name in ("misses", "activity"):
+                self.obj.maps[name].clear()
 
 
 def read_pinned_struct(path: Path, ctype: type, key: int = 0) -> Any:
@@ -464,12 +429,5 @@ class FlowMon:
         return self.table.activity()
 
     def unparsed(self) -> dict[str, int]:
-        """Frames not counted in a flow, by parse status (``PARSE_NOT_IP``, ``PARSE_TRUNC_UDP``...)."""
-        table = self.obj.maps["unparsed"]
-        counts = {}
-        for name, status in self.obj.enum("parse_status").items():
-            if name not in ("PARSE_OK", "PARSE_STATUS_MAX"):
-                n = table.lookup_sum(status)
-                if n:
-                    counts[name] = n
-        return counts
+        """Frames not counted in a flow, by parse status (``bpf.parse.unparsed``)."""
+        return parse.unparsed(self.obj)

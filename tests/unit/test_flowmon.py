@@ -4,7 +4,9 @@ For every storage and every hook the kernel's flow table (packets, bytes, TCP fl
 seen), its misses by reason, its frames not parsed by status and its flows created must be what
 ``bpf.flowmon.model`` predicts: on crafted corner cases, ``injector.malformed`` variants and
 hypothesis-generated frames. Full tables under each policy, array collisions, ring-buffer overflow,
-GSO packets at TC, timestamps, two CPUs counting the same flow at once, pins reopened.
+GSO packets at TC, timestamps, two CPUs counting the same flow at once, pins reopened. The ring's C
+reader (ringdrain.c): thousands of flows, a ring that wraps and overflows, budgets, a reader thread
+beside a producer flat out, flows taken out of its table, a table that cannot grow.
 
 The model runs on one CPU: the tests pin the process to CPU 0 (per-CPU storage would otherwise
 split a flow over CPUs in a way no model predicts), except the one that runs two CPUs on purpose.
@@ -14,7 +16,18 @@ from __future__ import annotations
 
 import ctypes
 import dataclasses
+import functools
 import ipaddress
+import itertools
+import json
+import os
+import random
+import re
+import resource
+import threading
+import time
+import traceback
+from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -27,9 +40,11 @@ from scapy.packet import Raw
 
 import bpf
 from bpf import journal
+from bpf.build import c_define
 from bpf.flowmon import Config, FlowMon, Full, Hook, Model, Storage
 from bpf.flowmon.flowmon import now_coarse_ns
 from bpf.flowmon.model import RING_RECORD_BYTES, Direction, FlowKey, slot_of
+from harness.testrun import Rotated
 from harness.topology import host_ifname
 from injector import malformed, templates
 
@@ -569,3 +584,262 @@ def test_pinned_maps_reopen_with_their_counts_and_configuration():
 def test_bad_configuration_named(kwargs, named):
     with pytest.raises(ValueError, match=named):
         Config(**kwargs)
+
+
+# --- the ring's reader (ringdrain.c) ------------------------------------------------------------
+
+RINGDRAIN_C = Path(bpf.__file__).parent / "flowmon" / "ringdrain.c"
+READER_FIRST_FLOWS = c_define(RINGDRAIN_C, "FIRST_SLOTS") // 2  # its table's room before it grows
+TCP_TURNS = ["S", "SA", "PA", "FA", "R", "A"]
+
+
+def tcp6(sport: int, flags: str = "A", payload: bytes = b"") -> bytes:
+    return bytes(Ether(**MACS) / IPv6(**V6) / TCP(sport=sport, dport=443, flags=flags) / payload)
+
+
+@functools.cache
+def _flow_frame(kind: int, flags: str, payload_len: int) -> bytes:
+    """A frame of each kind, built once: ``many_flows`` sets its source port."""
+    payload = b"p" * payload_len
+    if kind < 2:
+        return (udp4 if kind == 0 else udp6)(0, payload)
+    return (tcp4 if kind == 2 else tcp6)(0, flags, payload)
+
+
+def many_flows(n: int, seed: int = 1) -> list[bytes]:
+    """Frames of ``n`` flows, UDP and TCP over IPv4 and IPv6 in turns, in a shuffled order: a UDP
+    flow one to three frames, a TCP flow two or three of ``TCP_TURNS``' flags (SYNs, FINs, resets),
+    so that flows interleave in the ring as a link's would."""
+    frames = []
+    for i in range(n):
+        kind, port = i % 4, (1024 + i // 4).to_bytes(2, "big")
+        off = 34 if kind in (0, 2) else 54  # the source port, after an IPv4 or IPv6 header
+        if kind < 2:
+            turns = [""] * (1 + i % 3)
+        else:
+            turns = [TCP_TURNS[(i + j) % len(TCP_TURNS)] for j in range(2 + i % 2)]
+        for flags in turns:
+            frame = _flow_frame(kind, flags, i % 7)
+            frames.append(frame[:off] + port + frame[off + 2 :])
+    random.Random(seed).shuffle(frames)
+    return frames
+
+
+@pytest.mark.parametrize(
+    "config",
+    [
+        Config(storage=Storage.RINGBUF),
+        Config(storage=Storage.HASH, entries=300, full=Full.SPILL),
+        Config(storage=Storage.PERCPU_ARRAY, entries=256, full=Full.SPILL),
+    ],
+    ids=["ringbuf", "hash spill", "percpu_array spill"],
+)
+def test_reader_adds_many_flows_up_as_the_model_does(config):
+    """Four times the reader's first table of flows, IPv4 and IPv6, UDP and TCP with SYNs, FINs and
+    resets, interleaved: the table grows, and every flow holds exactly what the model says
+    (spilled flows merged with the kernel's entries)."""
+    n = 4 * READER_FIRST_FLOWS
+    with FlowMon(config) as fm:
+        model = Model(config)
+        for frame in many_flows(n):
+            feed(fm, model, frame, Hook.XDP)
+        check(fm, model, f"{n} flows through the ring")
+        assert len(fm.flows()) == n
+
+
+@pytest.mark.parametrize("chunk", [50, 80], ids=["wraps", "wraps and overflows"])
+def test_reader_across_a_ring_that_wraps_many_times(chunk):
+    """A 4 KiB ring (56 records; 72-byte records straddle its end) drained after every ``chunk``
+    frames: it wraps dozens of times; with 80 frames a chunk 24 of each find it full, counted as
+    ``ring_full``, and every other record is in its flow."""
+    ring_bytes = 4096
+    config = Config(storage=Storage.RINGBUF, ring_bytes=ring_bytes)
+    frames = many_flows(1000)
+    with FlowMon(config) as fm:
+        model = Model(config)
+        for start in range(0, len(frames), chunk):
+            for frame in frames[start : start + chunk]:
+                feed(fm, model, frame, Hook.XDP)
+            fm.table.drain()
+            model.drain()
+        check(fm, model, f"a {ring_bytes}-byte ring drained every {chunk} frames")
+        kept = len(frames) - model.misses["ring_full"]
+        assert kept * RING_RECORD_BYTES > 20 * ring_bytes, "the ring wrapped many times"
+        fits = ring_bytes // RING_RECORD_BYTES
+        assert model.misses["ring_full"] == sum(
+            max(0, len(frames[s : s + chunk]) - fits) for s in range(0, len(frames), chunk)
+        )
+
+
+def test_reader_drain_takes_at_most_its_budget():
+    config = Config(storage=Storage.RINGBUF, ring_bytes=1 << 17)
+    with FlowMon(config) as fm:
+        fm.program(Hook.XDP).test_run(udp4(5), repeat=1000)
+        assert [fm.table.drain(100), fm.table.drain(100), fm.table.drain(), fm.table.drain()] == [
+            100,
+            100,
+            800,
+            0,
+        ]
+        assert [f.packets for f in fm.flows()] == [1000]
+
+
+def test_reader_drains_while_the_program_fills_the_ring(two_cpus):
+    """The program fills a small ring flat out on one CPU while a reader thread drains it on the
+    other and this thread reads the table: no drain reads more than the ring held (a producer
+    faster than the reader cannot keep a call from returning), and at the end every packet run is
+    in its flow or counted ``ring_full``."""
+    ring_bytes, n_flows, repeat, runs = 1 << 16, 40, 200_000, 5
+    frame = udp4(1024, b"w" * 10)
+    config = Config(storage=Storage.RINGBUF, ring_bytes=ring_bytes)
+    with FlowMon(config) as fm, Rotated(frame, n_flows, fm.program(Hook.XDP)) as producer:
+        stop, drained = threading.Event(), []
+
+        def produce() -> None:
+            os.sched_setaffinity(0, {two_cpus.cpus[1]})
+            for _ in range(runs):
+                producer.ns_per_packet(repeat)
+
+        def read() -> None:
+            os.sched_setaffinity(0, {two_cpus.cpus[0]})
+            while not stop.is_set():
+                drained.append(fm.table.drain())
+
+        threads = [threading.Thread(target=produce), threading.Thread(target=read)]
+        for t in threads:
+            t.start()
+        seen = 0
+        while threads[0].is_alive():
+            total = sum(f.packets for f in fm.flows())
+            assert total >= seen, "a read of the table while the reader drains lost packets"
+            seen = total
+        threads[0].join()
+        stop.set()
+        threads[1].join()
+        flows, misses = fm.flows(), fm.misses()
+    assert max(drained) <= ring_bytes // RING_RECORD_BYTES, "a drain read more than the ring held"
+    assert sum(drained) > 0 and misses["ring_full"] > 0, (sum(drained), misses)
+    assert len(flows) == n_flows and all(f.bytes == f.packets * len(frame) for f in flows)
+    counted = sum(f.packets for f in flows)
+    assert counted + misses["ring_full"] == runs * repeat, (
+        f"{runs * repeat} packets run: {counted} counted, {misses['ring_full']} found the ring full"
+    )
+
+
+def test_reader_takes_flows_out_of_the_middle_of_its_table():
+    """Every third of 3,000 flows taken out (linear probing's deletion moves the flows after each
+    back): the rest stay whole and findable, and a taken flow's next packets make a new flow."""
+    n = 3000
+    config = Config(storage=Storage.RINGBUF)
+    frames = many_flows(n)
+    with FlowMon(config) as fm:
+        first = Model(config)
+        for frame in frames:
+            feed(fm, first, frame, Hook.XDP)
+        before = model_table(first)
+        gone = sorted(before)[::3]
+        taken = fm.table.take(gone)
+        assert {k: (f.packets, f.bytes, f.tcp_flags) for k, f in taken.items()} == {
+            k: before[k][:3] for k in gone
+        }
+        second = Model(config)
+        for frame in frames:
+            feed(fm, second, frame, Hook.XDP)
+        again = model_table(second)
+        got = kernel_table(fm)
+    want = {
+        k: again[k]
+        if k in taken
+        else (
+            before[k][0] + again[k][0],
+            before[k][1] + again[k][1],
+            before[k][2] | again[k][2],
+            before[k][3] or again[k][3],
+            before[k][4] or again[k][4],
+        )
+        for k in again
+    }
+    assert got == want, "flows after every third was taken out and all were sent again"
+
+
+@pytest.mark.parametrize("storage", [Storage.HASH, Storage.RINGBUF], ids=lambda s: s.value)
+def test_first_last_syn_and_fin_are_the_earliest_and_latest_packets(storage):
+    """A SYN, data, a second SYN, a FIN and a second FIN, each in a clock tick of its own: first
+    seen and the SYN are the first SYN's time, the FIN the first FIN's, last seen the last FIN's;
+    the kernel's table and the ring's reader keep the same times."""
+    with FlowMon(Config(storage=storage)) as fm:
+        windows = []
+        for flags in ("S", "A", "S", "FA", "FA"):
+            before = now_coarse_ns()
+            fm.program(Hook.XDP).test_run(tcp4(9, flags))
+            windows.append((before, now_coarse_ns()))
+            time.sleep(0.03)  # past the coarse clock's next tick
+        assert all(a[1] < b[0] for a, b in itertools.pairwise(windows)), windows
+        (flow,) = fm.flows()
+
+    def inside(ts: int, window: tuple[int, int]) -> bool:
+        return window[0] <= ts <= window[1]
+
+    assert inside(flow.first_seen_ns, windows[0]) and inside(flow.syn_ns, windows[0]), flow
+    assert inside(flow.fin_ns, windows[3]) and inside(flow.last_seen_ns, windows[4]), flow
+    assert flow.tcp_flags == 0x13 and flow.packets == 5, flow
+
+
+def test_reader_out_of_memory_refuses_new_flows_counted():
+    """A reader whose table cannot grow (its process's address space capped, in a child so that
+    the cap touches nothing else) takes the records of flows it holds and counts the packets of the
+    new ones it had no room for as ``reader_full``: lost, never silently. Once memory is there
+    again, the same flows are all counted."""
+    n_flows = 20_000  # past what 1 MiB holds: 104 bytes a flow and 16 of its index
+    config = Config(storage=Storage.RINGBUF, ring_bytes=1 << 21)
+    frame = udp4(1024, b"m" * 18)
+    with (
+        FlowMon(config) as fm,
+        Rotated(frame, n_flows, fm.program(Hook.XDP)) as rotator,
+    ):
+        rotator.ns_per_packet(n_flows)
+        readable, writable = os.pipe()
+        child = os.fork()
+        if child == 0:
+            os.close(readable)
+            os._exit(_drain_capped(fm, rotator, n_flows, writable))
+        os.close(writable)
+        with os.fdopen(readable) as pipe:
+            report = pipe.read()
+        _, status = os.waitpid(child, 0)
+    assert os.waitstatus_to_exitcode(status) == 0, report
+    capped, lifted = json.loads(report)
+    held, counted, refused = capped
+    assert refused > 0 and held + refused == n_flows == counted + refused, capped
+    assert held >= READER_FIRST_FLOWS and held & (held - 1) == 0, (
+        f"the table stops at a size it had room for (a power of 2): {held}"
+    )
+    assert lifted == [n_flows, 2 * n_flows - refused, refused], (
+        "once it can grow, every flow is counted; the refused packets stay counted lost"
+    )
+
+
+def _drain_capped(fm: FlowMon, rotator: Rotated, n_flows: int, out: int) -> int:
+    """In a forked child: drain with the address space capped 1 MiB above what the process maps,
+    then without the cap after another lap of the flows; write [flows, packets, reader_full] of
+    each to ``out``. Its exit status."""
+    try:
+        before = resource.getrlimit(resource.RLIMIT_AS)
+        status = Path("/proc/self/status").read_text()
+        mapped = int(re.search(r"^VmSize:\s+(\d+) kB", status, re.M).group(1)) * 1024
+        resource.setrlimit(resource.RLIMIT_AS, (mapped + (1 << 20), before[1]))
+        try:
+            fm.table.drain()
+        finally:
+            resource.setrlimit(resource.RLIMIT_AS, before)
+        report = []
+        for lap in range(2):
+            if lap:
+                rotator.ns_per_packet(n_flows)
+            flows = fm.flows()
+            report.append([len(flows), sum(f.packets for f in flows), fm.misses()["reader_full"]])
+        os.write(out, json.dumps(report).encode())
+        return 0
+    except BaseException:
+        os.write(out, traceback.format_exc().encode())
+        return 1
