@@ -297,7 +297,8 @@ def _run(args: argparse.Namespace) -> int:
             file=sys.stderr,
             flush=True,
         )
-        _loop(args, fm, exporter, stop)
+        with fm.table.reading():
+            _loop(args, fm, exporter, stop)
         if exporter is not None:
             fm.detach()  # nothing counts any more: what is left is final
             exporter.finish()

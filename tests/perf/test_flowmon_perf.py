@@ -198,29 +198,6 @@ def _flows_spec(n_flows: int) -> dict:
     return spec
 
 
-@contextlib.contextmanager
-def reading(fm: FlowMon) -> Iterator[None]:
-    """The ring read while frames arrive, as the flowmon command reads it (a ring a million
-    records long would fill between trials); a thread, so that the sender keeps its CPU's share."""
-    stop = threading.Event()
-
-    def drain() -> None:
-        while not stop.is_set():
-            if not fm.table.drain():
-                stop.wait(0.001)
-
-    reader = threading.Thread(target=drain, name="ring reader")
-    reader.start()
-    try:
-        yield
-    finally:
-        stop.set()
-        reader.join()
-        fm.table.drain()
-
-
-# (flows, hook, senders): two senders make the DUT's program count on both CPUs at once
-# (harness.bench.LocalSource.sender), where the seed's one-flow hash figure came from.
 ZERO_LOSS_CELLS = [
     (1, Hook.XDP, 1),
     (40, Hook.XDP, 1),
@@ -277,7 +254,7 @@ def test_zero_loss_throughput(benchmark, results, bench, xdp_pass, quick, storag
                 def measure() -> float:
                     return zero_loss(totals)  # noqa: B023
 
-                with reading(fm):
+                with fm.table.reading():
                     if (n_flows, hook, senders) == (40, Hook.XDP, 1):  # the seed's: the benchmark's
                         subject = benchmark.pedantic(
                             lambda: sample(measure, "Mpps", repeats), rounds=1, iterations=1
