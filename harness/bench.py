@@ -44,7 +44,7 @@ import yaml
 from pyroute2 import IPRoute
 
 from bpf import netns as bpf_netns
-from harness.counters import delta, interface_stats
+from harness.counters import interface_stats
 from harness.latency import TrexLatencyReport, trex_latency
 from harness.peer import PeerError, SshPeer
 from harness.sink import FrameClass, Sink
@@ -104,20 +104,28 @@ class Offered:
 class Sender(Protocol):
     def send(self, count: int, rate_pps: float | None = None) -> Offered: ...
 
+    def dropped(self) -> int:
+        """Frames the source's interface has dropped so far (a counter: read it before and
+        after)."""
+        ...
+
 
 class _LocalSender:
     def __init__(self, xdp: XdpSender, port: Port, workers: int) -> None:
         self.xdp, self.port, self.workers = xdp, port, workers
 
+    def dropped(self) -> int:
+        return interface_stats(self.port.ifname, self.port.netns)["tx_dropped"]
+
     def send(self, count: int, rate_pps: float | None = None) -> Offered:
-        before = interface_stats(self.port.ifname, self.port.netns)
+        before = self.dropped()
         report = self.xdp.send(
             count=count, rate_pps=rate_pps, batch=PACED_BATCH, workers=self.workers
         )
-        after = interface_stats(self.port.ifname, self.port.netns)
+        dropped = self.dropped() - before
         if report.aborted:
             raise RuntimeError(f"the injector's field engine aborted {report.aborted} frames")
-        return Offered(report.packets, report.seconds, delta(before, after)["tx_dropped"])
+        return Offered(report.packets, report.seconds, dropped)
 
 
 class LocalSource:
@@ -148,12 +156,15 @@ class _PeerSender:
         argv += ["-w", str(self.workers)]
         if rate_pps is not None:
             argv += ["-r", f"{rate_pps:.0f}"]
-        before = self.peer.counter(self.port.ifname, "tx_dropped")
+        before = self.dropped()
         report = json.loads(self.peer.run(argv))
-        dropped = self.peer.counter(self.port.ifname, "tx_dropped") - before
+        dropped = self.dropped() - before
         if report["aborted"]:
             raise RuntimeError(f"the peer's field engine aborted {report['aborted']} frames")
         return Offered(report["packets"], report["seconds"], dropped)
+
+    def dropped(self) -> int:
+        return self.peer.counter(self.port.ifname, "tx_dropped")
 
 
 class PeerSource:
@@ -208,6 +219,9 @@ class _TrexSender:
         failed = counters["oerrors"]
         return Offered(counters["opackets"] + failed, reply["seconds"], failed)
 
+    def dropped(self) -> int:
+        return self.session.stats((self.port.index,))[str(self.port.index)]["oerrors"]
+
 
 class TrexSource:
     """A TRex server's port, sending a burst of the spec's STL streams per send over one client
@@ -245,6 +259,10 @@ Source = LocalSource | PeerSource | TrexSource
 class Counting(Protocol):
     def frames(self) -> int: ...
 
+    def dropped(self) -> int:
+        """Frames the receiving interface has dropped so far (a counter)."""
+        ...
+
 
 def settled(counting: Counting, still: float = 0.3, timeout: float = 10.0) -> int:
     """The count once it has not moved for ``still`` seconds (a sender returns when frames are
@@ -261,11 +279,14 @@ def settled(counting: Counting, still: float = 0.3, timeout: float = 10.0) -> in
 
 
 class _SinkCounting:
-    def __init__(self, sink: Sink) -> None:
-        self.sink = sink
+    def __init__(self, sink: Sink, port: Port) -> None:
+        self.sink, self.port = sink, port
 
     def frames(self) -> int:
         return self.sink.frames(FrameClass.IPV4)
+
+    def dropped(self) -> int:
+        return self.port.drops()
 
 
 class LocalReceiver:
@@ -277,12 +298,15 @@ class LocalReceiver:
     @contextlib.contextmanager
     def counting(self) -> Iterator[Counting]:
         with Sink(self.port.ifname, self.port.netns) as sink:
-            yield _SinkCounting(sink)
+            yield _SinkCounting(sink, self.port)
 
 
 class _PeerCounting:
-    def __init__(self, process: subprocess.Popen, where: str) -> None:
-        self.process, self.where = process, where
+    def __init__(self, process: subprocess.Popen, where: str, peer: SshPeer, port: Port) -> None:
+        self.process, self.where, self.peer, self.port = process, where, peer, port
+
+    def dropped(self) -> int:
+        return sum(self.peer.counter(self.port.ifname, name) for name in _DUT_DROPS)
 
     def frames(self) -> int:
         self.process.stdin.write("\n")
@@ -308,7 +332,7 @@ class PeerReceiver:
             ready = process.stdout.readline()
             if "ready" not in ready:
                 raise RuntimeError(f"{where}: harness sink did not start: {process.stderr.read()}")
-            yield _PeerCounting(process, where)
+            yield _PeerCounting(process, where, self.peer, self.port)
         finally:
             process.stdin.close()
             process.wait(timeout=30)
@@ -320,6 +344,10 @@ class _TrexCounting:
 
     def frames(self) -> int:
         return self.session.stats((self.port.index,))[str(self.port.index)]["ipackets"]
+
+    def dropped(self) -> int:
+        """DPDK's ierrors: frames the port's NIC received and could not keep."""
+        return self.session.stats((self.port.index,))[str(self.port.index)]["ierrors"]
 
 
 class TrexReceiver:

@@ -10,9 +10,9 @@ full); the workers' own reads are kept as an extra figure. The workers read thro
 rings (the default); the same cells with one ``recv()`` per frame (``Rx.RECV``, ~0.3 Mpps a CPU) are
 measured at 1 and 8 workers for the two MAC modes, as the ring's baseline: the ring saves the
 sending CPU a wake-up and an skb queued per frame, which every mode pays alike and which dilutes
-the steering's difference. Kernel CPU is the system + irq + softirq time of every CPU (/proc/stat)
-over the send, per frame sent: the same send into the bng with no node is the baseline, so what a
-mode adds is its figure less the baseline's.
+the steering's difference. Kernel CPU is the kernel's time over the send, per frame sent
+(``kernel_cpu_seconds``): the same send into the bng with no node is the baseline, so what a mode
+adds is its figure less the baseline's.
 
 The seed's design runs N filters for every frame (the frame meets every socket of the protocol),
 so its cost grows with N; a fanout group is one entry in the protocol's list and runs one program
@@ -33,7 +33,7 @@ from pathlib import Path
 
 from bpf.pfrps import Config, HashAlg, Mode, Node, Protocols, Rx
 from bpf.pfrps.demo import settled
-from harness.bench import Sender
+from harness.bench import LocalSource, Sender
 from harness.measure import Comparison, Summary, sample, summarize
 
 WORKERS = (1, 2, 4, 8, 16)
@@ -75,11 +75,18 @@ def _ksoftirqds() -> list[int]:
 KSOFTIRQDS = _ksoftirqds()
 
 
-def kernel_cpu_seconds(workers: list[int]) -> float:
-    """System time (softirq served inline included) of this process, which sends and so runs the
-    veth's NAPI where every filter or fanout program runs, of the workers (their recv calls) and of
-    the ksoftirqd threads (NAPI deferred): the kernel's work for these frames, and not the
-    machine's other tenants' (a machine-wide /proc/stat would count theirs)."""
+def kernel_cpu_seconds(workers: list[int], local_source: bool) -> float:
+    """The kernel's work for the frames. With the local injector: the system time (softirq served
+    inline included) of this process, which sends and so runs the veth's NAPI where every filter
+    or fanout program runs, of the workers (their recv calls) and of the ksoftirqd threads (NAPI
+    deferred), and not the machine's other tenants' (a machine-wide count would take theirs).
+    With a remote source (a peer host, TRex) the frames arrive on softirqs this process never
+    sees (in the idle task, or a peer namespace's sender here): every CPU's system, irq and
+    softirq time (/proc/stat), the DUT of such a testbed being a host of its own."""
+    if not local_source:
+        fields = Path("/proc/stat").read_text().split(maxsplit=8)[1:8]  # the first line: cpu
+        _user, _nice, system, _idle, _iowait, irq, softirq = map(int, fields)
+        return (system + irq + softirq) / _USER_HZ
     own = resource.getrusage(resource.RUSAGE_SELF).ru_stime
     return own + sum(_stime(pid) for pid in [*workers, *KSOFTIRQDS])
 
@@ -88,11 +95,16 @@ class Trial:
     """One send of ``count`` frames: what it offered, where the frames went, what the kernel spent."""
 
     def __init__(
-        self, sender: Sender, count: int, node: Node | None, rate_pps: float | None = None
+        self,
+        sender: Sender,
+        count: int,
+        node: Node | None,
+        rate_pps: float | None = None,
+        local_source: bool = True,
     ) -> None:
         before_node = node.counts() if node else []
         pids = [p for p in node.pids if p] if node else []
-        cpu = kernel_cpu_seconds(pids)
+        cpu = kernel_cpu_seconds(pids, local_source)
         started = time.perf_counter()
         offered = sender.send(count, rate_pps)
         self.seconds = time.perf_counter() - started
@@ -110,7 +122,7 @@ class Trial:
             self.queue_dropped = sum(
                 a.dropped - b.dropped for a, b in zip(after, before_node, strict=True)
             )
-        self.cpu_seconds = kernel_cpu_seconds(pids) - cpu  # the workers' reads included
+        self.cpu_seconds = kernel_cpu_seconds(pids, local_source) - cpu  # the workers' reads too
 
     @property
     def received_mpps(self) -> float:
@@ -144,8 +156,10 @@ def test_received_and_kernel_cpu_against_workers(benchmark, results, bench, quic
     recv: dict[tuple[Mode, int], dict[str, Summary]] = {}
     accounted: Counter = Counter()
 
+    local = isinstance(link.source, LocalSource)
+
     def trial(sender, count: int, node: Node, rate: float | None, what: str) -> Trial:
-        done = Trial(sender, count, node, rate)
+        done = Trial(sender, count, node, rate, local)
         lost = done.sent - done.veth_dropped - done.steered
         assert lost == 0, (
             f"{what}: {done.sent:,} sent, {done.veth_dropped:,} dropped by the veth, "
@@ -187,11 +201,13 @@ def test_received_and_kernel_cpu_against_workers(benchmark, results, bench, quic
 
     with link.source.sender(link.addressed(SPEC)) as sender:
         bare = sample(
-            lambda: Trial(sender, paced, None, PACED_PPS).ns_per_frame,
+            lambda: Trial(sender, paced, None, PACED_PPS, local).ns_per_frame,
             "ns/frame",
             repeats,
         )
-        bare_rate = sample(lambda: Trial(sender, flat, None).delivered_mpps, "Mpps", repeats)
+        bare_rate = sample(
+            lambda: Trial(sender, flat, None, local_source=local).delivered_mpps, "Mpps", repeats
+        )
         benchmark.pedantic(run_grid, args=(sender,), rounds=1, iterations=1)
 
     lines = [f"{'mode':<12} " + " ".join(f"{f'x{n}':>20}" for n in WORKERS)]

@@ -56,7 +56,16 @@ from bpf.attach import ifindex
 from bpf.build import require_native
 from bpf.vxlan import Allowlist, Config, Mode, VxlanPipeline
 from bpf.vxlan.reinjector import ring_cpus
-from harness.bench import Bench, LocalSource, PeerSource, Port, TrexSource, settled
+from harness.bench import (
+    Bench,
+    Counting,
+    LocalSource,
+    PeerSource,
+    Port,
+    Sender,
+    TrexSource,
+    settled,
+)
 from harness.counters import interface_stats, silence_ipv6_everywhere
 from harness.latency import ProbeReceiver, ProbeSender, ProbeTemplate, analyze
 from harness.measure import Comparison, Summary, sample
@@ -375,15 +384,16 @@ class Ledger:
     (tx_packets); its refusals, sent again or not, are reported beside."""
 
     link: Link
-    counting: object
+    counting: Counting
+    sender: Sender
     before: Counter
 
     @classmethod
-    def open(cls, link: Link, counting) -> Ledger:
-        return cls(link, counting, _link_counts(link, counting))
+    def open(cls, link: Link, counting: Counting, sender: Sender) -> Ledger:
+        return cls(link, counting, sender, _link_counts(link, counting, sender))
 
     def since(self) -> Counter:
-        now = _link_counts(self.link, self.counting)
+        now = _link_counts(self.link, self.counting, self.sender)
         now.subtract(self.before)
         return now
 
@@ -408,7 +418,7 @@ class Ledger:
         return now
 
 
-def _link_counts(link: Link, counting) -> Counter:
+def _link_counts(link: Link, counting: Counting, sender: Sender) -> Counter:
     # A send returns before the ring path has re-injected its last frames and before the collector
     # counted them: the arrivals are counted once they settle, and the egress read after that (in
     # the other order it was read mid-drain: 12,687 sent of 20,000 arrived).
@@ -417,17 +427,12 @@ def _link_counts(link: Link, counting) -> Counter:
     return Counter(
         {
             "arrived": arrived,
-            "source dropped": _source_dropped(link),
-            "collector dropped": link.bench.receiver.port.drops(),
+            "source dropped": sender.dropped(),
+            "collector dropped": counting.dropped(),
             "egress sent": egress["tx_packets"],
             "egress refused": egress["tx_dropped"],
         }
     )
-
-
-def _source_dropped(link: Link) -> int:
-    source = link.bench.source.port
-    return interface_stats(source.ifname, source.netns)["tx_dropped"]
 
 
 def test_ringbuf_drain_against_the_c_reference(benchmark, results, link, quick):
@@ -454,7 +459,7 @@ def test_ringbuf_drain_against_the_c_reference(benchmark, results, link, quick):
 
         final: list[dict] = []
         offered: list[int] = []
-        ledger = Ledger.open(link, counting)
+        ledger = Ledger.open(link, counting, sender)
         with reference_run(link, final):
             reference = drain(offered)
         (c_run,) = final
@@ -469,7 +474,7 @@ def test_ringbuf_drain_against_the_c_reference(benchmark, results, link, quick):
         )
 
         final, offered = [], []
-        ledger = Ledger.open(link, counting)
+        ledger = Ledger.open(link, counting, sender)
         with pipeline_run(link, Mode.RINGBUF.value, final):
             python = benchmark.pedantic(lambda: drain(offered), rounds=1, iterations=1)
         (last,) = final
@@ -511,7 +516,7 @@ def test_ringbuf_steady_against_the_seed(benchmark, results, link, quick):
         link.bench.receiver.counting() as counting,
         link.bench.source.sender(spec) as sender,
     ):
-        ledger = Ledger.open(link, counting)
+        ledger = Ledger.open(link, counting, sender)
         with pipeline_run(link, Mode.RINGBUF.value, final):
             steady = sender.send(packets, steady_pps)
             steady_link = ledger.since()
