@@ -23,6 +23,7 @@
 #include "ctx.h"
 #include "flowtable.h"
 #include "parse.h"
+#include "unparsed.h"
 
 /* What the loader chose, pinned with the maps so that a later reader knows what it reads. */
 struct flowmon_config {
@@ -40,14 +41,6 @@ struct {
 	__type(value, struct flowmon_config);
 } config SEC(".maps");
 
-struct {
-	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-	__uint(max_entries, PARSE_STATUS_MAX);
-	__type(key, __u32);	/* enum parse_status; PARSE_OK stays 0 */
-	__type(value, __u64);
-} unparsed SEC(".maps");
-
-enum parse_status unused_parse_status __attribute__((unused));
 enum flow_direction unused_flow_direction __attribute__((unused));
 
 static __always_inline __u8 tcp_flags_of(const struct cursor *cur, const struct flow *f)
@@ -67,14 +60,11 @@ static __always_inline int flowmon(const struct pkt_ctx *c, __u8 direction)
 	struct cursor cur;
 	struct flow f;
 	__u32 ifindex;
-	__u64 *n;
 
 	ctx_cursor(c, &cur);
 	status = parse_flow(&cur, &f);
 	if (status != PARSE_OK) {
-		n = bpf_map_lookup_elem(&unparsed, &status);
-		if (n)
-			(*n)++;
+		count_unparsed(status);
 		return ctx_pass(c);
 	}
 	counter_wire_size(c, &f, cursor_off(&cur), &p.packets, &p.bytes);

@@ -22,6 +22,7 @@
 #include <bpf/bpf_endian.h>
 #include "jhash.h"
 #include "parse.h"
+#include "unparsed.h"
 #include "toeplitz.h"
 
 #define RETA_SIZE		128	/* what `ethtool -x` shows on most NICs */
@@ -156,10 +157,9 @@ struct softrss_misses {
 	__u64 no_bucket;	/* the RETA named a bucket >= n_buckets: frame passed uncounted */
 };
 
-/* Types only Python reads (ring records, the index of `unparsed`), carried into BTF. */
+/* Types only Python reads (ring records), carried into BTF. */
 struct softrss_elephant *unused_elephant __attribute__((unused));
 struct softrss_cached_flow *unused_cached_flow __attribute__((unused));
-enum parse_status unused_parse_status __attribute__((unused));
 
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
@@ -210,13 +210,6 @@ struct {
 	__type(key, __u32);	/* cache_index() */
 	__type(value, struct softrss_cached_flow);
 } flow_cache SEC(".maps");
-
-struct {
-	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-	__uint(max_entries, PARSE_STATUS_MAX);
-	__type(key, __u32);	/* enum parse_status; PARSE_OK stays 0 */
-	__type(value, __u64);
-} unparsed SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
@@ -553,7 +546,7 @@ int softrss_xdp(struct xdp_md *ctx)
 	struct cursor c;
 	struct flow f;
 	__u32 hash, slot, bucket, *bucket_p, *cpu;
-	__u64 len, *n;
+	__u64 len;
 	__u8 ip_version;
 	bool ports, hit;
 
@@ -561,10 +554,7 @@ int softrss_xdp(struct xdp_md *ctx)
 	len = c.len;
 	status = parse_flow(&c, &f);
 	if (status != PARSE_OK) {
-		slot = status;
-		n = bpf_map_lookup_elem(&unparsed, &slot);
-		if (n)
-			(*n)++;
+		count_unparsed(status);
 		return XDP_PASS;
 	}
 

@@ -29,6 +29,7 @@
 #include "counter.h"
 #include "ctx.h"
 #include "parse.h"
+#include "unparsed.h"
 
 #define TRAF_ENTRIES	2048	/* the seed's LRU size; the control plane sets each table's */
 
@@ -90,20 +91,12 @@ struct {
 } totals SEC(".maps");
 
 struct {
-	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-	__uint(max_entries, PARSE_STATUS_MAX);
-	__type(key, __u32);	/* enum parse_status; PARSE_OK stays 0 */
-	__type(value, __u64);
-} unparsed SEC(".maps");
-
-struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
 	__uint(max_entries, 1);
 	__type(key, __u32);
 	__type(value, struct traf_config);
 } config SEC(".maps");
 
-enum parse_status unused_parse_status __attribute__((unused));
 
 static __always_inline struct traf_totals *totals_here(void)
 {
@@ -151,14 +144,11 @@ static __always_inline int trafcount(const struct pkt_ctx *c)
 	__u32 packets, bytes;
 	struct cursor cur;
 	struct flow f;
-	__u64 *n;
 
 	ctx_cursor(c, &cur);
 	status = parse_flow(&cur, &f);
 	if (status != PARSE_OK) {
-		n = bpf_map_lookup_elem(&unparsed, &status);
-		if (n)
-			(*n)++;
+		count_unparsed(status);
 		return ctx_pass(c);
 	}
 	if (count_wire)
