@@ -143,8 +143,17 @@ class SshPeer:
         self.run(["sh", "-c", f"cat > {shlex.quote(path)}"], input=content)
 
     def counter(self, ifname: str, name: str) -> int:
-        """An interface counter of the peer (``/sys/class/net/IF/statistics/NAME``)."""
-        return int(self.run(["cat", f"/sys/class/net/{ifname}/statistics/{name}"]))
+        """An interface counter of the peer by the kernel's name (``tx_dropped``, ``rx_dropped``,
+        ``rx_missed_errors``...), read through netlink in the peer's network namespace (``ip -s -s
+        -j link``). Not from sysfs: /sys/class/net shows the namespace sysfs was mounted in, so a
+        peer whose sshd runs in a namespace (the stand-in here) would read this host's interfaces
+        of that name, or none."""
+        direction, _, field = name.partition("_")
+        (shown,) = json.loads(self.run(["ip", "-s", "-s", "-j", "link", "show", "dev", ifname]))
+        try:
+            return int(shown["stats64"][direction][field])
+        except KeyError:
+            raise PeerError(f"{self.address}: {ifname} has no counter {name!r}") from None
 
     def interface_toward(
         self, network: ipaddress.IPv4Network | ipaddress.IPv6Network

@@ -20,6 +20,7 @@ import pytest
 from pyroute2 import IPRoute
 
 from harness.bench import LocalSource, PeerSource, Port
+from harness.counters import interface_stats
 from harness.peer import PeerError
 from harness.pytest_plugin import STANDIN_BIN, STANDIN_PEER
 from harness.sink import FrameClass, Sink
@@ -55,6 +56,22 @@ def test_peer_interface_is_found_from_the_dut_network(nic_standin):
     expected = Port.of("eth0", nic_standin.peer_netns)
     assert (found.ifname, found.mac) == (expected.ifname, expected.mac)
     assert found.address == ipaddress.ip_interface("10.0.5.1/24")
+
+
+def test_peer_counters_are_of_its_own_interfaces(nic_standin):
+    """Read in the peer's namespace, as its own kernel counts them: the same numbers as this
+    host reads of the peer's eth1 through netlink, an interface this host has none of."""
+    here = interface_stats("eth1", nic_standin.peer_netns)
+    with nic_standin.connect() as peer:
+        there = {name: peer.counter("eth1", name) for name in ("rx_packets", "tx_dropped")}
+        with pytest.raises(PeerError, match="no counter 'rx_nonsense'"):
+            peer.counter("eth1", "rx_nonsense")
+    assert there["tx_dropped"] == here["tx_dropped"]
+    assert (
+        here["rx_packets"]
+        <= there["rx_packets"]
+        <= interface_stats("eth1", nic_standin.peer_netns)["rx_packets"]
+    )
 
 
 def test_a_failed_command_says_where_and_why(nic_standin):
