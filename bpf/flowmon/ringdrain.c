@@ -30,11 +30,9 @@
 #include <sys/mman.h>
 #include <unistd.h>
 
+#include "../include/ringbuf_mmap.h"
 #include "ringdrain.h"
 
-#define RINGBUF_BUSY	(1U << 31)	/* BPF_RINGBUF_BUSY_BIT: reserved, not yet submitted */
-#define RINGBUF_DISCARD	(1U << 30)	/* BPF_RINGBUF_DISCARD_BIT */
-#define RINGBUF_HDR	8		/* BPF_RINGBUF_HDR_SZ */
 #define KEY_WORDS	(FLOWMON_RINGDRAIN_KEY_MAX / 8)
 #define FIRST_SLOTS	2048		/* the table's first size: it doubles at half full */
 #define MAX_SLOTS	(1ULL << 31)	/* a 32-bit hash can place a flow in any of them */
@@ -51,11 +49,7 @@ struct slot {
 
 struct flowmon_ringdrain {
 	pthread_mutex_t lock;
-	uint64_t *consumer;		/* the consumer page: its first word is our position */
-	const uint64_t *producer;	/* the producer page: its first word is the kernel's */
-	const uint8_t *data;
-	uint64_t mask;
-	size_t ring_size;
+	struct ringbuf_mmap ring;
 	struct flowmon_ringdrain_layout layout;
 	struct slot *slots;		/* linear probing, at most half full */
 	uint64_t slot_mask;
@@ -262,15 +256,15 @@ long flowmon_ringdrain_drain(struct flowmon_ringdrain *d, uint64_t budget)
 	int err = 0;
 
 	pthread_mutex_lock(&d->lock);
-	start = consumer = *d->consumer;	/* ours alone to write */
-	producer = __atomic_load_n(d->producer, __ATOMIC_ACQUIRE);
+	start = consumer = *d->ring.consumer;	/* ours alone to write */
+	producer = __atomic_load_n(d->ring.producer, __ATOMIC_ACQUIRE);
 	while (consumer < producer && (uint64_t)records < budget) {
-		const uint8_t *record = d->data + (consumer & d->mask);
+		const uint8_t *record = d->ring.data + (consumer & d->ring.mask);
 		uint32_t len = __atomic_load_n((const uint32_t *)record, __ATOMIC_ACQUIRE);
 
 		if (len & RINGBUF_BUSY)
 			break;
-		consumer += ((len & ~RINGBUF_DISCARD) + RINGBUF_HDR + 7) & ~7ULL;
+		consumer += ringbuf_record_span(len);
 		if (len & RINGBUF_DISCARD)
 			continue;
 		records++;
@@ -279,7 +273,7 @@ long flowmon_ringdrain_drain(struct flowmon_ringdrain *d, uint64_t budget)
 			break;		/* read past: the next call goes on after it */
 	}
 	if (consumer != start)
-		__atomic_store_n(d->consumer, consumer, __ATOMIC_RELEASE);
+		__atomic_store_n(d->ring.consumer, consumer, __ATOMIC_RELEASE);
 	pthread_mutex_unlock(&d->lock);
 	return err ? err : records;
 }
@@ -392,9 +386,7 @@ static bool layout_fits(const struct flowmon_ringdrain_layout *l)
 struct flowmon_ringdrain *flowmon_ringdrain_open(int ring_fd, uint32_t ring_size,
 						 const struct flowmon_ringdrain_layout *layout)
 {
-	long page = sysconf(_SC_PAGESIZE);
 	struct flowmon_ringdrain *d;
-	void *consumer, *producer;
 	int err;
 
 	if (!layout_fits(layout) || !ring_size || ring_size & (ring_size - 1)) {
@@ -406,22 +398,11 @@ struct flowmon_ringdrain *flowmon_ringdrain_open(int ring_fd, uint32_t ring_size
 		return NULL;
 	pthread_mutex_init(&d->lock, NULL);
 	d->layout = *layout;
-	d->ring_size = ring_size;
-	d->mask = ring_size - 1;
 	d->slot_mask = FIRST_SLOTS - 1;
 	d->slots = map_zeroed(slot_bytes(FIRST_SLOTS));
 	d->flows = map_zeroed(flow_bytes(FIRST_SLOTS));
-	if (!d->slots || !d->flows)
+	if (!d->slots || !d->flows || ringbuf_mmap(&d->ring, ring_fd, ring_size))
 		goto fail;
-	consumer = mmap(NULL, page, PROT_READ | PROT_WRITE, MAP_SHARED, ring_fd, 0);
-	if (consumer == MAP_FAILED)
-		goto fail;
-	d->consumer = consumer;
-	producer = mmap(NULL, page + 2 * (size_t)ring_size, PROT_READ, MAP_SHARED, ring_fd, page);
-	if (producer == MAP_FAILED)
-		goto fail;
-	d->producer = producer;
-	d->data = (const uint8_t *)producer + page;
 	return d;
 fail:
 	err = errno;
@@ -432,14 +413,9 @@ fail:
 
 void flowmon_ringdrain_close(struct flowmon_ringdrain *d)
 {
-	long page = sysconf(_SC_PAGESIZE);
-
 	if (!d)
 		return;
-	if (d->producer)
-		munmap((void *)d->producer, page + 2 * d->ring_size);
-	if (d->consumer)
-		munmap(d->consumer, page);
+	ringbuf_munmap(&d->ring);
 	if (d->flows)
 		munmap(d->flows, flow_bytes(d->slot_mask + 1));
 	if (d->slots)

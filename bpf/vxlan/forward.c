@@ -35,11 +35,9 @@
 #include <linux/if_packet.h>
 #include <linux/virtio_net.h>
 
+#include "../include/ringbuf_mmap.h"
 #include "forward.h"
 
-#define RINGBUF_BUSY	(1U << 31)	/* reserved, not yet submitted */
-#define RINGBUF_DISCARD	(1U << 30)
-#define RINGBUF_HDR	8		/* BPF_RINGBUF_HDR_SZ */
 #define FRAME_OFFSET	4		/* offsetof(struct vxlan_frame, data) */
 #define VLAN_HLEN	4		/* AF_PACKET takes MTU + an Ethernet header + one VLAN tag */
 #define TX_SLOT		4096		/* a page: frames up to 4054 bytes, past any MTU native XDP allows */
@@ -53,11 +51,7 @@ struct vxlan_forward {
 	int ring_fd;
 	int sock;
 	char ifname[IF_NAMESIZE];
-	uint64_t *consumer;		/* the consumer page: its first word is our position */
-	const uint64_t *producer;	/* the producer page: its first word is the kernel's */
-	const uint8_t *data;
-	uint64_t mask;
-	size_t ring_size;
+	struct ringbuf_mmap ring;
 	uint8_t *tx;
 	uint32_t largest;		/* the longest record that may be sent */
 	struct vxlan_forward_counts *counts;
@@ -314,7 +308,7 @@ long vxlan_forward_batch(struct vxlan_forward *f, uint32_t budget)
 {
 	struct vxlan_forward_commit c = *latest(f);
 	uint64_t consumer = c.position;
-	uint64_t producer = __atomic_load_n(f->producer, __ATOMIC_ACQUIRE);
+	uint64_t producer = __atomic_load_n(f->ring.producer, __ATOMIC_ACQUIRE);
 	uint32_t slot = c.next, queued = 0;
 	long records = 0;
 	int err;
@@ -327,12 +321,12 @@ long vxlan_forward_batch(struct vxlan_forward *f, uint32_t budget)
 	if (budget > VXLAN_FORWARD_BATCH)
 		budget = VXLAN_FORWARD_BATCH;	/* the TX ring's other batch stays free */
 	while (consumer < producer && records < budget) {
-		const uint8_t *record = f->data + (consumer & f->mask);
+		const uint8_t *record = f->ring.data + (consumer & f->ring.mask);
 		uint32_t len = __atomic_load_n((const uint32_t *)record, __ATOMIC_ACQUIRE);
 
 		if (len & RINGBUF_BUSY)
 			break;		/* reserved, not yet submitted: everything after it waits too */
-		consumer += ((len & ~RINGBUF_DISCARD) + RINGBUF_HDR + 7) & ~7ULL;
+		consumer += ringbuf_record_span(len);
 		if (len & RINGBUF_DISCARD)
 			continue;
 		records++;
@@ -356,7 +350,7 @@ long vxlan_forward_batch(struct vxlan_forward *f, uint32_t budget)
 	c.sending = queued > 0;
 	publish(f, &c);
 	/* Every record read is copied out or counted: its space goes back to the producer. */
-	__atomic_store_n(f->consumer, consumer, __ATOMIC_RELEASE);
+	__atomic_store_n(f->ring.consumer, consumer, __ATOMIC_RELEASE);
 	if (c.sending && (err = settle(f, &c)))
 		return err;
 	return records;
@@ -378,7 +372,7 @@ long vxlan_forward_recover(struct vxlan_forward *f)
 	struct vxlan_forward_commit c = *latest(f);
 
 	tidy(f, &c);
-	__atomic_store_n(f->consumer, c.position, __ATOMIC_RELEASE);
+	__atomic_store_n(f->ring.consumer, c.position, __ATOMIC_RELEASE);
 	return c.sending ? settle(f, &c) : 0;
 }
 
@@ -418,9 +412,7 @@ static int tx_ring(struct vxlan_forward *f, const char *ifname)
 struct vxlan_forward *vxlan_forward_open(int ring_fd, uint32_t ring_size, const char *ifname,
 					 struct vxlan_forward_counts *counts)
 {
-	long page = sysconf(_SC_PAGESIZE);
 	struct vxlan_forward *f = calloc(1, sizeof(*f));
-	void *consumer, *producer;
 	int err;
 
 	if (!f)
@@ -428,22 +420,11 @@ struct vxlan_forward *vxlan_forward_open(int ring_fd, uint32_t ring_size, const 
 	f->sock = -1;
 	f->ring_fd = ring_fd;
 	f->counts = counts;
-	f->ring_size = ring_size;
-	f->mask = ring_size - 1;
-	consumer = mmap(NULL, page, PROT_READ | PROT_WRITE, MAP_SHARED, ring_fd, 0);
-	if (consumer == MAP_FAILED)
-		goto fail;
-	f->consumer = consumer;
-	producer = mmap(NULL, page + 2 * (size_t)ring_size, PROT_READ, MAP_SHARED, ring_fd, page);
-	if (producer == MAP_FAILED)
-		goto fail;
-	f->producer = producer;
-	f->data = (const uint8_t *)producer + page;
-	if (tx_ring(f, ifname))
+	if (ringbuf_mmap(&f->ring, ring_fd, ring_size) || tx_ring(f, ifname))
 		goto fail;
 	if (!counts->seq) {	/* fresh counts start where the ring's consumer is */
 		struct vxlan_forward_commit start = {
-			.position = *f->consumer,
+			.position = *f->ring.consumer,
 			.move_from = VXLAN_FORWARD_NO_SLOT,
 			.move_to = VXLAN_FORWARD_NO_SLOT,
 		};
@@ -460,17 +441,12 @@ fail:
 
 void vxlan_forward_close(struct vxlan_forward *f)
 {
-	long page = sysconf(_SC_PAGESIZE);
-
 	if (!f)
 		return;
 	if (f->tx)
 		munmap(f->tx, (size_t)TX_SLOTS * TX_SLOT);
 	if (f->sock >= 0)
 		close(f->sock);
-	if (f->producer)
-		munmap((void *)f->producer, page + 2 * f->ring_size);
-	if (f->consumer)
-		munmap(f->consumer, page);
+	ringbuf_munmap(&f->ring);
 	free(f);
 }
