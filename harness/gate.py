@@ -246,39 +246,38 @@ def _evidence(figure: dict[str, Any], past: list[dict[str, Any]]) -> _Evidence |
     )
 
 
-def since_accepted(history: list[dict[str, Any]], name: str) -> list[dict[str, Any]]:
-    """The figure ``name`` in the last ``WINDOW`` runs of ``history`` (oldest first) since the
+def since_accepted(history: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
+    """Each figure's entries in the last ``WINDOW`` runs of ``history`` (oldest first) since the
     last run that accepted a change of it (``record``): an accepted level is the figure's level
-    from then on, and the runs before it would only widen its spread."""
-    past: list[dict[str, Any]] = []
+    from then on, and the runs before it would only widen its spread. One pass over the history."""
+    past: dict[str, list[dict[str, Any]]] = {}
     for run in history:
-        if name in run.get("accepted", ()):
-            past = []
-        past += [f for f in run["figures"] if f["name"] == name]
-    return past[-WINDOW:]
+        for name in run.get("accepted", ()):
+            past[name] = []
+        for figure in run["figures"]:
+            past.setdefault(figure["name"], []).append(figure)
+    return {name: figures[-WINDOW:] for name, figures in past.items()}
 
 
 def gate(results: dict[str, Any], history: list[dict[str, Any]]) -> list[Verdict]:
     """A verdict for every figure of ``results``, against the runs of ``history``. The run-level
     p-values of the judged figures are adjusted as one family (``adjusted``): a run of ~100
     figures at 1% false alarms each would flag something in most runs of an unchanged build."""
-    judged: dict[int, _Evidence] = {}
-    verdicts: list[Verdict | None] = []
-    for i, figure in enumerate(results["figures"]):
-        evidence = _evidence(figure, since_accepted(history, figure["name"]))
-        if isinstance(evidence, str):
+    past = since_accepted(history)
+    figures = results["figures"]
+    evidence = [_evidence(f, past.get(f["name"], [])) for f in figures]
+    judged = [e for e in evidence if isinstance(e, _Evidence)]
+    q_worse = iter(adjusted([e.p_worse for e in judged]))
+    q_better = iter(adjusted([e.p_better for e in judged]))
+    verdicts = []
+    for figure, e in zip(figures, evidence, strict=True):
+        if not isinstance(e, _Evidence):  # why it was not judged
             now = statistics.median(normalized(figure) or [math.nan])
             verdicts.append(
-                Verdict(figure["name"], figure["unit"], None, now, None, None, None, None, evidence)
+                Verdict(figure["name"], figure["unit"], None, now, None, None, None, None, e)
             )
-        else:
-            judged[i] = evidence
-            verdicts.append(None)
-    keys = list(judged)
-    q_worse = adjusted([judged[i].p_worse for i in keys])
-    q_better = adjusted([judged[i].p_better for i in keys])
-    for i, qw, qb in zip(keys, q_worse, q_better, strict=True):
-        e, figure = judged[i], results["figures"][i]
+            continue
+        qw, qb = next(q_worse), next(q_better)
         worse = e.change > 0
         p, q = (e.p_worse, qw) if worse else (e.p_better, qb)
         verdict, u = "no change", None
@@ -286,10 +285,10 @@ def gate(results: dict[str, Any], history: list[dict[str, Any]]) -> list[Verdict
             u = e.u_p(worse)
             if u < ALPHA:
                 verdict = "regression" if worse else "improvement"
-        verdicts[i] = Verdict(
-            figure["name"], figure["unit"], e.history, e.now, e.change, p, q, u, verdict
+        verdicts.append(
+            Verdict(figure["name"], figure["unit"], e.history, e.now, e.change, p, q, u, verdict)
         )
-    return [v for v in verdicts if v is not None]
+    return verdicts
 
 
 def load_history(directory: Path) -> list[dict[str, Any]]:
