@@ -207,6 +207,11 @@ class TrexPort:
             infos = session.port_info(ports)
         return tuple(cls(server, port, infos[port]["hw_mac"]) for port in ports)
 
+    def counters(self, session: TrexSession) -> dict[str, int]:
+        """The port's counters since ``session`` connected (DPDK's: ``opackets``, ``ipackets``,
+        ``oerrors``, ``ierrors``...), read without taking the port."""
+        return session.stats((self.index,))[str(self.index)]
+
 
 class _TrexSender:
     def __init__(self, session: TrexSession, program: FieldProgram, port: TrexPort) -> None:
@@ -220,7 +225,7 @@ class _TrexSender:
         return Offered(counters["opackets"] + failed, reply["seconds"], failed)
 
     def dropped(self) -> int:
-        return self.session.stats((self.port.index,))[str(self.port.index)]["oerrors"]
+        return self.port.counters(self.session)["oerrors"]
 
 
 class TrexSource:
@@ -306,7 +311,8 @@ class _PeerCounting:
         self.process, self.where, self.peer, self.port = process, where, peer, port
 
     def dropped(self) -> int:
-        return sum(self.peer.counter(self.port.ifname, name) for name in _DUT_DROPS)
+        stats = self.peer.interface_stats(self.port.ifname)  # one read for both counters
+        return sum(stats[name] for name in _DUT_DROPS)
 
     def frames(self) -> int:
         self.process.stdin.write("\n")
@@ -343,11 +349,11 @@ class _TrexCounting:
         self.session, self.port = session, port
 
     def frames(self) -> int:
-        return self.session.stats((self.port.index,))[str(self.port.index)]["ipackets"]
+        return self.port.counters(self.session)["ipackets"]
 
     def dropped(self) -> int:
         """DPDK's ierrors: frames the port's NIC received and could not keep."""
-        return self.session.stats((self.port.index,))[str(self.port.index)]["ierrors"]
+        return self.port.counters(self.session)["ierrors"]
 
 
 class TrexReceiver:

@@ -142,16 +142,23 @@ class SshPeer:
     def write_file(self, path: str, content: str) -> None:
         self.run(["sh", "-c", f"cat > {shlex.quote(path)}"], input=content)
 
-    def counter(self, ifname: str, name: str) -> int:
-        """An interface counter of the peer by the kernel's name (``tx_dropped``, ``rx_dropped``,
-        ``rx_missed_errors``...), read through netlink in the peer's network namespace (``ip -s -s
-        -j link``). Not from sysfs: /sys/class/net shows the namespace sysfs was mounted in, so a
-        peer whose sshd runs in a namespace (the stand-in here) would read this host's interfaces
-        of that name, or none."""
-        direction, _, field = name.partition("_")
+    def interface_stats(self, ifname: str) -> dict[str, int]:
+        """The peer's counters of ``ifname`` by the kernel's names (``tx_dropped``, ``rx_dropped``,
+        ``rx_missed_errors``...), as ``harness.counters.interface_stats`` gives this host's: read
+        through netlink in the peer's network namespace (``ip -s -s -j link``). Not from sysfs:
+        /sys/class/net shows the namespace sysfs was mounted in, so a peer whose sshd runs in a
+        namespace (the stand-in here) would read this host's interfaces of that name, or none."""
         (shown,) = json.loads(self.run(["ip", "-s", "-s", "-j", "link", "show", "dev", ifname]))
+        return {
+            f"{direction}_{field}": int(value)
+            for direction, counts in shown["stats64"].items()
+            for field, value in counts.items()
+        }
+
+    def counter(self, ifname: str, name: str) -> int:
+        """One of ``interface_stats``; PeerError if the interface has no such counter."""
         try:
-            return int(shown["stats64"][direction][field])
+            return self.interface_stats(ifname)[name]
         except KeyError:
             raise PeerError(f"{self.address}: {ifname} has no counter {name!r}") from None
 
