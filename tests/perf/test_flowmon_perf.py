@@ -73,6 +73,28 @@ def figure_name(storage: Storage, n_flows: int, hook: Hook) -> str:
     return f"flowmon {'' if hook is Hook.XDP else 'tc '}{storage.value} {n_flows} flows"
 
 
+def accounted(what: str, runs: int, counted: int, misses: dict[str, int]) -> None:
+    """Every packet run is in a flow or a miss, and none is lost to a full table or ring."""
+    assert counted + sum(misses.values()) == runs, (
+        f"{what}: {runs} packets run, {counted} counted, misses {misses}"
+    )
+    assert misses["ring_full"] == 0 and misses["table_full"] == 0 and misses["entry_gone"] == 0
+
+
+def recorded(
+    benchmark, results, name: str, subject, baseline, hook: Hook, misses: dict, cpus: str = ""
+) -> None:
+    """The figure ``name`` + ``cpus`` against the rotated bare program of ``hook``, recorded and
+    printed."""
+    result = Comparison(f"{name}{cpus}", subject, baseline, f"{BARE[hook]} (rotated){cpus}")
+    benchmark.extra_info.update(result.as_dict(), collisions=misses["collision"])
+    results.record(result)
+    print(
+        f"{result.name}: {subject.median:.1f} ns/packet, {result.ratio:.2f}x {BARE[hook]} "
+        f"({baseline.median:.1f} ns); {misses['collision']} packets in colliding slots"
+    )
+
+
 @pytest.mark.usefixtures("one_cpu")
 @GRID
 @pytest.mark.parametrize("storage", list(Storage), ids=lambda s: s.value)
@@ -100,20 +122,11 @@ def test_ns_per_packet(benchmark, results, xdp_pass, quick, storage, n_flows, ho
         flows = fm.flows()
         misses, created = fm.misses(), fm.activity()["created"]
     runs = repeat * (repeats + 1)  # the warm-up sample counted too
-    counted = sum(f.packets for f in flows)
-    assert counted + sum(misses.values()) == runs, (
-        f"{storage.value}: {runs} packets run, {counted} counted, misses {misses}"
-    )
-    assert misses["ring_full"] == 0 and misses["table_full"] == 0 and misses["entry_gone"] == 0
+    accounted(storage.value, runs, sum(f.packets for f in flows), misses)
     # Each run starts again from the frame's flow: a ring's run of RING_REPEAT meets that many.
     assert len(flows) == (min(n_flows, repeat) if ring else created)
-    name = figure_name(storage, n_flows, hook)
-    result = Comparison(name, subject, baseline, f"{BARE[hook]} (rotated)")
-    benchmark.extra_info.update(result.as_dict(), collisions=misses["collision"])
-    results.record(result)
-    print(
-        f"{name}: {subject.median:.1f} ns/packet, {result.ratio:.2f}x {BARE[hook]} "
-        f"({baseline.median:.1f} ns); {misses['collision']} packets in colliding slots"
+    recorded(
+        benchmark, results, figure_name(storage, n_flows, hook), subject, baseline, hook, misses
     )
 
 
@@ -168,18 +181,9 @@ def test_ns_per_packet_on_two_cpus(benchmark, results, xdp_pass, quick, storage,
         counted = sum(f.packets for f in fm.flows())
         misses = fm.misses()
     runs = 2 * repeat * (repeats + 1)
-    assert counted + sum(misses.values()) == runs, (
-        f"{storage.value} on two CPUs: {runs} packets run, {counted} counted, misses {misses}"
-    )
-    assert misses["ring_full"] == 0 and misses["table_full"] == 0 and misses["entry_gone"] == 0
-    name = f"{figure_name(storage, n_flows, hook)}, two CPUs"
-    result = Comparison(name, subject, baseline, f"{BARE[hook]} (rotated), two CPUs")
-    benchmark.extra_info.update(result.as_dict(), collisions=misses["collision"])
-    results.record(result)
-    print(
-        f"{name}: {subject.median:.1f} ns/packet, {result.ratio:.2f}x {BARE[hook]} "
-        f"({baseline.median:.1f} ns)"
-    )
+    accounted(f"{storage.value} on two CPUs", runs, counted, misses)
+    name = figure_name(storage, n_flows, hook)
+    recorded(benchmark, results, name, subject, baseline, hook, misses, ", two CPUs")
 
 
 # --- live, on the testbed's bench -------------------------------------------------------------------
