@@ -144,12 +144,18 @@ def harness_gate(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([str(HARNESS), "gate", *args], capture_output=True, text=True, timeout=60)
 
 
+def accept(tmp_path: Path, rng: random.Random, history: Path, runs: int, level: float, day: str):
+    """``runs`` runs of the figure at ``level`` recorded by ``harness gate --update-baseline``,
+    a minute apart on ``day``."""
+    for run in range(runs):
+        path = results_file(tmp_path / f"{day}-{run}.json", rng, level, f"{day}T00:{run:02d}")
+        done = harness_gate(str(path), "--history", str(history), "--update-baseline")
+        assert done.returncode == 0, done.stdout + done.stderr
+
+
 def test_the_command_keeps_a_history_and_fails_a_regression(tmp_path):
     rng, history = random.Random(3), tmp_path / "history"
-    for run in range(4):
-        accepted = results_file(tmp_path / f"r{run}.json", rng, 1.0, f"2026-12-0{run + 1}T00:00")
-        first = harness_gate(str(accepted), "--history", str(history), "--update-baseline")
-        assert first.returncode == 0, first.stdout + first.stderr
+    accept(tmp_path, rng, history, 4, 1.0, "2026-12-01")
     stored = list(history.glob("veth/*/*.json"))
     assert len(stored) == 4 and stored[0].parent.name == gate.machine_id(fingerprint())
     same = harness_gate(
@@ -181,12 +187,7 @@ def test_runs_of_one_build_are_pooled_and_others_refused(tmp_path):
     """Two runs of 7 samples judged as one of 14, each sample divided by its own run's baseline;
     runs of different machines or revisions are what the gate compares, never what it pools."""
     rng, history = random.Random(5), tmp_path / "history"
-    for run in range(4):
-        accepted = results_file(tmp_path / f"r{run}.json", rng, 1.0, f"2026-12-0{run + 1}T00:00")
-        assert (
-            harness_gate(str(accepted), "--history", str(history), "--update-baseline").returncode
-            == 0
-        )
+    accept(tmp_path, rng, history, 4, 1.0, "2026-12-01")
     runs = []
     for n, base in enumerate((1.0, 2.0)):  # the second run's machine was twice as slow
         path = results_file(tmp_path / f"slow{n}.json", rng, 0.7 * base, f"t{n}")
@@ -234,12 +235,7 @@ def test_an_accepted_change_starts_the_figure_history_again(tmp_path):
     """A slowdown recorded with --update-baseline is the figure's level from then on: the runs
     after it are judged against it, not against the runs it replaced."""
     rng, history = random.Random(11), tmp_path / "history"
-    for run in range(8):
-        accepted = results_file(tmp_path / f"r{run}.json", rng, 1.0, f"2026-12-01T00:0{run}")
-        assert (
-            harness_gate(str(accepted), "--history", str(history), "--update-baseline").returncode
-            == 0
-        )
+    accept(tmp_path, rng, history, 8, 1.0, "2026-12-01")
     change = results_file(tmp_path / "change.json", rng, 0.7, "2026-12-02T00:00")
     assert harness_gate(str(change), "--history", str(history)).returncode == 1
     taken = harness_gate(str(change), "--history", str(history), "--update-baseline")
@@ -247,9 +243,7 @@ def test_an_accepted_change_starts_the_figure_history_again(tmp_path):
     later = results_file(tmp_path / "later.json", rng, 0.7, "2026-12-02T00:01")
     too_soon = harness_gate(str(later), "--history", str(history))
     assert too_soon.returncode == 0 and "1 runs of history, 3 needed" in too_soon.stdout
-    for run in range(3):
-        at = results_file(tmp_path / f"n{run}.json", rng, 0.7, f"2026-12-02T00:1{run}")
-        assert harness_gate(str(at), "--history", str(history), "--update-baseline").returncode == 0
+    accept(tmp_path, rng, history, 3, 0.7, "2026-12-03")
     judged = harness_gate(str(later), "--history", str(history))
     assert judged.returncode == 0 and "no change" in judged.stdout, judged.stdout
     back = harness_gate(
