@@ -214,22 +214,26 @@ def test_bad_arguments_refused_before_anything_loads(args, message):
     assert not FlowMon.pin_path("lo").exists(), "nothing pinned"
 
 
+RING_BYTES, FRAMES = 1 << 18, 10_000
+
+
 def test_ringbuf_records_are_read_as_they_arrive_not_only_at_each_print(two_host, tmp_path):
-    """A 16 KiB ring holds 227 records; 4,000 frames at 20 kpps come between two prints 10 s
-    apart. The command's reading thread adds them up as they arrive: none is lost to a full
-    ring, and the last table has every frame."""
+    """A 256 KiB ring holds 3,640 records (0.18 s at 20 kpps: room for a reading thread kept
+    waiting on a loaded machine, where 16 KiB's 227 records, 11 ms, once lost 186); 10,000 frames
+    at 20 kpps come between two prints 10 s apart. The command's reading thread adds them up as they
+    arrive: none is lost to a full ring, and the last table has every frame."""
     injector, dut = two_host
     args = ["-i", "ens5", "--netns", dut, "-a", "xdp", "--storage", "ringbuf"]
-    run = Running([*args, "--ring-bytes", "16384", "-s", "10", "--json"], tmp_path)
-    spec = dataclasses.replace(SPEC, count=4000)
+    run = Running([*args, "--ring-bytes", str(RING_BYTES), "-s", "10", "--json"], tmp_path)
+    spec = dataclasses.replace(SPEC, count=FRAMES)
     try:
         run.wait_for(run.err, "counting on")
         with XdpSender(spec.resolve(), "veth0", injector) as sender:
-            assert sender.send(count=4000, rate_pps=20_000).packets == 4000
+            assert sender.send(count=FRAMES, rate_pps=20_000).packets == FRAMES
         time.sleep(0.3)  # the last frames land
         out, _ = run.stop(signal.SIGINT)
     finally:
         FlowMon.unpin(pin_name("ens5", dut))
     table = last_table(out)
     assert table["misses"]["ring_full"] == 0, table["misses"]
-    assert sum(p for p, _ in injected(table).values()) == 4000, injected(table)
+    assert sum(p for p, _ in injected(table).values()) == FRAMES, injected(table)
