@@ -34,7 +34,6 @@ import copy
 import ipaddress
 import json
 import subprocess
-import time
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -44,7 +43,7 @@ import yaml
 from pyroute2 import IPRoute
 
 from bpf import netns as bpf_netns
-from harness.counters import interface_stats
+from harness.counters import interface_stats, settled
 from harness.latency import TrexLatencyReport, trex_latency
 from harness.peer import PeerError, SshPeer
 from harness.sink import FrameClass, Sink
@@ -269,20 +268,6 @@ class Counting(Protocol):
         ...
 
 
-def settled(counting: Counting, still: float = 0.3, timeout: float = 10.0) -> int:
-    """The count once it has not moved for ``still`` seconds (a sender returns when frames are
-    queued, not arrived; a ring-buffer path forwards in bursts), or at ``timeout``."""
-    deadline = time.monotonic() + timeout
-    last = counting.frames()
-    while time.monotonic() < deadline:
-        time.sleep(still)
-        now = counting.frames()
-        if now == last:
-            return now
-        last = now
-    return last
-
-
 class _SinkCounting:
     def __init__(self, sink: Sink, port: Port) -> None:
         self.sink, self.port = sink, port
@@ -489,7 +474,7 @@ class Bench:
                 lost = offered.dropped + self.ingress.drops() - drops_before
                 arrived = offered.packets - lost
             else:
-                arrived = settled(arrivals) - arrived_before
+                arrived = settled(arrivals.frames, still=0.3, timeout=10.0) - arrived_before
                 lost = offered.packets - arrived
             if totals is not None:
                 totals.update(sent=offered.packets, arrived=arrived, source_dropped=offered.dropped)

@@ -8,12 +8,16 @@ Counting exactly needs a quiet link: a veth's ``tx_dropped`` counts every frame 
 receiving ring, the kernel's own included, and on a fresh link the kernel talks (IPv6 DAD, router
 solicitations, MLD; ARP before its first ICMP error). ``bpf.netns.silence_ipv6`` (or
 ``silence_ipv6_everywhere`` here) and ``pin_neighbour`` stop that for the duration of a topology (both vanish with its namespaces).
+A sender returns when its frames are queued, not when they arrived: ``settled`` reads a counter
+once it has stopped moving.
 Not for: rates over time (``harness.measure``).
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, TypeVar
 
 from pyroute2 import IPRoute
 
@@ -24,6 +28,7 @@ if TYPE_CHECKING:
     from harness.topology import Topology
 
 _NUD_PERMANENT = 0x80
+T = TypeVar("T")
 
 
 def interface_stats(ifname: str, namespace: str | None = None) -> dict[str, int]:
@@ -53,3 +58,19 @@ def pin_neighbour(ifname: str, address: str, mac: str, namespace: str | None = N
     with netns.entered(namespace), IPRoute() as ipr:
         index = ipr.link_lookup(ifname=ifname)[0]
         ipr.neigh("replace", dst=address, lladdr=mac, ifindex=index, state=_NUD_PERMANENT)
+
+
+def settled(
+    read: Callable[[], T], at_least: T | None = None, still: float = 0.05, timeout: float = 3.0
+) -> T:
+    """``read()`` once it has reached ``at_least`` (if given) and two reads ``still`` seconds apart
+    agree, or at ``timeout``: frames still in flight have landed, and excess ones had time to show.
+    A receiver fed in bursts (a ring buffer drained by a user-space re-injector) needs a longer
+    ``still``."""
+    deadline, last = time.monotonic() + timeout, None
+    while True:
+        now = read()
+        if (now == last and (at_least is None or now >= at_least)) or time.monotonic() > deadline:
+            return now
+        last = now
+        time.sleep(still)

@@ -9,10 +9,10 @@ Not for: looking at packet contents (``harness.capture``).
 from __future__ import annotations
 
 import enum
-import time
 from pathlib import Path
 
 from bpf import BpfObject, XdpAction, XdpMode
+from harness.counters import settled
 
 SOURCE = Path(__file__).with_name("xdp_sink.bpf.c")
 
@@ -61,21 +61,8 @@ class Sink:
         self, cls: FrameClass, at_least: int, timeout: float = 2.0, still: float = 0.02
     ) -> int:
         """The frame count of ``cls`` once it reached ``at_least`` and did not move for ``still``
-        seconds, or at ``timeout``.
-
-        A sender's call returns when frames are queued to the receiver, not when they arrived: reading
-        at once can miss the last ones. Waiting for a stable count also lets excess frames show. A
-        receiver fed in bursts (a ring buffer drained by a user-space re-injector) needs a longer
-        ``still``.
-        """
-        deadline = time.monotonic() + timeout
-        last = -1
-        while True:
-            now = self.frames(cls)
-            if (now >= at_least and now == last) or time.monotonic() > deadline:
-                return now
-            last = now
-            time.sleep(still)
+        seconds, or at ``timeout`` (``harness.counters.settled``)."""
+        return settled(lambda: self.frames(cls), at_least, still, timeout)
 
     def close(self) -> None:
         self.obj.close()

@@ -34,7 +34,7 @@ def send_each_once(frames: Iterable[bytes], ifname: str, netns: str | None) -> i
     return sent
 
 
-def settled(node: Node, expected: int, timeout: float = SETTLE_S) -> list[WorkerCount]:
+def accounted_for(node: Node, expected: int, timeout: float = SETTLE_S) -> list[WorkerCount]:
     """The node's counts once ``expected`` frames are read or dropped, or at ``timeout``."""
     deadline = time.monotonic() + timeout
     while True:
@@ -61,7 +61,7 @@ def check_pfrps(
             node.start()
             started = time.monotonic()
             sent = send_each_once(wire, "eth0", injector)
-            settled(node, sent)
+            accounted_for(node, sent)
             seconds = time.monotonic() - started
             node.stop()
             counts = node.counts()

@@ -25,7 +25,7 @@ from bpf.attach import ifindex, pin_name
 from bpf.flowmon import Config, FlowMon, Hook, Model, Storage
 from bpf.flowmon.demo import check_flowmon
 from bpf.netns import silence_ipv6
-from harness.counters import delta, interface_stats
+from harness.counters import delta, interface_stats, settled
 from injector import templates
 from injector.spec import Range, TrafficSpec, Vary
 from injector.xdp import XdpSender
@@ -54,17 +54,6 @@ def specs() -> list[TrafficSpec]:
     return [v4, v6]
 
 
-def settled(read, timeout: float = 3.0):
-    """``read()`` once two reads 0.1 s apart agree (frames still in flight have landed)."""
-    deadline, last = time.monotonic() + timeout, None
-    while True:
-        now = read()
-        if now == last or time.monotonic() > deadline:
-            return now
-        last = now
-        time.sleep(0.1)
-
-
 def inject(injector: str, workers: int) -> list[bytes]:
     """Send every spec's frames into veth0 (its peer: the dut's ens5); the frames sent."""
     sent = []
@@ -90,7 +79,7 @@ def test_injected_flows_exact_with_two_workers_on_two_queues(two_host, storage):
     with FlowMon(config) as fm:
         fm.attach("ens5", [Hook.XDP], dut)
         frames = inject(injector, workers=2)
-        got = settled(lambda: by_flow(fm))
+        got = settled(lambda: by_flow(fm), still=0.1)
         per_cpu = packets_per_cpu(fm) if storage.percpu else []
         misses = fm.misses()
     ens5 = ifindex("ens5", dut)
@@ -200,12 +189,12 @@ def test_reopened_pins_keep_the_counts_and_go_on(two_host):
             first.pin(name)
             first.attach("ens5", [Hook.XDP], dut)
             frames = inject(injector, workers=1)
-            before = settled(lambda: by_flow(first))
+            before = settled(lambda: by_flow(first), still=0.1)
         with FlowMon.reopen(name) as second:
             assert by_flow(second) == before, "the reader restarted: the counts are the same"
             second.attach("ens5", [Hook.XDP], dut)
             frames += inject(injector, workers=1)
-            after = settled(lambda: by_flow(second))
+            after = settled(lambda: by_flow(second), still=0.1)
     finally:
         FlowMon.unpin(name)
     ours = {k for k in before if k.sport >= 2000}

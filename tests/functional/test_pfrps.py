@@ -36,7 +36,7 @@ from pathlib import Path
 import pytest
 
 from bpf.pfrps import Config, HashAlg, MacSide, Mode, Node, Protocols, Rx
-from bpf.pfrps.demo import SEED, check_pfrps, send_each_once, settled
+from bpf.pfrps.demo import SEED, accounted_for, check_pfrps, send_each_once
 from bpf.pfrps.model import seed_frame, seed_line, seed_macs, spread, worker_of
 from injector.cli import pppoe_frames
 from injector.scapy_backend import PacketSocket
@@ -60,7 +60,7 @@ def send_all(frames, injector: str) -> int:
 
 
 def settle(node: Node, expected: int) -> list:
-    return settled(node, expected, SETTLE_S)
+    return accounted_for(node, expected, SETTLE_S)
 
 
 def dead(pid: int) -> bool:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import socket
-import time
 
 import pytest
 from pyroute2 import IPRoute
@@ -21,6 +20,7 @@ from bpf import POSSIBLE_CPUS, netns
 from bpf.netns import silence_ipv6
 from bpf.softrss import Action, Config, SoftRss
 from bpf.softrss.model import Model
+from harness.counters import delta, interface_stats, settled
 from harness.sink import FrameClass, Sink
 from injector import templates
 from injector.spec import Range, TrafficSpec, Vary
@@ -29,17 +29,6 @@ from injector.xdp import XdpSender
 DUT_MAC, INJECTOR_MAC = "02:00:00:00:01:02", "02:00:00:00:01:01"
 ADDRESSED = {"eth_src": INJECTOR_MAC, "eth_dst": DUT_MAC}
 SO_INCOMING_CPU, SO_RCVBUFFORCE = 49, 33  # asm-generic/socket.h; Python's socket module lacks them
-
-
-def settled(read, at_least: int, timeout: float = 3.0) -> int:
-    """``read()`` once it reached ``at_least`` and stopped moving, or at ``timeout``."""
-    deadline, last = time.monotonic() + timeout, -1
-    while True:
-        now = read()
-        if (now >= at_least and now == last) or time.monotonic() > deadline:
-            return now
-        last = now
-        time.sleep(0.05)
 
 
 def inject(program, injector: str) -> list[bytes]:
@@ -197,8 +186,17 @@ def test_two_senders_meeting_the_same_new_flows_on_two_queues_count_each_once(tw
     own, on that CPU, so both CPUs meet each new flow at about the same time. Each flow must be
     counted new once, in its bucket, with every packet and byte from both. How many inserts
     collide in the same instant depends on the senders' phase (a planted BPF_ANY insert failed
-    this test in 2 runs of 3); tests/unit/test_softrss.py's lockstep test makes them collide on
-    purpose."""
+    this test in 3 runs of 3 alone, 1 of 2 beside other tests); tests/unit/test_softrss.py's lockstep test makes them collide on
+    purpose.
+
+    Flat out on a loaded machine veth0 drops what ens5's 256-frame ring cannot take (11,425 frames
+    of 80,000 in a run beside other tests), and no sender can say which. So the judgment needs
+    not all of them: what arrived is what veth0 did not drop, exactly; each flow holds at most the
+    model's packets (none, if all four were dropped), of the model's size, in the model's bucket;
+    and the data plane's two ledgers agree bucket by bucket, the packets its flows hold with the
+    packets it counted and its flows with the new flows it counted. A lost insert race shows as
+    packets counted in no flow, a flow counted new twice as one new flow too many. With nothing
+    dropped, every flow is the model's."""
     injector, dut = two_host
     silence_ipv6("veth0", injector)  # only our flows: exact per-bucket counts
     silence_ipv6("ens5", dut)
@@ -219,24 +217,42 @@ def test_two_senders_meeting_the_same_new_flows_on_two_queues_count_each_once(tw
         model.feed(frame)
     with SoftRss(config) as rss:
         rss.attach("ens5", dut)
+        before = interface_stats("veth0", injector)
         with XdpSender(program, "veth0", injector) as sender:
             report = sender.send(count=len(frames), workers=2, batch=64)
         assert report.packets == len(frames) and report.aborted == 0, report
-        settled(lambda: rss.bucket_stats().total_packets, len(frames))
-        flows = {f.key: (f.packets, f.bytes, f.bucket) for f in rss.flows()}
-        buckets = rss.bucket_stats().buckets
+        dropped = delta(before, interface_stats("veth0", injector))["tx_dropped"]
+        settled(lambda: rss.bucket_stats().total_packets, len(frames) - dropped)
+        flows = {f.key: f for f in rss.flows()}
         per_cpu = [rss.obj.maps["buckets"][b] for b in range(config.buckets)]
-    want = {k: (f.packets, f.bytes, f.bucket) for k, f in model.flows.items()}
-    wrong = {str(k): (flows.get(k), v) for k, v in want.items() if flows.get(k) != v}
-    assert len(want) == n_flows and not wrong, (
-        f"(kernel, model) of {len(wrong)} of {n_flows} flows: {dict(list(wrong.items())[:5])}"
-    )
-    assert flows.keys() == want.keys(), "only our flows: the links are quiet"
-    assert [(b.packets, b.flows) for b in buckets] == [
-        (b.packets, b.flows) for b in model.buckets
-    ], "per bucket (packets, new flows): a flow counted new by both CPUs shows here"
+        misses = rss.misses()
     counted = [sum(cpus[cpu].packets for cpus in per_cpu) for cpu in range(POSSIBLE_CPUS)]
     created = [sum(cpus[cpu].flows for cpus in per_cpu) for cpu in range(POSSIBLE_CPUS)]
-    assert sorted(counted)[-2] >= len(frames) // 4, (
-        f"packets per CPU {counted} (new flows per CPU {created}): both CPUs must have counted"
+    ledgers = f"packets per CPU {counted}, new flows per CPU {created}, misses {misses}"
+    assert sum(counted) == len(frames) - dropped, (
+        f"{len(frames)} sent, {dropped} dropped: {ledgers}"
     )
+    assert sorted(counted)[-2] >= len(frames) // 4, f"{ledgers}: both CPUs must have counted"
+    assert flows.keys() <= model.flows.keys(), "only our flows: the links are quiet"
+    wrong = {
+        str(key): ((f.packets, f.bytes, f.bucket), (want.packets, want.bytes, want.bucket))
+        for key, f in flows.items()
+        if not (
+            f.bucket == (want := model.flows[key]).bucket
+            and 1 <= f.packets <= want.packets
+            and f.bytes * want.packets == want.bytes * f.packets
+        )
+    }
+    assert not wrong, f"(kernel, model) of {len(wrong)} flows: {dict(list(wrong.items())[:5])}"
+    in_table = [[0, 0] for _ in range(config.buckets)]
+    for f in flows.values():
+        in_table[f.bucket][0] += f.packets
+        in_table[f.bucket][1] += 1
+    in_buckets = [[sum(c.packets for c in cpus), sum(c.flows for c in cpus)] for cpus in per_cpu]
+    assert in_table == in_buckets, (
+        f"per bucket [packets, flows]: the flow table holds {in_table}, the buckets counted "
+        f"{in_buckets}; {ledgers}"
+    )
+    if not dropped:
+        assert flows.keys() == model.flows.keys()
+        assert all(f.packets == model.flows[key].packets for key, f in flows.items())

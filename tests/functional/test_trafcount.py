@@ -40,7 +40,7 @@ from bpf.netns import silence_ipv6
 from bpf.trafcount import ByteCount, Config, Hook, Key, Model, TrafCount, TrafKey
 from bpf.trafcount.demo import check_trafcount
 from bpf.trafcount.series import parse_json_line, read_binary
-from harness.counters import delta, interface_stats, pin_neighbour
+from harness.counters import delta, interface_stats, pin_neighbour, settled
 from harness.demo import flows_spec
 from injector import templates
 from injector.spec import Range, TrafficSpec, Vary
@@ -84,17 +84,6 @@ def inject(injector: str, workers: int) -> list[bytes]:
     return sent
 
 
-def settled(read, timeout: float = 3.0):
-    """``read()`` once two reads 0.1 s apart agree."""
-    deadline, last = time.monotonic() + timeout, None
-    while True:
-        now = read()
-        if now == last or time.monotonic() > deadline:
-            return now
-        last = now
-        time.sleep(0.1)
-
-
 def injected(counts: dict[TrafKey, tuple[int, int]]) -> dict[TrafKey, tuple[int, int]]:
     """The injected sources' entries (10.0.6.0/24, fd00::6:0/112), not the kernel's own."""
     return {
@@ -112,7 +101,7 @@ def test_injected_mix_exact_with_two_workers_on_two_queues(two_host, count):
     with TrafCount(config) as tc:
         tc.attach("ens5", Hook.XDP, dut)
         frames = inject(injector, workers=2)
-        got = settled(lambda: injected(tc.counts()))
+        got = settled(lambda: injected(tc.counts()), still=0.1)
         totals = tc.totals()
     model = Model(config)
     for frame in frames:

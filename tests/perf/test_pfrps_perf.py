@@ -32,7 +32,7 @@ from collections import Counter
 from pathlib import Path
 
 from bpf.pfrps import Config, HashAlg, Mode, Node, Protocols, Rx
-from bpf.pfrps.demo import settled
+from bpf.pfrps.demo import accounted_for
 from harness.bench import LocalSource, Sender
 from harness.measure import Comparison, Summary, sample, summarize
 
@@ -112,7 +112,7 @@ class Trial:
         self.veth_dropped = offered.dropped  # the source's tx_dropped: the bng's ring was full
         self.steered = self.read = self.queue_dropped = 0
         if node:
-            after = settled(
+            after = accounted_for(
                 node, self.sent - self.veth_dropped + sum(c.steered for c in before_node)
             )
             self.steered = sum(

@@ -64,9 +64,8 @@ from harness.bench import (
     Port,
     Sender,
     TrexSource,
-    settled,
 )
-from harness.counters import interface_stats, silence_ipv6_everywhere
+from harness.counters import interface_stats, settled, silence_ipv6_everywhere
 from harness.latency import ProbeReceiver, ProbeSender, ProbeTemplate, analyze
 from harness.measure import Comparison, Summary, sample
 from harness.testrun import parked
@@ -431,7 +430,7 @@ def _link_counts(link: Link, counting: Counting, sender: Sender) -> Counter:
     # A send returns before the ring path has re-injected its last frames and before the collector
     # counted them: the arrivals are counted once they settle, and the egress read after that (in
     # the other order it was read mid-drain: 12,687 sent of 20,000 arrived).
-    arrived = settled(counting)
+    arrived = settled(counting.frames, still=0.3, timeout=10.0)
     egress = interface_stats(link.dut_out.ifname, link.dut_out.netns)
     return Counter(
         {
