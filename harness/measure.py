@@ -68,6 +68,23 @@ def sample(measure: Callable[[], float], unit: str, repeats: int = 7, warmup: in
     return summarize([measure() for _ in range(repeats)], unit)
 
 
+def paired(
+    subject: Callable[[], float],
+    baseline: Callable[[], float],
+    unit: str,
+    repeats: int = 7,
+    warmup: int = 1,
+) -> tuple[Summary, Summary]:
+    """``sample`` of subject and baseline taken alternately, a pair at a time, so that a drift of the
+    machine (a neighbour's load, a cell that runs 2x faster than the one before) reaches both
+    alike: (subject, baseline) summaries."""
+    for _ in range(warmup):
+        baseline()
+        subject()
+    pairs = [(subject(), baseline()) for _ in range(repeats)]
+    return summarize([s for s, _ in pairs], unit), summarize([b for _, b in pairs], unit)
+
+
 @dataclass(frozen=True)
 class Comparison:
     """A subject against its baseline from the same run; ``ratio`` is subject / baseline medians."""

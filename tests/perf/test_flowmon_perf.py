@@ -1,10 +1,11 @@
-"""Flow metrics cost per packet in the kernel (test_run), every storage x 1, 40, 10k and 1M flows, on
-one CPU and on two at once, against a bare program in the same run: the seed's question ("which
-map?") asked of each.
+"""Flow metrics cost per packet in the kernel (test_run), every storage x XDP, TC ingress and TC
+egress x 1, 40, 10k and 1M flows, on one CPU and on two at once, against the bare program of the
+hook in the same run: the seed's question ("which map?") asked of each.
 
 test_run repeats one frame; the flow rotator (``harness.testrun.Rotated``, parked) turns it into
-the next of N flows before each run and tail-calls the measured program: ``flowmon_xdp``, or, for
-the baseline, ``xdp_pass`` (``bpf/selftest/trivial.bpf.c``). Both pay the rotation and the tail call,
+the next of N flows before each run and tail-calls the measured program: ``flowmon_xdp``,
+``flowmon_tc_ingress`` or ``flowmon_tc_egress``, or, for the baseline, ``xdp_pass`` or ``tc_pass``
+(``bpf/selftest/trivial.bpf.c``). Both pay the rotation and the tail call,
 so the ratio is flowmon's cost over a bare program's. The flows are established (the warm-up run
 creates them): this is the steady state of counting, not of inserting.
 
@@ -20,6 +21,7 @@ its misses or the ring do not account for. It prints each ratio; ``results`` rec
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import threading
 from collections import Counter
@@ -32,7 +34,7 @@ from bpf.flowmon import Config, FlowMon, Hook, Storage
 from bpf.flowmon.model import DEFAULT_ENTRIES
 from harness.bench import Port
 from harness.counters import silence_ipv6_everywhere
-from harness.measure import Comparison, sample
+from harness.measure import Comparison, Summary, paired
 from harness.testrun import IPV4_SRC_LOW, Rotated
 from injector import templates
 
@@ -43,7 +45,12 @@ RING_BYTES = 1 << 24  # 233k records: a sample of the ringbuf storage never fill
 RING_REPEAT = 200_000
 
 
-BARE = {Hook.XDP: "xdp_pass", Hook.TC_INGRESS: "tc_pass"}  # bpf/selftest/trivial.bpf.c
+BARE = {
+    Hook.XDP: "xdp_pass",
+    Hook.TC_INGRESS: "tc_pass",
+    Hook.TC_EGRESS: "tc_pass",
+}  # trivial.bpf.c
+FIGURE_HOOK = {Hook.XDP: "", Hook.TC_INGRESS: "tc ", Hook.TC_EGRESS: "tc egress "}
 
 
 def rotated(n_flows: int, measured: bpf.Program) -> Rotated:
@@ -61,16 +68,26 @@ def config_for(storage: Storage, n_flows: int, quick: bool) -> Config:
     return Config(storage=storage, ring_bytes=RING_BYTES, entries=max(least, 2 * n_flows))
 
 
-# XDP at every flow count; TC at the seed's 40 (its program is XDP's, behind another context).
-GRID = pytest.mark.parametrize(
-    ("n_flows", "hook"),
-    [*((n, Hook.XDP) for n in (1, 40, 10_000, 1_000_000)), (40, Hook.TC_INGRESS)],
-    ids=lambda p: p.value if isinstance(p, Hook) else str(p),
-)
+GRID = [(n, hook) for hook in Hook for n in (1, 40, 10_000, 1_000_000)]
+# A smoke run's cells: every program, and XDP at every flow count (the rotator's paths: one flow,
+# many, past the first address); the full grid takes another 75 s at smoke size.
+SMOKE_GRID = [*((n, Hook.XDP) for n in (1, 40, 10_000, 1_000_000)), (40, Hook.TC_INGRESS),
+              (40, Hook.TC_EGRESS)]  # fmt: skip
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """The test_run tests' (n_flows, hook) cells: GRID, or SMOKE_GRID in a smoke run."""
+    if {"n_flows", "hook"} <= set(metafunc.fixturenames):
+        quick = metafunc.config.getoption("benchmark_disable")
+        metafunc.parametrize(
+            ("n_flows", "hook"),
+            SMOKE_GRID if quick else GRID,
+            ids=lambda p: p.value if isinstance(p, Hook) else str(p),
+        )
 
 
 def figure_name(storage: Storage, n_flows: int, hook: Hook) -> str:
-    return f"flowmon {'' if hook is Hook.XDP else 'tc '}{storage.value} {n_flows} flows"
+    return f"flowmon {FIGURE_HOOK[hook]}{storage.value} {n_flows} flows"
 
 
 def accounted(what: str, runs: int, counted: int, misses: dict[str, int]) -> None:
@@ -96,7 +113,6 @@ def recorded(
 
 
 @pytest.mark.usefixtures("one_cpu")
-@GRID
 @pytest.mark.parametrize("storage", list(Storage), ids=lambda s: s.value)
 def test_ns_per_packet(benchmark, results, xdp_pass, quick, storage, n_flows, hook):
     ring = storage is Storage.RINGBUF
@@ -109,15 +125,18 @@ def test_ns_per_packet(benchmark, results, xdp_pass, quick, storage, n_flows, ho
         rotated(n_flows, bare(xdp_pass, hook)) as baseline_run,
         rotated(n_flows, fm.program(hook)) as subject_run,
     ):
-        baseline = sample(lambda: baseline_run.ns_per_packet(repeat), "ns/packet", repeats)
 
         def measure() -> float:
             ns = subject_run.ns_per_packet(repeat)
             fm.table.drain()  # untimed: the ring is empty again for the next sample
             return ns
 
-        subject = benchmark.pedantic(
-            lambda: sample(measure, "ns/packet", repeats), rounds=1, iterations=1
+        subject, baseline = benchmark.pedantic(
+            lambda: paired(
+                measure, lambda: baseline_run.ns_per_packet(repeat), "ns/packet", repeats
+            ),
+            rounds=1,
+            iterations=1,
         )
         flows = fm.flows()
         misses, created = fm.misses(), fm.activity()["created"]
@@ -150,11 +169,10 @@ def ns_per_packet_on_two_cpus(rotator: Rotated, repeat: int) -> float:
     return sum(figures) / len(figures)
 
 
-@GRID
 @pytest.mark.parametrize("storage", list(Storage), ids=lambda s: s.value)
 def test_ns_per_packet_on_two_cpus(benchmark, results, xdp_pass, quick, storage, n_flows, hook):
     """The same grid with both CPUs running the same flows at once: what a shared entry costs when
-    two CPUs update it (the seed's one-flow hash), against xdp_pass on both CPUs."""
+    two CPUs update it (the seed's one-flow hash), against the bare program on both CPUs."""
     if len(os.sched_getaffinity(0)) < 2:
         pytest.skip("one CPU: nothing to run beside it")
     ring = storage is Storage.RINGBUF
@@ -166,17 +184,21 @@ def test_ns_per_packet_on_two_cpus(benchmark, results, xdp_pass, quick, storage,
         rotated(n_flows, bare(xdp_pass, hook)) as baseline_run,
         rotated(n_flows, fm.program(hook)) as subject_run,
     ):
-        baseline = sample(
-            lambda: ns_per_packet_on_two_cpus(baseline_run, repeat), "ns/packet", repeats
-        )
 
         def measure() -> float:
             ns = ns_per_packet_on_two_cpus(subject_run, repeat)
             fm.table.drain()
             return ns
 
-        subject = benchmark.pedantic(
-            lambda: sample(measure, "ns/packet", repeats), rounds=1, iterations=1
+        subject, baseline = benchmark.pedantic(
+            lambda: paired(
+                measure,
+                lambda: ns_per_packet_on_two_cpus(baseline_run, repeat),
+                "ns/packet",
+                repeats,
+            ),
+            rounds=1,
+            iterations=1,
         )
         counted = sum(f.packets for f in fm.flows())
         misses = fm.misses()
@@ -224,17 +246,39 @@ def bare_on(dut: Port, hook: Hook, xdp_pass: bpf.Program) -> Iterator[None]:
             yield
 
 
+def paired_zero_loss(
+    link, sender, packets: int, repeats: int, fm: FlowMon, hook: Hook, xdp_pass, totals: Counter
+) -> tuple[Summary, Summary]:
+    """flowmon's and the bare program's zero-loss Mpps at ``hook`` of the DUT's port, searched
+    alternately (``paired``); flowmon's searches add their frames to ``totals``."""
+    dut = link.ingress
+
+    def bare_pps() -> float:
+        with bare_on(dut, hook, xdp_pass):
+            return link.zero_loss_pps(sender, packets) / 1e6
+
+    def flowmon_pps() -> float:
+        fm.attach(dut.ifname, [hook], dut.netns)
+        try:
+            return link.zero_loss_pps(sender, packets, totals) / 1e6
+        finally:
+            fm.detach()
+
+    return paired(flowmon_pps, bare_pps, "Mpps", repeats)
+
+
 @pytest.mark.parametrize("storage", list(Storage), ids=lambda s: s.value)
 def test_zero_loss_throughput(benchmark, results, bench, xdp_pass, quick, storage):
     """Zero-loss Mpps of flowmon at the DUT's XDP with 1, 40 and 10k flows and at its TC ingress
     with 40, and at XDP with 1 and 40 from two senders, each against the bare program of its hook
-    on the same link just before it (the seed's "Native"). Both pass every frame to the stack, which drops it at its route lookup:
+    on the same link (the seed's "Native"), the two searched alternately (``paired``): the bare
+    program's rate moved 2x between the cells of one run, and a drift within a cell now reaches
+    both alike. Both pass every frame to the stack, which drops it at its route lookup:
     the monitor's place, and the cost the seed's table compares. Every frame flowmon counted was
     sent, and every frame that arrived was counted."""
     link = bench("two_host")
     if not link.testbed.real:  # every frame the DUT sees is the benchmark's (harness.counters)
         silence_ipv6_everywhere(link.topology)
-    dut = link.ingress
     packets = 50_000 if quick else 1_000_000
     repeats = 2 if quick else 5
     config = Config(storage=storage, ring_bytes=RING_BYTES)
@@ -245,27 +289,15 @@ def test_zero_loss_throughput(benchmark, results, bench, xdp_pass, quick, storag
             continue
         spec = link.addressed(_flows_spec(n_flows))
         with link.source.sender(spec, workers=senders) as sender:
-
-            def zero_loss(totals: Counter | None = None) -> float:
-                return link.zero_loss_pps(sender, packets, totals) / 1e6
-
-            with bare_on(dut, hook, xdp_pass):
-                baseline = sample(zero_loss, "Mpps", repeats)
-            with FlowMon(config) as fm:
-                fm.attach(dut.ifname, [hook], dut.netns)
-                totals: Counter = Counter()
-
-                def measure() -> float:
-                    return zero_loss(totals)  # noqa: B023
-
-                with fm.table.reading():
-                    if (n_flows, hook, senders) == (40, Hook.XDP, 1):  # the seed's: the benchmark's
-                        subject = benchmark.pedantic(
-                            lambda: sample(measure, "Mpps", repeats), rounds=1, iterations=1
-                        )
-                    else:
-                        subject = sample(measure, "Mpps", repeats)
-                    fm.detach()
+            totals: Counter = Counter()
+            with FlowMon(config) as fm, fm.table.reading():
+                measure = functools.partial(
+                    paired_zero_loss, link, sender, packets, repeats, fm, hook, xdp_pass, totals
+                )
+                if (n_flows, hook, senders) == (40, Hook.XDP, 1):  # the seed's: the benchmark's
+                    subject, baseline = benchmark.pedantic(measure, rounds=1, iterations=1)
+                else:
+                    subject, baseline = measure()
                 ours = [f for f in fm.flows() if str(f.key.dst) == UNROUTED]
                 misses = fm.misses()
                 counted = sum(f.packets for f in ours) + sum(misses.values())

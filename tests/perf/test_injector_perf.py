@@ -30,7 +30,7 @@ from bpf import netns as bpf_netns
 from bpf.netns import silence_ipv6
 from harness.counters import interface_stats, pin_neighbour
 from harness.latency import LatencyReport, ProbeTemplate, measure_latency
-from harness.measure import Comparison, Summary, summarize
+from harness.measure import Comparison, paired, summarize
 from harness.sink import FrameClass, Sink
 from injector import templates
 from injector.program import FieldProgram
@@ -152,19 +152,6 @@ def repeats_of(quick: bool) -> tuple[int, int]:
     return (1, 0) if quick else (REPEATS, 1)
 
 
-def paired(
-    subject: Callable[[], float], baseline: Callable[[], float], unit: str, quick: bool
-) -> tuple[Summary, Summary]:
-    """Subject and baseline measured alternately, so that both see the same noisy neighbours; each
-    summarized (``harness.measure.summarize``). Tiny in the CI smoke run."""
-    repeats, warmup = repeats_of(quick)
-    for _ in range(warmup):
-        baseline()
-        subject()
-    pairs = [(subject(), baseline()) for _ in range(repeats)]
-    return summarize([s for s, _ in pairs], unit), summarize([b for _, b in pairs], unit)
-
-
 def report(benchmark, results, result: Comparison, link: Link, **extra) -> None:
     """Record the figure, with the share of frames the receiving ring dropped."""
     dropped_share = link.dropped / link.frames if link.frames else 0.0
@@ -183,7 +170,7 @@ def test_xdp_backend_vs_bare_c(benchmark, results, link, bare_driver, quick, flo
                 lambda: link.delivered(lambda: python_send(sender, frames, workers)),
                 lambda: link.delivered(lambda: bare_send(bare_driver, sender, frames, workers)),
                 "Mpps",
-                quick,
+                *repeats_of(quick),
             ),
             rounds=1,
             iterations=1,
@@ -212,7 +199,7 @@ def test_xdp_backend_vs_scapy_backend(benchmark, results, link, quick):
                 lambda: link.delivered(lambda: python_send(sender, frames, 1)),
                 lambda: link.delivered(scapy_send),
                 "Mpps",
-                quick,
+                *repeats_of(quick),
             ),
             rounds=1,
             iterations=1,
@@ -273,7 +260,7 @@ def test_latency_probe_overhead(benchmark, results, passing_link, quick):
 
     with XdpSender(program_of("10k flows"), "veth0", link.injector) as load:
         subject, baseline = benchmark.pedantic(
-            lambda: paired(lambda: p50_of(load), lambda: p50_of(None), "us", quick),
+            lambda: paired(lambda: p50_of(load), lambda: p50_of(None), "us", *repeats_of(quick)),
             rounds=1,
             iterations=1,
         )
