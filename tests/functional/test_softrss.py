@@ -180,14 +180,33 @@ def test_ifaces_mode_fans_each_bucket_out_to_its_interface(two_host):
     assert got == expected, f"IPv4 frames per bucket interface: got {got}, model {expected}"
 
 
+RACE_ATTEMPTS = 3
+
+
+def race_once(config: Config, program, count: int, injector: str, dut: str):
+    """Both injector workers' ``count`` frames through a fresh soft RSS on ens5: veth0's drops, the
+    flows by key, the per-CPU bucket counters, the misses."""
+    with SoftRss(config) as rss:
+        rss.attach("ens5", dut)
+        before = interface_stats("veth0", injector)
+        with XdpSender(program, "veth0", injector) as sender:
+            report = sender.send(count=count, workers=2, batch=64)
+        assert report.packets == count and report.aborted == 0, report
+        dropped = delta(before, interface_stats("veth0", injector))["tx_dropped"]
+        settled(lambda: rss.bucket_stats().total_packets, count - dropped)
+        flows = {f.key: f for f in rss.flows()}
+        per_cpu = [rss.obj.maps["buckets"][b] for b in range(config.buckets)]
+        return dropped, flows, per_cpu, rss.misses()
+
+
 def test_two_senders_meeting_the_same_new_flows_on_two_queues_count_each_once(two_host):
     """Two injector workers, pinned to the two CPUs and started together, send the same 20,000 new
     flows in the same order flat out; each CPU's frames reach ens5's XDP on a receive queue of its
     own, on that CPU, so both CPUs meet each new flow at about the same time. Each flow must be
     counted new once, in its bucket, with every packet and byte from both. How many inserts
     collide in the same instant depends on the senders' phase (a planted BPF_ANY insert failed
-    this test in 3 runs of 3 alone, 1 of 2 beside other tests); tests/unit/test_softrss.py's lockstep test makes them collide on
-    purpose.
+    this test in 3 runs of 3 alone, 1 of 2 beside other tests); tests/unit/test_softrss.py's
+    lockstep test makes them collide on purpose.
 
     Flat out on a loaded machine veth0 drops what ens5's 256-frame ring cannot take (11,425 frames
     of 80,000 in a run beside other tests), and no sender can say which. So the judgment needs
@@ -195,8 +214,9 @@ def test_two_senders_meeting_the_same_new_flows_on_two_queues_count_each_once(tw
     model's packets (none, if all four were dropped), of the model's size, in the model's bucket;
     and the data plane's two ledgers agree bucket by bucket, the packets its flows hold with the
     packets it counted and its flows with the new flows it counted. A lost insert race shows as
-    packets counted in no flow, a flow counted new twice as one new flow too many. With nothing
-    dropped, every flow is the model's."""
+    packets counted in no flow, a flow counted new twice as one new flow too many. A send whose
+    frames one CPU took nearly all (its NAPI polling both queues) ran no race and is sent again.
+    With nothing dropped, every flow is the model's."""
     injector, dut = two_host
     silence_ipv6("veth0", injector)  # only our flows: exact per-bucket counts
     silence_ipv6("ens5", dut)
@@ -215,24 +235,19 @@ def test_two_senders_meeting_the_same_new_flows_on_two_queues_count_each_once(tw
     model = Model(config)
     for frame in frames:
         model.feed(frame)
-    with SoftRss(config) as rss:
-        rss.attach("ens5", dut)
-        before = interface_stats("veth0", injector)
-        with XdpSender(program, "veth0", injector) as sender:
-            report = sender.send(count=len(frames), workers=2, batch=64)
-        assert report.packets == len(frames) and report.aborted == 0, report
-        dropped = delta(before, interface_stats("veth0", injector))["tx_dropped"]
-        settled(lambda: rss.bucket_stats().total_packets, len(frames) - dropped)
-        flows = {f.key: f for f in rss.flows()}
-        per_cpu = [rss.obj.maps["buckets"][b] for b in range(config.buckets)]
-        misses = rss.misses()
-    counted = [sum(cpus[cpu].packets for cpus in per_cpu) for cpu in range(POSSIBLE_CPUS)]
-    created = [sum(cpus[cpu].flows for cpus in per_cpu) for cpu in range(POSSIBLE_CPUS)]
-    ledgers = f"packets per CPU {counted}, new flows per CPU {created}, misses {misses}"
-    assert sum(counted) == len(frames) - dropped, (
-        f"{len(frames)} sent, {dropped} dropped: {ledgers}"
-    )
-    assert sorted(counted)[-2] >= len(frames) // 4, f"{ledgers}: both CPUs must have counted"
+    for attempt in range(1, RACE_ATTEMPTS + 1):
+        dropped, flows, per_cpu, misses = race_once(config, program, len(frames), injector, dut)
+        counted = [sum(cpus[cpu].packets for cpus in per_cpu) for cpu in range(POSSIBLE_CPUS)]
+        created = [sum(cpus[cpu].flows for cpus in per_cpu) for cpu in range(POSSIBLE_CPUS)]
+        ledgers = f"packets per CPU {counted}, new flows per CPU {created}, misses {misses}"
+        assert sum(counted) == len(frames) - dropped, (
+            f"{len(frames)} sent, {dropped} dropped: {ledgers}"
+        )
+        if sorted(counted)[-2] >= sum(counted) // 4:
+            break
+        # One CPU's NAPI took both queues (seen on a loaded machine: 64 frames on the other):
+        # no race was run, so nothing to judge; send again.
+        assert attempt < RACE_ATTEMPTS, f"{ledgers}: both CPUs must have counted, {attempt} tries"
     assert flows.keys() <= model.flows.keys(), "only our flows: the links are quiet"
     wrong = {
         str(key): ((f.packets, f.bytes, f.bucket), (want.packets, want.bytes, want.bucket))
